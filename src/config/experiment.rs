@@ -1,0 +1,377 @@
+//! The experiment file: a servers file, a dataset and the pipeline's parameters.
+//!
+//! Swapping a model backend means pointing `servers` at another file; nothing else changes. The
+//! `profile` picks a coherent set of defaults (`parity` reproduces the original code's behaviour,
+//! `default` uses the official protocols and robust parsing); any single parameter can still be set
+//! explicitly, and the resolved values are what a run folder records.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, ServersConfig};
+
+/// Benchmark (or user gallery) a run works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetName {
+    /// CIRR, full-gallery protocol.
+    Cirr,
+    /// CIRR, subset protocol (`img_set.members`).
+    CirrSubset,
+    /// CIRCO.
+    Circo,
+    /// FashionIQ, dress category.
+    FashioniqDress,
+    /// FashionIQ, shirt category.
+    FashioniqShirt,
+    /// FashionIQ, top/tee category.
+    FashioniqToptee,
+    /// Flickr30K 1k test, text to image.
+    Flickr30k,
+    /// MSCOCO 5k test, text to image.
+    Mscoco,
+    /// VisDial chat-based retrieval.
+    Visdial,
+    /// A user's own folder of images.
+    Folder,
+}
+
+impl DatasetName {
+    /// Every name, as accepted on the command line.
+    pub const ALL: [DatasetName; 10] = [
+        DatasetName::Cirr,
+        DatasetName::CirrSubset,
+        DatasetName::Circo,
+        DatasetName::FashioniqDress,
+        DatasetName::FashioniqShirt,
+        DatasetName::FashioniqToptee,
+        DatasetName::Flickr30k,
+        DatasetName::Mscoco,
+        DatasetName::Visdial,
+        DatasetName::Folder,
+    ];
+
+    /// The command-line spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetName::Cirr => "cirr",
+            DatasetName::CirrSubset => "cirr-subset",
+            DatasetName::Circo => "circo",
+            DatasetName::FashioniqDress => "fashioniq-dress",
+            DatasetName::FashioniqShirt => "fashioniq-shirt",
+            DatasetName::FashioniqToptee => "fashioniq-toptee",
+            DatasetName::Flickr30k => "flickr30k",
+            DatasetName::Mscoco => "mscoco",
+            DatasetName::Visdial => "visdial",
+            DatasetName::Folder => "folder",
+        }
+    }
+}
+
+impl fmt::Display for DatasetName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DatasetName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DatasetName::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = DatasetName::ALL.iter().map(|d| d.as_str()).collect();
+                format!("unknown dataset {s:?}; expected one of: {}", names.join(", "))
+            })
+    }
+}
+
+/// A pipeline stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Reasoning and CLIP retrieval.
+    S1,
+    /// Proposition verification and re-ranking.
+    S2,
+    /// Evaluator acceptance.
+    S3,
+}
+
+/// A coherent set of behaviour defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Official protocols and robust parsing.
+    #[default]
+    Default,
+    /// The original code's behaviour, defects included, for reproduction.
+    Parity,
+}
+
+/// How a verifier answer becomes yes or no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifierMode {
+    /// "yes" anywhere in the lower-cased answer (the original).
+    Substring,
+    /// The first word of the answer.
+    FirstWord,
+    /// P(yes) from the first token's `top_logprobs`.
+    Logprob,
+}
+
+/// How the evaluator's decision is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvaluatorParse {
+    /// Exact, case-sensitive `ANSWER: Yes` (the original).
+    Strict,
+    /// Case, brackets, markdown and punctuation tolerated.
+    Tolerant,
+}
+
+/// How stage 2 orders the top-K.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RerankMode {
+    /// Number of propositions answered as expected (the original).
+    Count,
+    /// Sum of the probabilities of the expected answers (needs `verifier_mode = "logprob"`).
+    ProbabilitySum,
+}
+
+/// The `[dataset]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSection {
+    /// Which benchmark.
+    pub name: DatasetName,
+    /// Dataset root folder (e.g. `data/CIRR`), relative to the experiment file.
+    pub root: PathBuf,
+    /// Split: `val`, `test`, `test1`...
+    pub split: String,
+    /// FashionIQ image extension (`png` or `jpg`).
+    pub image_ext: Option<String>,
+    /// Answer only the first N queries.
+    pub limit: Option<usize>,
+}
+
+/// The `[pipeline]` table, as written (every field optional; the profile fills the rest).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineSection {
+    profile: Option<Profile>,
+    tau: Option<f64>,
+    top_k: Option<usize>,
+    alpha: Option<usize>,
+    stages: Option<Vec<Stage>>,
+    queries_in_flight: Option<usize>,
+    reask: Option<u32>,
+    verifier_mode: Option<VerifierMode>,
+    evaluator_parse: Option<EvaluatorParse>,
+    rerank: Option<RerankMode>,
+    exclude_reference: Option<bool>,
+    normalize_expected_answers: Option<bool>,
+}
+
+/// The pipeline parameters after the profile's defaults are applied and ranges are checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineParams {
+    /// The profile the defaults came from.
+    pub profile: Profile,
+    /// Weight of text→caption similarity in stage 1.
+    pub tau: f64,
+    /// Candidates verified in stage 2.
+    pub top_k: usize,
+    /// Candidates evaluated in stage 3.
+    pub alpha: usize,
+    /// Stages to run.
+    pub stages: Vec<Stage>,
+    /// Queries being worked on at once.
+    pub queries_in_flight: usize,
+    /// Times an unusable reasoner answer is re-asked with the parse error (0 = the original).
+    pub reask: u32,
+    /// Verifier decision rule.
+    pub verifier_mode: VerifierMode,
+    /// Evaluator decision parse.
+    pub evaluator_parse: EvaluatorParse,
+    /// Stage-2 ordering.
+    pub rerank: RerankMode,
+    /// Remove the reference image from the ranking (CIRR protocol).
+    pub exclude_reference: bool,
+    /// Read "True"/true/"Yes"/"yes" all as yes in expected answers.
+    pub normalize_expected_answers: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExperiment {
+    servers: PathBuf,
+    prompts: Option<PathBuf>,
+    runs: Option<PathBuf>,
+    dataset: DatasetSection,
+    #[serde(default)]
+    pipeline: PipelineSection,
+}
+
+/// A loaded, validated experiment with every path resolved.
+#[derive(Debug, Clone)]
+pub struct ExperimentConfig {
+    /// The experiment file itself.
+    pub path: PathBuf,
+    /// The servers file it names.
+    pub servers_path: PathBuf,
+    /// The servers file's content.
+    pub servers: ServersConfig,
+    /// Prompt templates folder.
+    pub prompts_dir: PathBuf,
+    /// Where run folders go.
+    pub runs_dir: PathBuf,
+    /// The dataset table, with `root` resolved.
+    pub dataset: DatasetSection,
+    /// Resolved pipeline parameters.
+    pub pipeline: PipelineParams,
+}
+
+impl ExperimentConfig {
+    /// Loads an experiment file and the servers file it names.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = super::read_text(path)?;
+        let raw: RawExperiment = super::parse_toml(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let servers_path = base.join(&raw.servers);
+        let servers = ServersConfig::load(&servers_path)?;
+        let mut dataset = raw.dataset;
+        dataset.root = base.join(&dataset.root);
+        if let Some(ext) = &dataset.image_ext
+            && !matches!(ext.as_str(), "png" | "jpg" | "jpeg" | "webp")
+        {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "dataset.image_ext".into(),
+                message: format!("{ext:?} is not one of \"png\", \"jpg\", \"jpeg\", \"webp\""),
+            });
+        }
+        let pipeline = resolve_pipeline(raw.pipeline, path)?;
+        Ok(ExperimentConfig {
+            path: path.to_path_buf(),
+            servers_path,
+            servers,
+            prompts_dir: base.join(raw.prompts.unwrap_or_else(|| PathBuf::from("../prompts"))),
+            runs_dir: base.join(raw.runs.unwrap_or_else(|| PathBuf::from("../runs"))),
+            dataset,
+            pipeline,
+        })
+    }
+}
+
+fn resolve_pipeline(p: PipelineSection, path: &Path) -> Result<PipelineParams, ConfigError> {
+    let profile = p.profile.unwrap_or_default();
+    let parity = profile == Profile::Parity;
+    let bad = |key: &str, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key: format!("pipeline.{key}"),
+        message,
+    };
+    let params = PipelineParams {
+        profile,
+        tau: p.tau.unwrap_or(0.15),
+        top_k: p.top_k.unwrap_or(20),
+        alpha: p.alpha.unwrap_or(3),
+        stages: p.stages.unwrap_or_else(|| vec![Stage::S1, Stage::S2, Stage::S3]),
+        queries_in_flight: p.queries_in_flight.unwrap_or(32),
+        reask: p.reask.unwrap_or(if parity { 0 } else { 2 }),
+        verifier_mode: p.verifier_mode.unwrap_or(VerifierMode::Substring),
+        evaluator_parse: p.evaluator_parse.unwrap_or(if parity {
+            EvaluatorParse::Strict
+        } else {
+            EvaluatorParse::Tolerant
+        }),
+        rerank: p.rerank.unwrap_or(RerankMode::Count),
+        exclude_reference: p.exclude_reference.unwrap_or(!parity),
+        normalize_expected_answers: p.normalize_expected_answers.unwrap_or(!parity),
+    };
+    if !(0.0..=1.0).contains(&params.tau) {
+        return Err(bad("tau", format!("{} is outside 0..=1", params.tau)));
+    }
+    if params.top_k == 0 {
+        return Err(bad("top_k", "must be at least 1".into()));
+    }
+    if params.alpha > params.top_k {
+        return Err(bad(
+            "alpha",
+            format!("{} exceeds top_k = {}; stage 3 looks only at the top_k", params.alpha, params.top_k),
+        ));
+    }
+    if params.stages.is_empty() || !params.stages.contains(&Stage::S1) {
+        return Err(bad("stages", "must include \"s1\"; stages 2 and 3 refine its ranking".into()));
+    }
+    if params.queries_in_flight == 0 {
+        return Err(bad("queries_in_flight", "must be at least 1".into()));
+    }
+    if params.rerank == RerankMode::ProbabilitySum && params.verifier_mode != VerifierMode::Logprob {
+        return Err(bad(
+            "rerank",
+            "\"probability-sum\" needs verifier_mode = \"logprob\"".into(),
+        ));
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(text: &str) -> Result<PipelineParams, ConfigError> {
+        let section: PipelineSection = super::super::parse_toml(text, Path::new("exp.toml"))?;
+        resolve_pipeline(section, Path::new("exp.toml"))
+    }
+
+    #[test]
+    fn parity_profile_reproduces_the_original() {
+        let p = pipeline("profile = \"parity\"").unwrap();
+        assert_eq!(p.reask, 0);
+        assert_eq!(p.evaluator_parse, EvaluatorParse::Strict);
+        assert!(!p.exclude_reference);
+        assert!(!p.normalize_expected_answers);
+        assert_eq!((p.tau, p.top_k, p.alpha), (0.15, 20, 3));
+    }
+
+    #[test]
+    fn explicit_value_beats_profile() {
+        let p = pipeline("profile = \"parity\"\nexclude_reference = true").unwrap();
+        assert!(p.exclude_reference);
+    }
+
+    #[test]
+    fn out_of_range_tau_names_key() {
+        let err = pipeline("tau = 1.5").unwrap_err().to_string();
+        assert!(err.contains("pipeline.tau") && err.contains("exp.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_verifier_mode_lists_choices() {
+        let err = pipeline("verifier_mode = \"maybe\"").unwrap_err().to_string();
+        assert!(err.contains("substring") && err.contains("logprob"), "{err}");
+    }
+
+    #[test]
+    fn dataset_names_round_trip() {
+        for d in DatasetName::ALL {
+            assert_eq!(d.as_str().parse::<DatasetName>().unwrap(), d);
+        }
+        assert!("cifar".parse::<DatasetName>().unwrap_err().contains("cirr-subset"));
+    }
+
+    #[test]
+    fn shipped_example_experiment_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/cirr-val.toml");
+        let cfg = ExperimentConfig::load(&path).unwrap();
+        assert_eq!(cfg.dataset.name, DatasetName::Cirr);
+        assert!(cfg.servers_path.ends_with("servers/vllm.toml"));
+    }
+}

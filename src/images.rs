@@ -1,0 +1,160 @@
+//! Image bytes as they travel to model servers: read once, hashed, and rendered as a `data:` URL
+//! (or a `file://` URL for servers allowed to read local media).
+//!
+//! Decoding, resizing and compositing live with the roles and the index; this module only owns the
+//! encoded bytes and their identity (a content hash used in cache keys and snapshots).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+
+/// An encoded image (PNG, JPEG, WebP...) ready to be sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedImage {
+    bytes: Arc<[u8]>,
+    mime: &'static str,
+    hash: String,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for EncodedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncodedImage({}, {} bytes, {})", self.mime, self.bytes.len(), self.short_hash())
+    }
+}
+
+/// Why an image could not be prepared for sending.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The file could not be read.
+    #[error("cannot read image {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The bytes are not an image format we know.
+    #[error("{what} is not a PNG, JPEG, WebP, GIF, BMP or TIFF image ({len} bytes)")]
+    UnknownFormat {
+        /// The file or a description of the bytes.
+        what: String,
+        /// Byte count.
+        len: usize,
+    },
+}
+
+impl EncodedImage {
+    /// Wraps already-encoded bytes, sniffing the format from the magic bytes.
+    pub fn from_bytes(bytes: Vec<u8>, what: &str) -> Result<Self, ImageError> {
+        let mime = sniff_mime(&bytes).ok_or_else(|| ImageError::UnknownFormat {
+            what: what.to_string(),
+            len: bytes.len(),
+        })?;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        Ok(EncodedImage {
+            bytes: bytes.into(),
+            mime,
+            hash,
+            path: None,
+        })
+    }
+
+    /// Reads a file's bytes as they are (no re-encoding).
+    pub fn from_file(path: &Path) -> Result<Self, ImageError> {
+        let bytes = std::fs::read(path).map_err(|source| ImageError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut img = Self::from_bytes(bytes, &path.display().to_string())?;
+        img.path = std::path::absolute(path).ok();
+        Ok(img)
+    }
+
+    /// The raw encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// MIME type, e.g. `image/png`.
+    pub fn mime(&self) -> &'static str {
+        self.mime
+    }
+
+    /// Full blake3 hex digest of the bytes.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The first 16 hex digits of the hash, for logs and snapshots.
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..16]
+    }
+
+    /// Absolute path of the source file, when it came from one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// `data:<mime>;base64,<bytes>`.
+    pub fn data_url(&self) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.bytes);
+        format!("data:{};base64,{}", self.mime, b64)
+    }
+
+    /// Placeholder used where the bytes must not appear (snapshots, cache keys, dry runs).
+    pub fn placeholder(&self) -> String {
+        format!("<image {} blake3:{}>", self.mime, self.short_hash())
+    }
+}
+
+/// Decodes a `data:` URL back into (mime, bytes); used by tests and the fake server.
+pub fn decode_data_url(url: &str) -> Option<(String, Vec<u8>)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, b64) = rest.split_once(',')?;
+    let mime = meta.strip_suffix(";base64")?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    Some((mime.to_string(), bytes))
+}
+
+fn sniff_mime(bytes: &[u8]) -> Option<&'static str> {
+    use image::ImageFormat as F;
+    Some(match image::guess_format(bytes).ok()? {
+        F::Png => "image/png",
+        F::Jpeg => "image/jpeg",
+        F::WebP => "image/webp",
+        F::Gif => "image/gif",
+        F::Bmp => "image/bmp",
+        F::Tiff => "image/tiff",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_png() -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(3, 2, image::Rgb([200, 10, 10]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn data_url_round_trips() {
+        let bytes = tiny_png();
+        let img = EncodedImage::from_bytes(bytes.clone(), "test").unwrap();
+        assert_eq!(img.mime(), "image/png");
+        let (mime, back) = decode_data_url(&img.data_url()).unwrap();
+        assert_eq!(mime, "image/png");
+        assert_eq!(back, bytes);
+    }
+
+    #[test]
+    fn non_image_bytes_are_refused_with_what() {
+        let err = EncodedImage::from_bytes(b"hello".to_vec(), "notes.txt").unwrap_err();
+        assert!(err.to_string().contains("notes.txt"));
+    }
+}

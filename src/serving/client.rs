@@ -1,0 +1,417 @@
+//! `RoleClient`: the one way a request reaches a model server.
+//!
+//! How a call runs:
+//! 1. pick an endpoint (least assigned, not set aside; see `endpoints`);
+//! 2. wait for one of that endpoint's `max_in_flight` slots;
+//! 3. wait for the role's rate limiter (governor), so the rate is measured at send time;
+//! 4. send, bounded by the per-attempt timeout, and read at most 32 MiB of answer;
+//! 5. classify: HTTP status and error envelope, then the caller's validation of the body;
+//! 6. on a retryable failure, set a faulty endpoint aside, wait the capped backoff (skipped when
+//!    another replica is available and this one was set aside), and go back to 1.
+//!
+//! Every attempt's failure is kept, so a caller can record "2 retries, then success".
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::config::{ApiFlavour, ConfigError, Role, RoleServer};
+
+use super::endpoints::{Endpoint, Endpoints};
+use super::errors::{ErrorKind, HttpClass, ServingError};
+use super::retry::{backoff_delay, parse_retry_after};
+use super::stats::RoleStats;
+use super::wire::{
+    self, ChatAnswer, ChatRequest, EmbedInput, ImageRendering, is_context_length, parse_error_body,
+};
+
+/// Answers larger than this are refused rather than read into memory.
+const MAX_BODY_BYTES: usize = 32 << 20;
+
+/// An API key read from the environment. Its `Debug` never shows the key.
+#[derive(Clone)]
+struct ApiKey(String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// How a successful call went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallMeta {
+    /// Endpoint that answered.
+    pub endpoint: String,
+    /// Attempts made (1 = no retry).
+    pub attempts: u32,
+    /// Time from the first attempt's start to the answer, waits included.
+    pub latency: Duration,
+    /// Delays slept between attempts.
+    pub retry_delays: Vec<Duration>,
+    /// Failures of the attempts before the successful one.
+    pub errors: Vec<ErrorKind>,
+}
+
+/// A validated answer and how it was obtained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply<T> {
+    /// The answer.
+    pub value: T,
+    /// How the call went.
+    pub meta: CallMeta,
+}
+
+#[derive(Debug)]
+struct Inner {
+    role: Role,
+    server: RoleServer,
+    http: reqwest::Client,
+    endpoints: Endpoints,
+    limiter: Option<DefaultDirectRateLimiter>,
+    api_key: Option<ApiKey>,
+    stats: RoleStats,
+}
+
+/// A client for one role's server(s), with its limits, retries and replicas. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RoleClient {
+    inner: Arc<Inner>,
+}
+
+impl RoleClient {
+    /// Builds the client for `role`; reads the API key variable if one is named.
+    /// `config_path` is only used in error messages.
+    pub fn new(role: Role, server: &RoleServer, config_path: &Path) -> Result<Self, ConfigError> {
+        let api_key = match &server.api_key_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Some(ApiKey(v)),
+                _ => {
+                    return Err(ConfigError::MissingEnv {
+                        path: config_path.to_path_buf(),
+                        key: format!("roles.{role}.api_key_env"),
+                        var: var.clone(),
+                    });
+                }
+            },
+        };
+        let limiter = server.requests_per_second.map(|rps| {
+            let period = Duration::from_secs_f64(1.0 / rps).max(Duration::from_nanos(1));
+            let burst = std::num::NonZeroU32::new(server.burst.unwrap_or(1)).unwrap_or(std::num::NonZeroU32::MIN);
+            let quota = Quota::with_period(period)
+                .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MAX))
+                .allow_burst(burst);
+            RateLimiter::direct(quota)
+        });
+        let http = build_http(server).map_err(|e| ConfigError::Invalid {
+            path: config_path.to_path_buf(),
+            key: format!("roles.{role}"),
+            message: format!("cannot build an HTTP client: {e}"),
+        })?;
+        Ok(RoleClient {
+            inner: Arc::new(Inner {
+                role,
+                server: server.clone(),
+                http,
+                endpoints: Endpoints::new(&server.endpoints, server.max_in_flight),
+                limiter,
+                api_key,
+                stats: RoleStats::default(),
+            }),
+        })
+    }
+
+    /// The role this client serves.
+    pub fn role(&self) -> Role {
+        self.inner.role
+    }
+
+    /// The server configuration.
+    pub fn server(&self) -> &RoleServer {
+        &self.inner.server
+    }
+
+    /// Counters of this client's traffic.
+    pub fn stats(&self) -> &RoleStats {
+        &self.inner.stats
+    }
+
+    /// Sends a chat request and validates the answer.
+    pub async fn chat(&self, req: &ChatRequest) -> Result<Reply<ChatAnswer>, ServingError> {
+        let s = &self.inner.server;
+        let body = wire::chat_body(req, s, ImageRendering::Send(s.image_transport));
+        self.call("/chat/completions", &body, |text| {
+            let answer = wire::parse_chat(text)?;
+            self.check_model(answer.model.as_deref())?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    /// Embeds `inputs` (all text or all images), returning one vector per input, L2-normalised if
+    /// the server is configured so.
+    pub async fn embed(&self, inputs: &[EmbedInput]) -> Result<Reply<Vec<Vec<f32>>>, ServingError> {
+        let s = &self.inner.server;
+        let bodies = wire::embed_bodies(inputs, s, ImageRendering::Send(s.image_transport))
+            .map_err(|kind| self.error(self.inner.endpoints.all()[0].base.clone(), 0, kind, vec![]))?;
+        let calls = bodies.iter().map(|body| {
+            let expected = count_inputs(body);
+            self.call("/embeddings", body, move |text| {
+                let a = wire::parse_embeddings(text, expected, s.dimension)?;
+                self.check_model(a.model.as_deref())?;
+                Ok(a.vectors)
+            })
+        });
+        let replies = futures::future::try_join_all(calls).await?;
+        let mut meta: Option<CallMeta> = None;
+        let mut vectors = Vec::with_capacity(inputs.len());
+        for r in replies {
+            vectors.extend(r.value);
+            meta = Some(match meta {
+                None => r.meta,
+                Some(mut m) => {
+                    m.attempts = m.attempts.max(r.meta.attempts);
+                    m.latency = m.latency.max(r.meta.latency);
+                    m.retry_delays.extend(r.meta.retry_delays);
+                    m.errors.extend(r.meta.errors);
+                    m
+                }
+            });
+        }
+        if s.normalize {
+            vectors.iter_mut().for_each(|v| wire::l2_normalize(v));
+        }
+        let meta = meta.unwrap_or(CallMeta {
+            endpoint: String::new(),
+            attempts: 0,
+            latency: Duration::ZERO,
+            retry_delays: vec![],
+            errors: vec![],
+        });
+        Ok(Reply { value: vectors, meta })
+    }
+
+    /// GETs `path` (relative to the server root when `from_root`, else to the API base) on
+    /// endpoint `index`, once, with the attempt timeout. Returns status and body. For health probes.
+    pub async fn probe_get(
+        &self,
+        index: usize,
+        path: &str,
+        from_root: bool,
+    ) -> Result<(u16, String), ErrorKind> {
+        let ep = &self.inner.endpoints.all()[index];
+        let url = format!("{}{}", if from_root { ep.root() } else { &ep.base }, path);
+        let mut rb = self.inner.http.get(url);
+        if let Some(k) = &self.inner.api_key {
+            rb = rb.bearer_auth(&k.0);
+        }
+        let fut = async {
+            let resp = rb.send().await.map_err(|e| ErrorKind::Connect(error_chain(&e)))?;
+            let status = resp.status().as_u16();
+            let body = read_capped(resp).await?;
+            Ok((status, body))
+        };
+        tokio::time::timeout(self.inner.server.timeout(), fut)
+            .await
+            .unwrap_or(Err(ErrorKind::Timeout(self.inner.server.timeout())))
+    }
+
+    fn check_model(&self, got: Option<&str>) -> Result<(), ErrorKind> {
+        let expected = &self.inner.server.model;
+        match got {
+            Some(got) if self.inner.server.api == ApiFlavour::Vllm && got != expected => {
+                Err(ErrorKind::WrongModel {
+                    expected: expected.clone(),
+                    got: got.to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn error(&self, endpoint: String, attempts: u32, kind: ErrorKind, earlier: Vec<ErrorKind>) -> ServingError {
+        ServingError {
+            role: self.inner.role,
+            endpoint,
+            attempts,
+            kind,
+            earlier,
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        path: &str,
+        body: &Value,
+        validate: impl Fn(&str) -> Result<T, ErrorKind>,
+    ) -> Result<Reply<T>, ServingError> {
+        let inner = &self.inner;
+        let policy = &inner.server.retry;
+        let payload = bytes::Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        let started = Instant::now();
+        let mut errors: Vec<ErrorKind> = Vec::new();
+        let mut delays = Vec::new();
+        let mut attempt: u32 = 0;
+        loop {
+            let assignment = inner.endpoints.assign();
+            let index = assignment.index;
+            let ep = assignment.endpoint();
+            let permit = assignment.permit().await;
+            if let Some(limiter) = &inner.limiter {
+                limiter.until_ready().await;
+            }
+            inner.stats.record_attempt();
+            let sent = Instant::now();
+            let outcome = self.attempt(ep, path, payload.clone()).await;
+            drop(permit);
+            drop(assignment);
+            let result = outcome.and_then(|text| validate(&text).map_err(|k| (k, None)));
+            attempt += 1;
+            match result {
+                Ok(value) => {
+                    inner.endpoints.mark_ok(index);
+                    inner.stats.record_success(sent.elapsed());
+                    return Ok(Reply {
+                        value,
+                        meta: CallMeta {
+                            endpoint: ep.base.clone(),
+                            attempts: attempt,
+                            latency: started.elapsed(),
+                            retry_delays: delays,
+                            errors,
+                        },
+                    });
+                }
+                Err((kind, retry_after)) => {
+                    inner.stats.record_error(&kind);
+                    if !kind.is_endpoint_fault() {
+                        // The server answered sensibly (a 4xx, say): it is alive.
+                        inner.endpoints.mark_ok(index);
+                    } else if inner.endpoints.all().len() > 1 {
+                        inner.endpoints.mark_failed(index, policy);
+                        inner.stats.record_set_aside();
+                    }
+                    if !kind.is_retryable() || attempt > policy.max_retries {
+                        inner.stats.record_failure();
+                        tracing::warn!(role = %inner.role, endpoint = %ep.base, attempts = attempt, error = %kind, "request failed");
+                        return Err(self.error(ep.base.clone(), attempt, kind, errors));
+                    }
+                    let failover = inner.endpoints.is_set_aside(index)
+                        && inner.endpoints.has_other_available(index)
+                        && retry_after.is_none();
+                    let delay = if failover {
+                        Duration::ZERO
+                    } else {
+                        backoff_delay(policy, attempt - 1, retry_after, fastrand::f64())
+                    };
+                    tracing::debug!(role = %inner.role, endpoint = %ep.base, attempt, error = %kind, delay_ms = delay.as_millis() as u64, "retrying");
+                    inner.stats.record_retry();
+                    errors.push(kind);
+                    delays.push(delay);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        ep: &Endpoint,
+        path: &str,
+        payload: bytes::Bytes,
+    ) -> Result<String, (ErrorKind, Option<Duration>)> {
+        let inner = &self.inner;
+        let mut rb = inner
+            .http
+            .post(format!("{}{}", ep.base, path))
+            .header(CONTENT_TYPE, "application/json")
+            .body(payload);
+        if let Some(k) = &inner.api_key {
+            rb = rb.bearer_auth(&k.0);
+        }
+        let fut = async {
+            let resp = rb
+                .send()
+                .await
+                .map_err(|e| (ErrorKind::Connect(error_chain(&e)), None))?;
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let text = read_capped(resp).await.map_err(|k| (k, None))?;
+            if !(200..300).contains(&status) {
+                let msg = parse_error_body(&text);
+                let class = HttpClass::from_status(status, is_context_length(&msg));
+                return Err((
+                    ErrorKind::Http {
+                        status,
+                        class,
+                        message: msg.message,
+                        code: msg.code,
+                        body: wire::excerpt(&text),
+                    },
+                    retry_after,
+                ));
+            }
+            Ok(text)
+        };
+        let limit = inner.server.timeout();
+        tokio::time::timeout(limit, fut)
+            .await
+            .unwrap_or(Err((ErrorKind::Timeout(limit), None)))
+    }
+}
+
+fn count_inputs(body: &Value) -> usize {
+    body.get("input").and_then(Value::as_array).map_or(1, Vec::len)
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<String, ErrorKind> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(ErrorKind::InvalidResponse {
+                        reason: format!("answer larger than {} MiB", MAX_BODY_BYTES >> 20),
+                        body: wire::excerpt(&String::from_utf8_lossy(&buf)),
+                    });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(ErrorKind::Connect(format!("reading the answer: {}", error_chain(&e)))),
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// An error and its sources, joined: reqwest's top-level message alone hides the cause.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+#[expect(clippy::disallowed_methods, reason = "the one place an HTTP client is built")]
+fn build_http(server: &RoleServer) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(server.timeout().min(Duration::from_secs(10)))
+        .pool_max_idle_per_host(server.max_in_flight)
+        .user_agent(concat!("imagescope/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+

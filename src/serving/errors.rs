@@ -1,0 +1,257 @@
+//! Typed serving errors that keep the raw evidence: role, endpoint, HTTP status, the server's
+//! own message and a body excerpt. Each kind knows whether it is worth retrying and whether it
+//! means the endpoint itself is unwell (so a replica is set aside).
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::Role;
+
+/// What went wrong with one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ErrorKind {
+    /// Could not connect, or the connection broke.
+    Connect(String),
+    /// No answer within the per-attempt time limit.
+    Timeout(Duration),
+    /// The server answered with an HTTP error status.
+    Http {
+        /// HTTP status.
+        status: u16,
+        /// Classification of the status and message.
+        class: HttpClass,
+        /// The server's message from its error envelope.
+        message: String,
+        /// The envelope's `code`, as text.
+        code: Option<String>,
+        /// Body excerpt.
+        body: String,
+    },
+    /// A 2xx answer that is not what the API promises (not JSON, no choices...).
+    InvalidResponse {
+        /// What is wrong.
+        reason: String,
+        /// Body excerpt.
+        body: String,
+    },
+    /// The model produced no text.
+    EmptyContent {
+        /// The finish reason the server gave, if any.
+        finish_reason: Option<String>,
+    },
+    /// The server answered with a different model than configured.
+    WrongModel {
+        /// Configured model.
+        expected: String,
+        /// Model named in the answer.
+        got: String,
+    },
+    /// An embedding of the wrong length.
+    WrongDimension {
+        /// Configured dimension.
+        expected: usize,
+        /// Length received.
+        got: usize,
+    },
+    /// The request cannot be expressed for this server (e.g. an image for a text-only embedder).
+    Unsupported(String),
+}
+
+/// Classification of an HTTP error status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpClass {
+    /// The prompt does not fit the model's context window (reduce it; never retried).
+    ContextLength,
+    /// Any other 400/422: the request itself is wrong.
+    BadRequest,
+    /// 401/403: missing or wrong API key.
+    Auth,
+    /// 404: wrong path or unknown model.
+    NotFound,
+    /// 408: the server timed the request out.
+    RequestTimeout,
+    /// 429: slow down.
+    RateLimited,
+    /// 5xx.
+    Server,
+    /// Any other status.
+    Other,
+}
+
+impl HttpClass {
+    /// Classifies a status; `context_length` says whether the message reads as a context overflow.
+    pub fn from_status(status: u16, context_length: bool) -> Self {
+        match status {
+            400 | 413 | 422 if context_length => HttpClass::ContextLength,
+            400 | 422 => HttpClass::BadRequest,
+            401 | 403 => HttpClass::Auth,
+            404 => HttpClass::NotFound,
+            408 => HttpClass::RequestTimeout,
+            429 => HttpClass::RateLimited,
+            500..=599 => HttpClass::Server,
+            _ => HttpClass::Other,
+        }
+    }
+}
+
+impl ErrorKind {
+    /// Worth another attempt: connection errors, timeouts, 5xx, 408, 429 and malformed answers.
+    /// Never other 4xx: a prompt too long or a bad request fails the same way every time.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ErrorKind::Connect(_)
+            | ErrorKind::Timeout(_)
+            | ErrorKind::InvalidResponse { .. }
+            | ErrorKind::EmptyContent { .. }
+            | ErrorKind::WrongModel { .. }
+            | ErrorKind::WrongDimension { .. } => true,
+            ErrorKind::Http { class, .. } => matches!(
+                class,
+                HttpClass::Server | HttpClass::RequestTimeout | HttpClass::RateLimited
+            ),
+            ErrorKind::Unsupported(_) => false,
+        }
+    }
+
+    /// The endpoint itself looks unwell, so a replica should be set aside for a while.
+    pub fn is_endpoint_fault(&self) -> bool {
+        match self {
+            ErrorKind::Connect(_) | ErrorKind::Timeout(_) | ErrorKind::WrongModel { .. } => true,
+            ErrorKind::Http { class, .. } => *class == HttpClass::Server,
+            ErrorKind::InvalidResponse { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// A short label for counters and summaries.
+    pub fn label(&self) -> String {
+        match self {
+            ErrorKind::Connect(_) => "connect".into(),
+            ErrorKind::Timeout(_) => "timeout".into(),
+            ErrorKind::Http { status, class, .. } => match class {
+                HttpClass::ContextLength => "context-length".into(),
+                _ => format!("http-{status}"),
+            },
+            ErrorKind::InvalidResponse { .. } => "invalid-response".into(),
+            ErrorKind::EmptyContent { .. } => "empty-content".into(),
+            ErrorKind::WrongModel { .. } => "wrong-model".into(),
+            ErrorKind::WrongDimension { .. } => "wrong-dimension".into(),
+            ErrorKind::Unsupported(_) => "unsupported".into(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorKind::Connect(e) => write!(f, "connection failed: {e}"),
+            ErrorKind::Timeout(d) => write!(f, "no answer within {:.1}s (timeout_secs)", d.as_secs_f64()),
+            ErrorKind::Http {
+                status,
+                class,
+                message,
+                ..
+            } => {
+                let what = match class {
+                    HttpClass::ContextLength => " (prompt exceeds the model's context length)",
+                    HttpClass::Auth => " (check the API key variable)",
+                    HttpClass::NotFound => " (check the endpoint URL and model name)",
+                    HttpClass::RateLimited => " (rate limited)",
+                    _ => "",
+                };
+                write!(f, "HTTP {status}{what}: {message}")
+            }
+            ErrorKind::InvalidResponse { reason, .. } => write!(f, "invalid answer: {reason}"),
+            ErrorKind::EmptyContent { finish_reason } => match finish_reason {
+                Some(r) => write!(f, "the model returned no text (finish_reason {r})"),
+                None => write!(f, "the model returned no text"),
+            },
+            ErrorKind::WrongModel { expected, got } => {
+                write!(f, "server answered as model {got:?}, configured model is {expected:?}")
+            }
+            ErrorKind::WrongDimension { expected, got } => {
+                write!(f, "embedding has {got} dimensions, configured dimension is {expected}")
+            }
+            ErrorKind::Unsupported(m) => write!(f, "unsupported request: {m}"),
+        }
+    }
+}
+
+/// A failed request, with where and how often it was tried.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{role} @ {endpoint}: {kind} (after {attempts} attempt{s})", s = if *.attempts == 1 { "" } else { "s" })]
+pub struct ServingError {
+    /// Role whose server failed.
+    pub role: Role,
+    /// Endpoint of the last attempt.
+    pub endpoint: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt's failure.
+    pub kind: ErrorKind,
+    /// The failures of earlier attempts, oldest first.
+    pub earlier: Vec<ErrorKind>,
+}
+
+impl ServingError {
+    /// HTTP status of the last attempt, when there was one.
+    pub fn status(&self) -> Option<u16> {
+        match &self.kind {
+            ErrorKind::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the prompt was too long for the model.
+    pub fn is_context_length(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Http {
+                class: HttpClass::ContextLength,
+                ..
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(status: u16, ctx: bool) -> ErrorKind {
+        ErrorKind::Http {
+            status,
+            class: HttpClass::from_status(status, ctx),
+            message: "m".into(),
+            code: None,
+            body: String::new(),
+        }
+    }
+
+    #[test]
+    fn retry_allowlist() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(http(s, false).is_retryable(), "{s}");
+        }
+        for s in [400, 401, 403, 404, 422] {
+            assert!(!http(s, false).is_retryable(), "{s}");
+        }
+        assert!(!http(400, true).is_retryable());
+        assert!(ErrorKind::Connect("refused".into()).is_retryable());
+    }
+
+    #[test]
+    fn display_names_role_endpoint_status_and_message() {
+        let e = ServingError {
+            role: Role::Reasoner,
+            endpoint: "http://h:1/v1".into(),
+            attempts: 1,
+            kind: http(400, true),
+            earlier: vec![],
+        };
+        let s = e.to_string();
+        assert!(s.contains("reasoner") && s.contains("http://h:1/v1") && s.contains("HTTP 400"));
+        assert!(e.is_context_length());
+        assert_eq!(e.status(), Some(400));
+    }
+}

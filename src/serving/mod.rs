@@ -1,0 +1,66 @@
+//! Everything that speaks HTTP to model servers, and nothing else does.
+//!
+//! - `wire`: request bodies and validated readers of answers and error envelopes;
+//! - `errors`: typed failures that keep role, endpoint, status and the server's message;
+//! - `retry`: the pure backoff arithmetic;
+//! - `endpoints`: replicas, per-endpoint in-flight limits, setting unwell replicas aside;
+//! - `client`: `RoleClient`, the call loop (limits, rate, timeout, retries);
+//! - `stats`: per-role counters.
+//!
+//! Why plain reqwest and our own serde types rather than async-openai: see ARCHITECTURE.md
+//! ("Serving"). In short, vLLM's integer error `code`, TGI's `finish_reason: "eos_token"`, image
+//! embeddings and per-server `extra_body` fields do not fit async-openai's typed calls, and its
+//! built-in retry honours `Retry-After` without a cap.
+
+mod client;
+mod endpoints;
+mod errors;
+mod retry;
+mod stats;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub use client::{CallMeta, Reply, RoleClient};
+pub use errors::{ErrorKind, HttpClass, ServingError};
+pub use retry::{backoff_delay, parse_retry_after};
+pub use stats::{RoleStats, StatsSnapshot};
+pub use wire::{ChatAnswer, ChatRequest, EmbedInput, FinishReason, Message, Part, Speaker};
+
+use crate::config::{ConfigError, Role, ServersConfig};
+
+/// One client per configured role.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    by_role: BTreeMap<Role, RoleClient>,
+    path: std::path::PathBuf,
+}
+
+impl Clients {
+    /// Builds a client for every role in the servers file (reading API-key variables).
+    pub fn new(servers: &ServersConfig, path: &Path) -> Result<Self, ConfigError> {
+        let mut by_role = BTreeMap::new();
+        for (role, server) in &servers.roles {
+            by_role.insert(*role, RoleClient::new(*role, server, path)?);
+        }
+        Ok(Clients {
+            by_role,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The client of `role`, or an error saying the servers file lacks it.
+    pub fn get(&self, role: Role) -> Result<&RoleClient, ConfigError> {
+        self.by_role.get(&role).ok_or_else(|| ConfigError::Invalid {
+            path: self.path.clone(),
+            key: format!("roles.{role}"),
+            message: format!("this command needs the {role} role; add a [roles.{role}] table"),
+        })
+    }
+
+    /// Every configured client.
+    pub fn all(&self) -> impl Iterator<Item = &RoleClient> {
+        self.by_role.values()
+    }
+}

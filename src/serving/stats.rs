@@ -1,0 +1,110 @@
+//! Per-role traffic counters: attempts, successes, failures, retries, replicas set aside, errors
+//! by kind and answer latencies, for run summaries and `doctor`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::errors::ErrorKind;
+
+/// Counters of one role's traffic, shared by every clone of its client.
+#[derive(Debug, Default)]
+pub struct RoleStats {
+    attempts: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    retries: AtomicU64,
+    set_aside: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+    latencies_ms: Mutex<Vec<f32>>,
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct StatsSnapshot {
+    /// HTTP attempts sent.
+    pub attempts: u64,
+    /// Calls that ended with a valid answer.
+    pub successes: u64,
+    /// Calls that ended in an error after retries.
+    pub failures: u64,
+    /// Retries made.
+    pub retries: u64,
+    /// Times a replica was set aside.
+    pub set_aside: u64,
+    /// Failed attempts by error label.
+    pub errors: BTreeMap<String, u64>,
+    /// Median latency of successful attempts, milliseconds.
+    pub latency_p50_ms: Option<f32>,
+    /// 95th percentile latency of successful attempts, milliseconds.
+    pub latency_p95_ms: Option<f32>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RoleStats {
+    pub(crate) fn record_attempt(&self) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn record_success(&self, latency: Duration) {
+        self.successes.fetch_add(1, Ordering::Relaxed);
+        lock(&self.latencies_ms).push(latency.as_secs_f32() * 1000.0);
+    }
+    pub(crate) fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn record_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn record_set_aside(&self) {
+        self.set_aside.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn record_error(&self, kind: &ErrorKind) {
+        *lock(&self.errors).entry(kind.label()).or_default() += 1;
+    }
+
+    /// Copies the counters and computes latency percentiles.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut lat = lock(&self.latencies_ms).clone();
+        lat.sort_by(f32::total_cmp);
+        let pct = |p: f64| -> Option<f32> {
+            if lat.is_empty() {
+                return None;
+            }
+            let i = ((lat.len() - 1) as f64 * p).round() as usize;
+            lat.get(i).copied()
+        };
+        StatsSnapshot {
+            attempts: self.attempts.load(Ordering::Relaxed),
+            successes: self.successes.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            set_aside: self.set_aside.load(Ordering::Relaxed),
+            errors: lock(&self.errors).clone(),
+            latency_p50_ms: pct(0.5),
+            latency_p95_ms: pct(0.95),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_recorded_latencies() {
+        let s = RoleStats::default();
+        for ms in 1..=100 {
+            s.record_success(Duration::from_millis(ms));
+        }
+        s.record_error(&ErrorKind::Timeout(Duration::from_secs(1)));
+        let snap = s.snapshot();
+        assert_eq!(snap.successes, 100);
+        assert_eq!(snap.latency_p50_ms.map(f32::round), Some(51.0));
+        assert_eq!(snap.latency_p95_ms.map(f32::round), Some(95.0));
+        assert_eq!(snap.errors.get("timeout"), Some(&1));
+    }
+}
