@@ -64,13 +64,17 @@ impl EndpointReport {
 
     /// The failure reasons, each naming the role and endpoint.
     pub fn reasons(&self) -> Vec<String> {
-        [("health", &self.health), ("model", &self.model), ("round trip", &self.round_trip)]
-            .into_iter()
-            .filter_map(|(what, c)| match c {
-                Check::Fail(r) => Some(format!("{} @ {}: {what}: {r}", self.role, self.endpoint)),
-                _ => None,
-            })
-            .collect()
+        [
+            ("health", &self.health),
+            ("model", &self.model),
+            ("round trip", &self.round_trip),
+        ]
+        .into_iter()
+        .filter_map(|(what, c)| match c {
+            Check::Fail(r) => Some(format!("{} @ {}: {what}: {r}", self.role, self.endpoint)),
+            _ => None,
+        })
+        .collect()
     }
 }
 
@@ -87,13 +91,19 @@ pub fn load_servers(path: &Path) -> Result<(ServersConfig, std::path::PathBuf), 
         Err(ConfigError::Invalid {
             path: path.to_path_buf(),
             key: "roles".into(),
-            message: "neither a servers file ([roles.*] tables) nor an experiment file (servers = ...)".into(),
+            message:
+                "neither a servers file ([roles.*] tables) nor an experiment file (servers = ...)"
+                    .into(),
         })
     }
 }
 
 /// Runs every check of every endpoint, endpoints concurrently.
-pub async fn run(servers: &ServersConfig, path: &Path, timeout: Duration) -> Result<Vec<EndpointReport>, ConfigError> {
+pub async fn run(
+    servers: &ServersConfig,
+    path: &Path,
+    timeout: Duration,
+) -> Result<Vec<EndpointReport>, ConfigError> {
     let mut jobs = Vec::new();
     for (role, server) in &servers.roles {
         for endpoint in &server.endpoints {
@@ -114,7 +124,9 @@ async fn check_endpoint(client: RoleClient, role: Role, server: RoleServer) -> E
         ApiFlavour::Openai => Check::Skipped("no health route".into()),
         _ => match client.probe_get(0, "/health", true).await {
             Ok((200, _)) => Check::Ok("200".into()),
-            Ok((status, body)) => Check::Fail(format!("/health answered HTTP {status}: {}", body.trim())),
+            Ok((status, body)) => {
+                Check::Fail(format!("/health answered HTTP {status}: {}", body.trim()))
+            }
             Err(e) => Check::Fail(e.to_string()),
         },
     };
@@ -134,15 +146,18 @@ async fn check_endpoint(client: RoleClient, role: Role, server: RoleServer) -> E
             }
         }
         Ok((404, _)) if server.api == ApiFlavour::Tgi => Check::Skipped("no /models".into()),
-        Ok((status, body)) => Check::Fail(format!("/models answered HTTP {status}: {}", body.trim())),
+        Ok((status, body)) => {
+            Check::Fail(format!("/models answered HTTP {status}: {}", body.trim()))
+        }
         Err(e) => Check::Fail(e.to_string()),
     };
     let start = Instant::now();
-    let round_trip = if health.is_fail() && matches!(&health, Check::Fail(m) if m.starts_with("connection")) {
-        Check::Fail("skipped: the server is unreachable".into())
-    } else {
-        round_trip(&client, role, &server).await
-    };
+    let round_trip =
+        if health.is_fail() && matches!(&health, Check::Fail(m) if m.starts_with("connection")) {
+            Check::Fail("skipped: the server is unreachable".into())
+        } else {
+            round_trip(&client, role, &server).await
+        };
     let latency_ms = (!round_trip.is_fail()).then(|| start.elapsed().as_millis() as u64);
     EndpointReport {
         role,
@@ -168,7 +183,9 @@ fn served_models(body: &str) -> Vec<String> {
 
 /// A small, real image: a 64×64 colour gradient.
 pub fn probe_image() -> EncodedImage {
-    let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 128]));
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 128])
+    });
     let mut out = std::io::Cursor::new(Vec::new());
     // Encoding a valid in-memory RGB image to PNG cannot fail; an empty buffer would be refused below.
     let _ = img.write_to(&mut out, image::ImageFormat::Png);
@@ -176,14 +193,20 @@ pub fn probe_image() -> EncodedImage {
         .unwrap_or_else(|_| unreachable_probe())
 }
 
-#[expect(clippy::panic, reason = "a PNG the image crate just encoded is always recognised")]
+#[expect(
+    clippy::panic,
+    reason = "a PNG the image crate just encoded is always recognised"
+)]
 fn unreachable_probe() -> EncodedImage {
     panic!("probe image not recognised as PNG")
 }
 
 async fn round_trip(client: &RoleClient, role: Role, server: &RoleServer) -> Check {
     if role == Role::Embedder {
-        let text = match client.embed(&[EmbedInput::Text("a photo of a dog".into())]).await {
+        let text = match client
+            .embed(&[EmbedInput::Text("a photo of a dog".into())])
+            .await
+        {
             Ok(r) => r.value.into_iter().next().map_or(0, |v| v.len()),
             Err(e) => return Check::Fail(format!("text embedding: {}", e.kind)),
         };
@@ -196,7 +219,9 @@ async fn round_trip(client: &RoleClient, role: Role, server: &RoleServer) -> Che
                 if image == text {
                     Check::Ok(format!("dim {text} (text+image)"))
                 } else {
-                    Check::Fail(format!("text vectors have {text} dimensions but image vectors {image}"))
+                    Check::Fail(format!(
+                        "text vectors have {text} dimensions but image vectors {image}"
+                    ))
                 }
             }
             Err(e) => Check::Fail(format!("image embedding: {}", e.kind)),
@@ -205,7 +230,9 @@ async fn round_trip(client: &RoleClient, role: Role, server: &RoleServer) -> Che
         let mut parts = Vec::new();
         if role.sees_images() {
             parts.push(Part::Image(probe_image()));
-            parts.push(Part::Text("What colours does this image show? Answer in a few words.".into()));
+            parts.push(Part::Text(
+                "What colours does this image show? Answer in a few words.".into(),
+            ));
         } else {
             parts.push(Part::Text("Reply with the single word OK.".into()));
         }
@@ -220,8 +247,13 @@ async fn round_trip(client: &RoleClient, role: Role, server: &RoleServer) -> Che
         match client.chat(&req).await {
             Ok(r) => Check::Ok(format!("{:?}", shorten(&r.value.content, 24))),
             Err(e) => Check::Fail(match &e.kind {
-                ErrorKind::Http { .. } | ErrorKind::Connect(_) | ErrorKind::Timeout(_) => e.kind.to_string(),
-                other => format!("{} chat: {other}", if role.sees_images() { "image" } else { "text" }),
+                ErrorKind::Http { .. } | ErrorKind::Connect(_) | ErrorKind::Timeout(_) => {
+                    e.kind.to_string()
+                }
+                other => format!(
+                    "{} chat: {other}",
+                    if role.sees_images() { "image" } else { "text" }
+                ),
             }),
         }
     }
@@ -238,7 +270,14 @@ fn shorten(s: &str, n: usize) -> String {
 
 /// Formats the reports as a table followed by one line per failure.
 pub fn render(reports: &[EndpointReport]) -> String {
-    let header = ["role", "endpoint", "health", "model", "round trip", "latency"];
+    let header = [
+        "role",
+        "endpoint",
+        "health",
+        "model",
+        "round trip",
+        "latency",
+    ];
     let rows: Vec<[String; 6]> = reports
         .iter()
         .map(|r| {

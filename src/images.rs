@@ -20,7 +20,13 @@ pub struct EncodedImage {
 
 impl std::fmt::Debug for EncodedImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EncodedImage({}, {} bytes, {})", self.mime, self.bytes.len(), self.short_hash())
+        write!(
+            f,
+            "EncodedImage({}, {} bytes, {})",
+            self.mime,
+            self.bytes.len(),
+            self.short_hash()
+        )
     }
 }
 

@@ -84,7 +84,10 @@ impl std::str::FromStr for DatasetName {
             .find(|d| d.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = DatasetName::ALL.iter().map(|d| d.as_str()).collect();
-                format!("unknown dataset {s:?}; expected one of: {}", names.join(", "))
+                format!(
+                    "unknown dataset {s:?}; expected one of: {}",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -282,7 +285,9 @@ fn resolve_pipeline(p: PipelineSection, path: &Path) -> Result<PipelineParams, C
         tau: p.tau.unwrap_or(0.15),
         top_k: p.top_k.unwrap_or(20),
         alpha: p.alpha.unwrap_or(3),
-        stages: p.stages.unwrap_or_else(|| vec![Stage::S1, Stage::S2, Stage::S3]),
+        stages: p
+            .stages
+            .unwrap_or_else(|| vec![Stage::S1, Stage::S2, Stage::S3]),
         queries_in_flight: p.queries_in_flight.unwrap_or(32),
         reask: p.reask.unwrap_or(if parity { 0 } else { 2 }),
         verifier_mode: p.verifier_mode.unwrap_or(VerifierMode::Substring),
@@ -304,16 +309,23 @@ fn resolve_pipeline(p: PipelineSection, path: &Path) -> Result<PipelineParams, C
     if params.alpha > params.top_k {
         return Err(bad(
             "alpha",
-            format!("{} exceeds top_k = {}; stage 3 looks only at the top_k", params.alpha, params.top_k),
+            format!(
+                "{} exceeds top_k = {}; stage 3 looks only at the top_k",
+                params.alpha, params.top_k
+            ),
         ));
     }
     if params.stages.is_empty() || !params.stages.contains(&Stage::S1) {
-        return Err(bad("stages", "must include \"s1\"; stages 2 and 3 refine its ranking".into()));
+        return Err(bad(
+            "stages",
+            "must include \"s1\"; stages 2 and 3 refine its ranking".into(),
+        ));
     }
     if params.queries_in_flight == 0 {
         return Err(bad("queries_in_flight", "must be at least 1".into()));
     }
-    if params.rerank == RerankMode::ProbabilitySum && params.verifier_mode != VerifierMode::Logprob {
+    if params.rerank == RerankMode::ProbabilitySum && params.verifier_mode != VerifierMode::Logprob
+    {
         return Err(bad(
             "rerank",
             "\"probability-sum\" needs verifier_mode = \"logprob\"".into(),
@@ -350,13 +362,21 @@ mod tests {
     #[test]
     fn out_of_range_tau_names_key() {
         let err = pipeline("tau = 1.5").unwrap_err().to_string();
-        assert!(err.contains("pipeline.tau") && err.contains("exp.toml"), "{err}");
+        assert!(
+            err.contains("pipeline.tau") && err.contains("exp.toml"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_verifier_mode_lists_choices() {
-        let err = pipeline("verifier_mode = \"maybe\"").unwrap_err().to_string();
-        assert!(err.contains("substring") && err.contains("logprob"), "{err}");
+        let err = pipeline("verifier_mode = \"maybe\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("substring") && err.contains("logprob"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -364,7 +384,12 @@ mod tests {
         for d in DatasetName::ALL {
             assert_eq!(d.as_str().parse::<DatasetName>().unwrap(), d);
         }
-        assert!("cifar".parse::<DatasetName>().unwrap_err().contains("cirr-subset"));
+        assert!(
+            "cifar"
+                .parse::<DatasetName>()
+                .unwrap_err()
+                .contains("cirr-subset")
+        );
     }
 
     #[test]

@@ -276,8 +276,8 @@ impl ServersConfig {
                 return Err(bad(k("model"), "must name the served model".into()));
             }
             if let Some(var) = &s.api_key_env {
-                let valid = !var.is_empty()
-                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let valid =
+                    !var.is_empty() && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !valid {
                     return Err(bad(
                         k("api_key_env"),
@@ -301,12 +301,18 @@ impl ServersConfig {
                 return Err(bad(k("burst"), "must be at least 1".into()));
             }
             if !(s.timeout_secs.is_finite() && s.timeout_secs > 0.0) {
-                return Err(bad(k("timeout_secs"), "must be a positive number of seconds".into()));
+                return Err(bad(
+                    k("timeout_secs"),
+                    "must be a positive number of seconds".into(),
+                ));
             }
             if let Some(t) = s.sampling.temperature
                 && !(0.0..=2.0).contains(&t)
             {
-                return Err(bad(k("sampling.temperature"), format!("{t} is outside 0..=2")));
+                return Err(bad(
+                    k("sampling.temperature"),
+                    format!("{t} is outside 0..=2"),
+                ));
             }
             if let Some(p) = s.sampling.top_p
                 && !(p > 0.0 && p <= 1.0)
@@ -334,12 +340,16 @@ impl ServersConfig {
                     ));
                 }
                 (false, Some(_)) => {
-                    return Err(bad(k("embed_shape"), "only the embedder has a request shape".into()));
+                    return Err(bad(
+                        k("embed_shape"),
+                        "only the embedder has a request shape".into(),
+                    ));
                 }
                 _ => {}
             }
             if *role == Role::Embedder {
-                if s.images == Some(true) && !s.embed_shape.is_some_and(EmbedShape::supports_images) {
+                if s.images == Some(true) && !s.embed_shape.is_some_and(EmbedShape::supports_images)
+                {
                     return Err(bad(
                         k("images"),
                         "embed_shape \"openai-input\" carries text only; use \"vllm-messages\" or \"infinity\" for images".into(),
@@ -414,15 +424,22 @@ api = "vllm"
 
     #[test]
     fn unknown_key_names_file_and_key() {
-        let err = parse(&format!("{MINIMAL}max_inflight = 3\n")).unwrap_err().to_string();
+        let err = parse(&format!("{MINIMAL}max_inflight = 3\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("servers.toml"), "{err}");
         assert!(err.contains("max_inflight"), "{err}");
     }
 
     #[test]
     fn bad_flavour_lists_allowed_values() {
-        let err = parse(&MINIMAL.replace("\"vllm\"", "\"ollama\"")).unwrap_err().to_string();
-        assert!(err.contains("ollama") && err.contains("vllm") && err.contains("tgi"), "{err}");
+        let err = parse(&MINIMAL.replace("\"vllm\"", "\"ollama\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ollama") && err.contains("vllm") && err.contains("tgi"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -435,19 +452,28 @@ api = "vllm"
 
     #[test]
     fn api_key_value_in_place_of_a_name_is_refused() {
-        let err = parse(&format!("{MINIMAL}api_key_env = \"sk-abc.def\"\n")).unwrap_err().to_string();
+        let err = parse(&format!("{MINIMAL}api_key_env = \"sk-abc.def\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("api_key_env"), "{err}");
     }
 
     #[test]
     fn non_url_endpoint_is_refused() {
-        let err = parse(&MINIMAL.replace("http://127.0.0.1:8001/v1", "localhost:8001")).unwrap_err();
-        assert!(err.to_string().contains("roles.reasoner.endpoints"), "{err}");
+        let err =
+            parse(&MINIMAL.replace("http://127.0.0.1:8001/v1", "localhost:8001")).unwrap_err();
+        assert!(
+            err.to_string().contains("roles.reasoner.endpoints"),
+            "{err}"
+        );
     }
 
     #[test]
     fn reserved_extra_body_field_is_refused() {
-        let err = parse(&format!("{MINIMAL}[roles.reasoner.extra_body]\nmodel = \"x\"\n")).unwrap_err();
+        let err = parse(&format!(
+            "{MINIMAL}[roles.reasoner.extra_body]\nmodel = \"x\"\n"
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("extra_body.model"), "{err}");
     }
 
@@ -459,7 +485,12 @@ api = "vllm"
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let cfg = ServersConfig::load(&path).unwrap();
-                assert_eq!(cfg.roles.len(), 5, "{} should configure all five roles", path.display());
+                assert_eq!(
+                    cfg.roles.len(),
+                    5,
+                    "{} should configure all five roles",
+                    path.display()
+                );
                 n += 1;
             }
         }

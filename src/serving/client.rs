@@ -88,10 +88,20 @@ impl RoleClient {
     /// Builds the client for `role`; reads the API key variable if one is named.
     /// `config_path` is only used in error messages.
     pub fn new(role: Role, server: &RoleServer, config_path: &Path) -> Result<Self, ConfigError> {
+        Self::with_env(role, server, config_path, |var| std::env::var(var).ok())
+    }
+
+    /// As `new`, reading environment variables through `env` (tests pass a closure).
+    pub fn with_env(
+        role: Role,
+        server: &RoleServer,
+        config_path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let api_key = match &server.api_key_env {
             None => None,
-            Some(var) => match std::env::var(var) {
-                Ok(v) if !v.is_empty() => Some(ApiKey(v)),
+            Some(var) => match env(var) {
+                Some(v) if !v.is_empty() => Some(ApiKey(v)),
                 _ => {
                     return Err(ConfigError::MissingEnv {
                         path: config_path.to_path_buf(),
@@ -103,7 +113,8 @@ impl RoleClient {
         };
         let limiter = server.requests_per_second.map(|rps| {
             let period = Duration::from_secs_f64(1.0 / rps).max(Duration::from_nanos(1));
-            let burst = std::num::NonZeroU32::new(server.burst.unwrap_or(1)).unwrap_or(std::num::NonZeroU32::MIN);
+            let burst = std::num::NonZeroU32::new(server.burst.unwrap_or(1))
+                .unwrap_or(std::num::NonZeroU32::MIN);
             let quota = Quota::with_period(period)
                 .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MAX))
                 .allow_burst(burst);
@@ -159,7 +170,9 @@ impl RoleClient {
     pub async fn embed(&self, inputs: &[EmbedInput]) -> Result<Reply<Vec<Vec<f32>>>, ServingError> {
         let s = &self.inner.server;
         let bodies = wire::embed_bodies(inputs, s, ImageRendering::Send(s.image_transport))
-            .map_err(|kind| self.error(self.inner.endpoints.all()[0].base.clone(), 0, kind, vec![]))?;
+            .map_err(|kind| {
+                self.error(self.inner.endpoints.all()[0].base.clone(), 0, kind, vec![])
+            })?;
         let calls = bodies.iter().map(|body| {
             let expected = count_inputs(body);
             self.call("/embeddings", body, move |text| {
@@ -194,7 +207,10 @@ impl RoleClient {
             retry_delays: vec![],
             errors: vec![],
         });
-        Ok(Reply { value: vectors, meta })
+        Ok(Reply {
+            value: vectors,
+            meta,
+        })
     }
 
     /// GETs `path` (relative to the server root when `from_root`, else to the API base) on
@@ -212,7 +228,10 @@ impl RoleClient {
             rb = rb.bearer_auth(&k.0);
         }
         let fut = async {
-            let resp = rb.send().await.map_err(|e| ErrorKind::Connect(error_chain(&e)))?;
+            let resp = rb
+                .send()
+                .await
+                .map_err(|e| ErrorKind::Connect(error_chain(&e)))?;
             let status = resp.status().as_u16();
             let body = read_capped(resp).await?;
             Ok((status, body))
@@ -235,7 +254,13 @@ impl RoleClient {
         }
     }
 
-    fn error(&self, endpoint: String, attempts: u32, kind: ErrorKind, earlier: Vec<ErrorKind>) -> ServingError {
+    fn error(
+        &self,
+        endpoint: String,
+        attempts: u32,
+        kind: ErrorKind,
+        earlier: Vec<ErrorKind>,
+    ) -> ServingError {
         ServingError {
             role: self.inner.role,
             endpoint,
@@ -371,7 +396,9 @@ impl RoleClient {
 }
 
 fn count_inputs(body: &Value) -> usize {
-    body.get("input").and_then(Value::as_array).map_or(1, Vec::len)
+    body.get("input")
+        .and_then(Value::as_array)
+        .map_or(1, Vec::len)
 }
 
 async fn read_capped(mut resp: reqwest::Response) -> Result<String, ErrorKind> {
@@ -388,7 +415,12 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<String, ErrorKind> {
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => break,
-            Err(e) => return Err(ErrorKind::Connect(format!("reading the answer: {}", error_chain(&e)))),
+            Err(e) => {
+                return Err(ErrorKind::Connect(format!(
+                    "reading the answer: {}",
+                    error_chain(&e)
+                )));
+            }
         }
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
@@ -406,7 +438,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-#[expect(clippy::disallowed_methods, reason = "the one place an HTTP client is built")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the one place an HTTP client is built"
+)]
 fn build_http(server: &RoleServer) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(server.timeout().min(Duration::from_secs(10)))
@@ -414,4 +449,3 @@ fn build_http(server: &RoleServer) -> reqwest::Result<reqwest::Client> {
         .user_agent(concat!("imagescope/", env!("CARGO_PKG_VERSION")))
         .build()
 }
-

@@ -82,7 +82,10 @@ impl<'a> Assignment<'a> {
     }
 
     /// Waits for a free in-flight slot on this endpoint.
-    #[expect(clippy::expect_used, reason = "the semaphore is owned by the endpoint and never closed")]
+    #[expect(
+        clippy::expect_used,
+        reason = "the semaphore is owned by the endpoint and never closed"
+    )]
     pub async fn permit(&self) -> OwnedSemaphorePermit {
         self.endpoint
             .permits
@@ -97,7 +100,10 @@ impl Endpoints {
     /// Endpoints for the given base URLs, each admitting `max_in_flight` requests at once.
     pub fn new(bases: &[String], max_in_flight: usize) -> Self {
         Endpoints {
-            list: bases.iter().map(|b| Endpoint::new(b, max_in_flight)).collect(),
+            list: bases
+                .iter()
+                .map(|b| Endpoint::new(b, max_in_flight))
+                .collect(),
             rotation: AtomicUsize::new(0),
         }
     }
@@ -168,9 +174,10 @@ impl Endpoints {
     /// Whether some endpoint other than `index` is currently available.
     pub fn has_other_available(&self, index: usize) -> bool {
         let now = Instant::now();
-        self.list.iter().enumerate().any(|(i, ep)| {
-            i != index && ep.health().down_until.is_none_or(|t| t <= now)
-        })
+        self.list
+            .iter()
+            .enumerate()
+            .any(|(i, ep)| i != index && ep.health().down_until.is_none_or(|t| t <= now))
     }
 
     /// Whether an endpoint is currently set aside.

@@ -145,7 +145,9 @@ impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ErrorKind::Connect(e) => write!(f, "connection failed: {e}"),
-            ErrorKind::Timeout(d) => write!(f, "no answer within {:.1}s (timeout_secs)", d.as_secs_f64()),
+            ErrorKind::Timeout(d) => {
+                write!(f, "no answer within {:.1}s (timeout_secs)", d.as_secs_f64())
+            }
             ErrorKind::Http {
                 status,
                 class,
@@ -167,10 +169,16 @@ impl fmt::Display for ErrorKind {
                 None => write!(f, "the model returned no text"),
             },
             ErrorKind::WrongModel { expected, got } => {
-                write!(f, "server answered as model {got:?}, configured model is {expected:?}")
+                write!(
+                    f,
+                    "server answered as model {got:?}, configured model is {expected:?}"
+                )
             }
             ErrorKind::WrongDimension { expected, got } => {
-                write!(f, "embedding has {got} dimensions, configured dimension is {expected}")
+                write!(
+                    f,
+                    "embedding has {got} dimensions, configured dimension is {expected}"
+                )
             }
             ErrorKind::Unsupported(m) => write!(f, "unsupported request: {m}"),
         }

@@ -103,7 +103,9 @@ fn message_json(m: &Message, how: ImageRendering) -> Value {
         .iter()
         .map(|p| match p {
             Part::Text(t) => json!({"type": "text", "text": t}),
-            Part::Image(img) => json!({"type": "image_url", "image_url": {"url": image_url(img, how)}}),
+            Part::Image(img) => {
+                json!({"type": "image_url", "image_url": {"url": image_url(img, how)}})
+            }
         })
         .collect();
     json!({"role": role, "content": parts})
@@ -179,7 +181,10 @@ pub fn embed_bodies(
                 };
                 let mut m = Map::new();
                 m.insert("model".into(), json!(server.model));
-                m.insert("messages".into(), json!([{"role": "user", "content": [part]}]));
+                m.insert(
+                    "messages".into(),
+                    json!([{"role": "user", "content": [part]}]),
+                );
                 m.insert("encoding_format".into(), json!("float"));
                 with_extra(m)
             })
@@ -381,10 +386,11 @@ pub fn parse_embeddings(
     expected: usize,
     dimension: Option<usize>,
 ) -> Result<EmbedAnswer, ErrorKind> {
-    let wire: WireEmbeddings = serde_json::from_str(body).map_err(|e| ErrorKind::InvalidResponse {
-        reason: format!("embeddings answer is not the expected JSON: {e}"),
-        body: excerpt(body),
-    })?;
+    let wire: WireEmbeddings =
+        serde_json::from_str(body).map_err(|e| ErrorKind::InvalidResponse {
+            reason: format!("embeddings answer is not the expected JSON: {e}"),
+            body: excerpt(body),
+        })?;
     let mut data = wire.data.unwrap_or_default();
     if data.len() != expected {
         return Err(ErrorKind::InvalidResponse {
@@ -560,19 +566,29 @@ mod tests {
             parse_chat(r#"{"choices":[{"message":{"content":"  "},"finish_reason":"length"}]}"#),
             Err(ErrorKind::EmptyContent { .. })
         ));
-        assert!(matches!(parse_chat("not json"), Err(ErrorKind::InvalidResponse { .. })));
+        assert!(matches!(
+            parse_chat("not json"),
+            Err(ErrorKind::InvalidResponse { .. })
+        ));
     }
 
     #[test]
     fn embeddings_are_validated() {
-        let body = r#"{"data":[{"index":1,"embedding":[0.0,1.0]},{"index":0,"embedding":[1.0,0.0]}]}"#;
+        let body =
+            r#"{"data":[{"index":1,"embedding":[0.0,1.0]},{"index":0,"embedding":[1.0,0.0]}]}"#;
         let a = parse_embeddings(body, 2, Some(2)).unwrap();
         assert_eq!(a.vectors, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
         assert!(matches!(
             parse_embeddings(body, 2, Some(3)),
-            Err(ErrorKind::WrongDimension { expected: 3, got: 2 })
+            Err(ErrorKind::WrongDimension {
+                expected: 3,
+                got: 2
+            })
         ));
-        assert!(matches!(parse_embeddings(body, 3, None), Err(ErrorKind::InvalidResponse { .. })));
+        assert!(matches!(
+            parse_embeddings(body, 3, None),
+            Err(ErrorKind::InvalidResponse { .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,329 @@
+//! A scripted, in-process fake of an OpenAI-compatible model server. It is a TEST DOUBLE: it runs
+//! no model. It answers `/v1/chat/completions`, `/v1/embeddings`, `/v1/models` and `/health`;
+//! responses can be scripted per route (status, body, headers, delay), a default responder answers
+//! the rest, and it records every request, its arrival time and how many were in flight at once.
+//! Failures are scripted by count, never random.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+/// Which route a request hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Chat,
+    Embeddings,
+    Models,
+    Health,
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+    pub delay: Duration,
+}
+
+impl Scripted {
+    pub fn status(status: u16, body: impl Into<String>) -> Self {
+        Scripted {
+            status,
+            body: body.into(),
+            headers: vec![],
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn json(status: u16, body: Value) -> Self {
+        Self::status(status, body.to_string())
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+/// A recorded request.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub route: Route,
+    pub body: Value,
+    pub at: Instant,
+    pub auth: Option<String>,
+}
+
+/// Computes the default chat answer text from a request body.
+pub type ChatResponder = Arc<dyn Fn(&Value) -> String + Send + Sync>;
+
+pub struct FakeState {
+    pub model: Mutex<String>,
+    pub dim: usize,
+    scripts: Mutex<HashMap<Route, VecDeque<Scripted>>>,
+    delays: Mutex<HashMap<Route, Duration>>,
+    chat_responder: Mutex<ChatResponder>,
+    records: Mutex<Vec<Recorded>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// A running fake server; dropping it (or calling `stop`) closes its port.
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    pub state: Arc<FakeState>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct InFlight<'a>(&'a FakeState);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl FakeServer {
+    /// Starts a fake serving `model`, with embeddings of `dim` dimensions, on a free local port.
+    pub async fn start(model: &str, dim: usize) -> FakeServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, model, dim).await
+    }
+
+    /// Starts again on a given address (a replica coming back after being killed).
+    pub async fn start_at(addr: SocketAddr, model: &str, dim: usize) -> FakeServer {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Self::serve(listener, model, dim).await
+    }
+
+    async fn serve(listener: tokio::net::TcpListener, model: &str, dim: usize) -> FakeServer {
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(FakeState {
+            model: Mutex::new(model.to_string()),
+            dim,
+            scripts: Mutex::new(HashMap::new()),
+            delays: Mutex::new(HashMap::new()),
+            chat_responder: Mutex::new(Arc::new(|_| "yes".to_string())),
+            records: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/embeddings", post(embeddings))
+            .route("/v1/models", get(models))
+            .route("/health", get(health))
+            .with_state(state.clone());
+        // Connections live in a JoinSet owned by the accept loop, so stopping the server closes
+        // every open (keep-alive) connection too, as a killed process would.
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+                conns.spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, svc)
+                    .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        FakeServer {
+            addr,
+            state,
+            task: Some(task),
+        }
+    }
+
+    /// API base URL, e.g. `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Queues scripted answers for a route; they are used in order before the default.
+    pub fn script(&self, route: Route, answers: impl IntoIterator<Item = Scripted>) {
+        self.state
+            .scripts
+            .lock()
+            .unwrap()
+            .entry(route)
+            .or_default()
+            .extend(answers);
+    }
+
+    /// Delay added to every default answer of a route.
+    pub fn set_delay(&self, route: Route, d: Duration) {
+        self.state.delays.lock().unwrap().insert(route, d);
+    }
+
+    /// Sets how default chat answers are computed from the request body.
+    pub fn set_chat_responder(&self, f: impl Fn(&Value) -> String + Send + Sync + 'static) {
+        *self.state.chat_responder.lock().unwrap() = Arc::new(f);
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.records.lock().unwrap().clone()
+    }
+
+    /// Requests received on one route.
+    pub fn count(&self, route: Route) -> usize {
+        self.requests().iter().filter(|r| r.route == route).count()
+    }
+
+    /// Most requests that were being handled at the same moment.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Stops serving: the port refuses connections afterwards.
+    pub async fn stop(mut self) -> SocketAddr {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        self.addr
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+async fn handle(
+    state: Arc<FakeState>,
+    route: Route,
+    headers: HeaderMap,
+    body: Bytes,
+    default: impl FnOnce(&FakeState, &Value) -> Value,
+) -> Response {
+    let n = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(n, Ordering::SeqCst);
+    let _guard = InFlight(&state);
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.records.lock().unwrap().push(Recorded {
+        route,
+        body: parsed.clone(),
+        at: Instant::now(),
+        auth: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    });
+    let scripted = state
+        .scripts
+        .lock()
+        .unwrap()
+        .get_mut(&route)
+        .and_then(VecDeque::pop_front);
+    if let Some(s) = scripted {
+        tokio::time::sleep(s.delay).await;
+        let mut resp = (StatusCode::from_u16(s.status).unwrap(), s.body).into_response();
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        for (k, v) in s.headers {
+            resp.headers_mut().insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(&v).unwrap(),
+            );
+        }
+        return resp;
+    }
+    let delay = state.delays.lock().unwrap().get(&route).copied();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    axum::Json(default(&state, &parsed)).into_response()
+}
+
+async fn chat(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(state.clone(), Route::Chat, headers, body, |s, req| {
+        let responder = s.chat_responder.lock().unwrap().clone();
+        let content = responder(req);
+        json!({
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "model": *s.model.lock().unwrap(),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+        })
+    })
+    .await
+}
+
+/// A deterministic unit-ish vector derived from the text of one input.
+pub fn fake_vector(input: &Value, dim: usize) -> Vec<f32> {
+    let seed = blake3::hash(input.to_string().as_bytes());
+    let mut out = Vec::with_capacity(dim);
+    let mut reader = blake3::Hasher::new_derive_key("fake-embedding")
+        .update(seed.as_bytes())
+        .finalize_xof();
+    let mut buf = [0u8; 4];
+    for _ in 0..dim {
+        reader.fill(&mut buf);
+        out.push((u32::from_le_bytes(buf) as f32 / u32::MAX as f32) - 0.5);
+    }
+    out
+}
+
+async fn embeddings(
+    State(state): State<Arc<FakeState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(state.clone(), Route::Embeddings, headers, body, |s, req| {
+        let inputs: Vec<Value> = match req.get("input") {
+            Some(Value::Array(a)) => a.clone(),
+            Some(v) => vec![v.clone()],
+            None => vec![req.get("messages").cloned().unwrap_or(Value::Null)],
+        };
+        let data: Vec<Value> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| json!({"object": "embedding", "index": i, "embedding": fake_vector(x, s.dim)}))
+            .collect();
+        json!({"object": "list", "model": *s.model.lock().unwrap(), "data": data, "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+    })
+    .await
+}
+
+async fn models(State(state): State<Arc<FakeState>>, headers: HeaderMap) -> Response {
+    handle(state.clone(), Route::Models, headers, Bytes::new(), |s, _| {
+        json!({"object": "list", "data": [{"id": *s.model.lock().unwrap(), "object": "model"}]})
+    })
+    .await
+}
+
+async fn health(State(state): State<Arc<FakeState>>, headers: HeaderMap) -> Response {
+    handle(
+        state,
+        Route::Health,
+        headers,
+        Bytes::new(),
+        |_, _| json!({}),
+    )
+    .await
+}
