@@ -11,6 +11,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::DatasetName;
+use crate::datasets::{self, DatasetSpec};
+use crate::metrics::{predictions, protocol};
+use crate::runs::submission;
+
 /// Language-guided image retrieval (ImageScope) as a client of OpenAI-compatible model servers.
 #[derive(Debug, Parser)]
 #[command(name = "imagescope", version, about)]
@@ -35,6 +40,65 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Score a predictions file with the benchmark's official protocol.
+    Score {
+        /// cirr, cirr-subset, circo, fashioniq-dress, fashioniq-shirt, fashioniq-toptee, flickr30k,
+        /// mscoco or visdial.
+        #[arg(long)]
+        dataset: DatasetName,
+        /// Split (val, test, test1).
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// Dataset root (default: data/<CIRR|CIRCO|FashionIQ|Flickr30K|MSCOCO|VisDial>).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// `{query_id: [ranked image keys]}`, a CIRR/CIRCO submission, or for visdial
+        /// `{dialogue_id: {round: [ranked keys]}}`.
+        #[arg(long)]
+        predictions: PathBuf,
+        /// Print one JSON object of metric name → percentage.
+        #[arg(long)]
+        json: bool,
+        /// CIRR: keep the reference image in the ranking (ImageScope's behaviour; the official
+        /// protocol removes it).
+        #[arg(long)]
+        keep_reference: bool,
+    },
+    /// Validate a CIRR or CIRCO test-server submission; exits non-zero at the first problem.
+    CheckSubmission {
+        /// cirr (or cirr-subset) or circo.
+        #[arg(long)]
+        dataset: DatasetName,
+        /// test1 for CIRR, test for CIRCO.
+        #[arg(long)]
+        split: String,
+        /// Dataset root (default: data/CIRR or data/CIRCO).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The submission file.
+        file: PathBuf,
+    },
+}
+
+/// The conventional dataset root under `data/`.
+pub fn default_root(dataset: DatasetName) -> PathBuf {
+    let folder = match dataset {
+        DatasetName::Cirr | DatasetName::CirrSubset => "CIRR",
+        DatasetName::Circo => "CIRCO",
+        DatasetName::FashioniqDress
+        | DatasetName::FashioniqShirt
+        | DatasetName::FashioniqToptee => "FashionIQ",
+        DatasetName::Flickr30k => "Flickr30K",
+        DatasetName::Mscoco => "MSCOCO",
+        DatasetName::Visdial => "VisDial",
+        DatasetName::Folder => ".",
+    };
+    PathBuf::from("data").join(folder)
+}
+
+fn print(text: &str) -> anyhow::Result<()> {
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -62,6 +126,122 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Score {
+            dataset,
+            split,
+            data,
+            predictions: file,
+            json,
+            keep_reference,
+        } => {
+            let spec = DatasetSpec {
+                name: dataset,
+                root: data.unwrap_or_else(|| default_root(dataset)),
+                split,
+                image_ext: None,
+            };
+            let queries = datasets::load_queries(&spec)?;
+            let preds = predictions::read(dataset, &file)?;
+            let scored = protocol::score(
+                dataset,
+                &queries,
+                &preds,
+                protocol::ScoreOptions { keep_reference },
+            )?;
+            if !scored.missing.is_empty() {
+                tracing::warn!(
+                    "{} of {} queries have no prediction and count as misses (first: {})",
+                    scored.missing.len(),
+                    queries.len(),
+                    scored.missing[0]
+                );
+            }
+            if !scored.unknown.is_empty() {
+                tracing::warn!(
+                    "{} predictions name no query of {} {} (first: {}); they are ignored",
+                    scored.unknown.len(),
+                    dataset,
+                    spec.split,
+                    scored.unknown[0]
+                );
+            }
+            if json {
+                print(&(serde_json::to_string_pretty(&scored.to_json())? + "\n"))?;
+            } else {
+                let mut out = format!(
+                    "{dataset} {}: {} queries, {} without a prediction\n",
+                    spec.split,
+                    queries.len(),
+                    scored.missing.len()
+                );
+                let width = scored
+                    .metrics
+                    .iter()
+                    .map(|(n, _)| n.len())
+                    .max()
+                    .unwrap_or(0);
+                for (name, v) in &scored.metrics {
+                    out.push_str(&format!("{name:<width$}  {v:>8.4}\n"));
+                }
+                print(&out)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckSubmission {
+            dataset,
+            split,
+            data,
+            file,
+        } => {
+            let spec = DatasetSpec {
+                name: dataset,
+                root: data.unwrap_or_else(|| default_root(dataset)),
+                split,
+                image_ext: None,
+            };
+            let queries = datasets::load_queries(&spec)?;
+            let bytes = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let value: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", file.display()))?;
+            let verdict = match dataset {
+                DatasetName::Cirr | DatasetName::CirrSubset => {
+                    let limit = 5 * 1024 * 1024;
+                    if bytes.len() >= limit {
+                        Err(submission::SubmissionProblem(format!(
+                            "the file is {} bytes; the CIRR server takes files under 5 MB",
+                            bytes.len()
+                        )))
+                    } else {
+                        submission::check_cirr(&value, &queries)
+                            .map(|m| format!("CIRR {} submission", m.as_str()))
+                    }
+                }
+                DatasetName::Circo => submission::check_circo(&value, &queries)
+                    .map(|()| "CIRCO submission".to_string()),
+                other => anyhow::bail!(
+                    "{other} has no test server; check-submission takes cirr, cirr-subset or circo"
+                ),
+            };
+            match verdict {
+                Ok(what) => {
+                    print(&format!(
+                        "ok: {what} for {} queries: {}\n",
+                        queries.len(),
+                        file.display()
+                    ))?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(p) => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "invalid submission {}: {p}",
+                        file.display()
+                    );
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
     }
 }

@@ -11,6 +11,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod datasets;
 pub mod doctor;
 pub mod images;
+pub mod metrics;
+pub mod ranking;
+pub mod runs;
 pub mod serving;

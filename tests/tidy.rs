@@ -17,23 +17,40 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_source_file_starts_with_a_module_doc() {
     let mut files = Vec::new();
-    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
     assert!(files.len() > 5);
     let missing: Vec<_> = files
         .iter()
-        .filter(|f| !std::fs::read_to_string(f).unwrap().trim_start().starts_with("//!"))
+        .filter(|f| {
+            !std::fs::read_to_string(f)
+                .unwrap()
+                .trim_start()
+                .starts_with("//!")
+        })
         .collect();
-    assert!(missing.is_empty(), "files without a leading //! doc: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a leading //! doc: {missing:?}"
+    );
 }
 
 #[test]
 fn source_files_stay_under_900_lines() {
     let mut files = Vec::new();
-    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
     let long: Vec<_> = files
         .iter()
         .map(|f| (f, std::fs::read_to_string(f).unwrap().lines().count()))
         .filter(|(_, n)| *n > 900)
         .collect();
-    assert!(long.is_empty(), "split these files by responsibility: {long:?}");
+    assert!(
+        long.is_empty(),
+        "split these files by responsibility: {long:?}"
+    );
 }

@@ -163,11 +163,16 @@ impl Endpoints {
         *self.list[index].health() = Health::default();
     }
 
-    /// Records an endpoint fault: the endpoint is set aside for a growing cooldown.
+    /// Records an endpoint fault: the endpoint is set aside for a cooldown that doubles with each
+    /// failed probe. Failures of requests already in flight when it was set aside do not extend it.
     pub fn mark_failed(&self, index: usize, policy: &RetryPolicy) {
+        let now = Instant::now();
         let mut h = self.list[index].health();
+        if h.down_until.is_some_and(|t| t > now) {
+            return;
+        }
         h.consecutive_failures += 1;
-        h.down_until = Some(Instant::now() + set_aside_for(policy, h.consecutive_failures));
+        h.down_until = Some(now + set_aside_for(policy, h.consecutive_failures));
         h.probing = false;
     }
 
@@ -230,6 +235,27 @@ mod tests {
         drop(probe);
         let spread: Vec<usize> = (0..2).map(|_| e.assign().index).collect();
         assert!(spread.contains(&0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_failures_do_not_compound_the_cooldown() {
+        let e = eps(2);
+        let p = RetryPolicy {
+            replica_cooldown_ms: 1000,
+            ..RetryPolicy::default()
+        };
+        for _ in 0..10 {
+            e.mark_failed(0, &p);
+        }
+        tokio::time::advance(std::time::Duration::from_millis(1001)).await;
+        assert!(!e.is_set_aside(0));
+        // A failed probe doubles it.
+        assert_eq!(e.assign().index, 0);
+        e.mark_failed(0, &p);
+        tokio::time::advance(std::time::Duration::from_millis(1500)).await;
+        assert!(e.is_set_aside(0));
+        tokio::time::advance(std::time::Duration::from_millis(600)).await;
+        assert!(!e.is_set_aside(0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,142 @@
+//! Retrieval metrics, exactly as the benchmarks' official code computes them, over rankings of
+//! image keys. Pure functions: no I/O, no servers.
+//!
+//! - `first_hit`: 1-based rank of the first positive (the shared core);
+//! - `recall_at`: Recall@K / R@K / Recall_subset@K / Hits@K as a percentage;
+//! - `average_precision_at`: CIRCO's AP@K, divisor min(K, |GT|), duplicates refused upstream;
+//! - `cumulative_hits`, `bri`: ChatIR / PlugIR dialogue metrics.
+//!
+//! `protocol` applies each benchmark's rules (reference exclusion, subsets, metric names);
+//! `predictions` reads prediction and submission files.
+
+pub mod predictions;
+pub mod protocol;
+
+use std::collections::HashSet;
+
+use crate::datasets::ImageKey;
+
+/// 1-based rank of the first element of `ranking` that is in `positives`, or `None`.
+pub fn first_hit(ranking: &[ImageKey], positives: &HashSet<&ImageKey>) -> Option<usize> {
+    ranking
+        .iter()
+        .position(|k| positives.contains(k))
+        .map(|p| p + 1)
+}
+
+/// Percentage of queries whose rank is ≤ k (a missing rank is a miss).
+pub fn recall_at(ranks: &[Option<usize>], k: usize) -> f64 {
+    if ranks.is_empty() {
+        return 0.0;
+    }
+    let hits = ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count();
+    100.0 * hits as f64 / ranks.len() as f64
+}
+
+/// CIRCO AP@K (as a fraction): the precision at each relevant position within the top K, summed,
+/// divided by min(K, |GT|).
+pub fn average_precision_at(ranking: &[ImageKey], gt: &HashSet<&ImageKey>, k: usize) -> f64 {
+    if gt.is_empty() || k == 0 {
+        return 0.0;
+    }
+    let mut hits = 0usize;
+    let mut sum = 0.0;
+    for (i, key) in ranking.iter().take(k).enumerate() {
+        if gt.contains(key) {
+            hits += 1;
+            sum += hits as f64 / (i + 1) as f64;
+        }
+    }
+    sum / k.min(gt.len()) as f64
+}
+
+/// Cumulative Hits@K per round (percentages): a dialogue counts at round r if its target ranked
+/// ≤ k at any round ≤ r. `ranks[d][r]` is dialogue d's rank at round r (`None` = not found).
+pub fn cumulative_hits(ranks: &[Vec<Option<usize>>], k: usize, rounds: usize) -> Vec<f64> {
+    if ranks.is_empty() {
+        return vec![0.0; rounds];
+    }
+    (0..rounds)
+        .map(|r| {
+            let hit = ranks
+                .iter()
+                .filter(|d| d.iter().take(r + 1).any(|x| x.is_some_and(|x| x <= k)))
+                .count();
+            100.0 * hit as f64 / ranks.len() as f64
+        })
+        .collect()
+}
+
+/// PlugIR's Best log Rank Integral (lower is better): per dialogue, the best 0-based rank so far
+/// at each round, through ln(1 + rank), integrated by trapezoids over the rounds and divided by
+/// the number of intervals; then averaged over dialogues. A target not found counts as 0-based
+/// rank `not_found` (the gallery size, or the length of a truncated list). Needs two rounds.
+pub fn bri(ranks: &[Vec<Option<usize>>], not_found: usize) -> Option<f64> {
+    let rounds = ranks.first()?.len();
+    if rounds < 2 || ranks.iter().any(|d| d.len() != rounds) {
+        return None;
+    }
+    let per_dialogue = ranks.iter().map(|d| {
+        let mut best = usize::MAX;
+        let logs: Vec<f64> = d
+            .iter()
+            .map(|r| {
+                let zero_based = r.map_or(not_found, |r| r - 1);
+                best = best.min(zero_based);
+                (1.0 + best as f64).ln()
+            })
+            .collect();
+        let area: f64 = logs.windows(2).map(|w| (w[0] + w[1]) / 2.0).sum();
+        area / (rounds - 1) as f64
+    });
+    Some(per_dialogue.sum::<f64>() / ranks.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(s: &[&str]) -> Vec<ImageKey> {
+        s.iter().map(|k| ImageKey::from(*k)).collect()
+    }
+
+    #[test]
+    fn ranks_and_recall() {
+        let r = keys(&["a", "b", "c"]);
+        let t = ImageKey::from("c");
+        assert_eq!(first_hit(&r, &HashSet::from([&t])), Some(3));
+        assert_eq!(first_hit(&r, &HashSet::from([&ImageKey::from("z")])), None);
+        let ranks = [Some(1), Some(3), None, Some(10)];
+        assert_eq!(recall_at(&ranks, 1), 25.0);
+        assert_eq!(recall_at(&ranks, 3), 50.0);
+        assert_eq!(recall_at(&ranks, 10), 75.0);
+    }
+
+    #[test]
+    fn circo_average_precision_by_hand() {
+        // GT {a, c, e}; ranking a x c y e: precisions 1/1, 2/3, 3/5.
+        let ranking = keys(&["a", "x", "c", "y", "e"]);
+        let g = keys(&["a", "c", "e"]);
+        let gt: HashSet<&ImageKey> = g.iter().collect();
+        let ap5 = average_precision_at(&ranking, &gt, 5);
+        assert!((ap5 - (1.0 + 2.0 / 3.0 + 3.0 / 5.0) / 3.0).abs() < 1e-12);
+        // K = 2 < |GT|: divisor is 2, only position 1 counts.
+        assert!((average_precision_at(&ranking, &gt, 2) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn hits_are_cumulative() {
+        let ranks = vec![vec![Some(20), Some(5), Some(30)], vec![None, None, Some(1)]];
+        assert_eq!(cumulative_hits(&ranks, 10, 3), vec![0.0, 50.0, 100.0]);
+    }
+
+    #[test]
+    fn bri_by_hand() {
+        // One dialogue, 0-based ranks 3 then 0: best ranks 3, 0 → ln4, ln1 → trapezoid ln4/2.
+        let b = bri(&[vec![Some(4), Some(1)]], 100).unwrap();
+        assert!((b - 4f64.ln() / 2.0).abs() < 1e-12);
+        // A later worse rank does not raise the best rank.
+        let b2 = bri(&[vec![Some(1), Some(50)]], 100).unwrap();
+        assert_eq!(b2, 0.0);
+    }
+}

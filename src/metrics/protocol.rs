@@ -1,0 +1,407 @@
+//! Each benchmark's evaluation protocol over predicted rankings, with metric names spelled as the
+//! benchmarks write them:
+//!
+//! | dataset | metrics | ranking used |
+//! |---|---|---|
+//! | `cirr` | `Recall@1/5/10/50` | reference removed (official), kept with `keep_reference` (ImageScope) |
+//! | `cirr-subset` | `Recall_subset@1/2/3` | `img_set.members` minus the reference, in predicted order |
+//! | `circo` | `mAP@5/10/25/50`, `Recall@5/10/25/50`, `semantic_mAP@10/<aspect>` | as predicted; duplicates refused |
+//! | `fashioniq-*` | `R@10`, `R@50` | as predicted (the reference is not removed) |
+//! | `flickr30k`, `mscoco` | `R@1/5/10` | as predicted |
+//! | `visdial` | `Hits@K/roundR` (cumulative), `BRI` | per round |
+//!
+//! A query without a prediction counts as a miss and is listed in `Scored::missing`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::config::DatasetName;
+use crate::datasets::{ImageKey, Query};
+
+use super::predictions::{Prediction, Predictions};
+use super::{average_precision_at, bri, cumulative_hits, first_hit, recall_at};
+
+/// Options of the protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScoreOptions {
+    /// CIRR: leave the reference image in the ranking (ImageScope's behaviour).
+    pub keep_reference: bool,
+}
+
+/// Metric values (percentages, except BRI) in a fixed order, and bookkeeping.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scored {
+    /// `(name, value)` in report order.
+    pub metrics: Vec<(String, f64)>,
+    /// Ids of queries that had no prediction (scored as misses).
+    pub missing: Vec<String>,
+    /// Prediction ids that match no query.
+    pub unknown: Vec<String>,
+}
+
+impl Scored {
+    /// The value of one metric.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// As a JSON object, names to values, in report order.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in &self.metrics {
+            m.insert(k.clone(), serde_json::json!(v));
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// Why a split cannot be scored.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    /// Test splits carry no ground truth.
+    #[error(
+        "{dataset} split has no ground truth; submit to the evaluation server (check it first with `imagescope check-submission`)"
+    )]
+    NoGroundTruth {
+        /// Benchmark.
+        dataset: DatasetName,
+    },
+    /// A prediction breaks a protocol rule.
+    #[error("query {query}: {message}")]
+    Invalid {
+        /// Query id.
+        query: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The K values each protocol reports.
+pub fn ks(dataset: DatasetName) -> &'static [usize] {
+    match dataset {
+        DatasetName::Cirr => &[1, 5, 10, 50],
+        DatasetName::CirrSubset => &[1, 2, 3],
+        DatasetName::Circo => &[5, 10, 25, 50],
+        DatasetName::FashioniqDress
+        | DatasetName::FashioniqShirt
+        | DatasetName::FashioniqToptee => &[10, 50],
+        DatasetName::Flickr30k | DatasetName::Mscoco | DatasetName::Folder => &[1, 5, 10],
+        DatasetName::Visdial => &[1, 5, 10],
+    }
+}
+
+/// The ranking a protocol evaluates for one query, from the predicted one.
+pub fn protocol_ranking(
+    dataset: DatasetName,
+    q: &Query,
+    predicted: &[ImageKey],
+    opts: ScoreOptions,
+) -> Vec<ImageKey> {
+    match dataset {
+        DatasetName::Cirr if !opts.keep_reference => predicted
+            .iter()
+            .filter(|k| Some(*k) != q.reference.as_ref())
+            .cloned()
+            .collect(),
+        DatasetName::CirrSubset => {
+            let members: HashSet<&ImageKey> = q.subset.iter().flatten().collect();
+            predicted
+                .iter()
+                .filter(|k| members.contains(k) && Some(*k) != q.reference.as_ref())
+                .cloned()
+                .collect()
+        }
+        _ => predicted.to_vec(),
+    }
+}
+
+/// Scores `predictions` for `queries` under `dataset`'s protocol.
+pub fn score(
+    dataset: DatasetName,
+    queries: &[Query],
+    predictions: &Predictions,
+    opts: ScoreOptions,
+) -> Result<Scored, ScoreError> {
+    if queries.is_empty() || queries.iter().all(|q| q.targets.is_empty()) {
+        return Err(ScoreError::NoGroundTruth { dataset });
+    }
+    let ids: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
+    let mut scored = Scored {
+        unknown: predictions
+            .entries
+            .keys()
+            .filter(|k| !ids.contains(k.as_str()))
+            .cloned()
+            .collect(),
+        ..Default::default()
+    };
+    if dataset == DatasetName::Visdial {
+        return score_dialogues(queries, predictions, scored);
+    }
+    let empty = Vec::new();
+    let mut ranks = Vec::with_capacity(queries.len());
+    let mut aps: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut aspect_ap10: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for q in queries {
+        let predicted = match predictions.entries.get(&q.id) {
+            Some(Prediction::Ranking(r)) => r,
+            Some(Prediction::Rounds(_)) => {
+                return Err(ScoreError::Invalid {
+                    query: q.id.clone(),
+                    message: "per-round rankings are only for visdial".into(),
+                });
+            }
+            None => {
+                scored.missing.push(q.id.clone());
+                &empty
+            }
+        };
+        let ranking = protocol_ranking(dataset, q, predicted, opts);
+        let primary: HashSet<&ImageKey> = q.targets.first().into_iter().collect();
+        ranks.push(first_hit(&ranking, &primary));
+        if dataset == DatasetName::Circo {
+            let mut seen = HashSet::with_capacity(ranking.len());
+            if let Some(dup) = ranking.iter().find(|k| !seen.insert(*k)) {
+                return Err(ScoreError::Invalid {
+                    query: q.id.clone(),
+                    message: format!("image {dup} is listed twice; CIRCO rejects duplicates"),
+                });
+            }
+            let gt: HashSet<&ImageKey> = q.targets.iter().collect();
+            for &k in ks(dataset) {
+                aps.entry(k)
+                    .or_default()
+                    .push(average_precision_at(&ranking, &gt, k));
+            }
+            let ap10 = average_precision_at(&ranking, &gt, 10);
+            for a in &q.aspects {
+                aspect_ap10.entry(a.as_str()).or_default().push(ap10);
+            }
+        }
+    }
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            100.0 * v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let name = |k: usize| match dataset {
+        DatasetName::Cirr | DatasetName::Circo => format!("Recall@{k}"),
+        DatasetName::CirrSubset => format!("Recall_subset@{k}"),
+        _ => format!("R@{k}"),
+    };
+    if dataset == DatasetName::Circo {
+        for (k, v) in &aps {
+            scored.metrics.push((format!("mAP@{k}"), mean(v)));
+        }
+    }
+    for &k in ks(dataset) {
+        scored.metrics.push((name(k), recall_at(&ranks, k)));
+    }
+    let mut aspects: Vec<_> = aspect_ap10.into_iter().collect();
+    aspects.sort_by(|a, b| mean(&b.1).total_cmp(&mean(&a.1)).then(a.0.cmp(b.0)));
+    for (aspect, v) in aspects {
+        scored
+            .metrics
+            .push((format!("semantic_mAP@10/{aspect}"), mean(&v)));
+    }
+    Ok(scored)
+}
+
+fn score_dialogues(
+    queries: &[Query],
+    predictions: &Predictions,
+    mut scored: Scored,
+) -> Result<Scored, ScoreError> {
+    let max_round = predictions
+        .entries
+        .values()
+        .filter_map(|p| match p {
+            Prediction::Rounds(r) => r.keys().max().copied(),
+            Prediction::Ranking(_) => Some(0),
+        })
+        .max()
+        .unwrap_or(0);
+    let first_round = predictions
+        .entries
+        .values()
+        .filter_map(|p| match p {
+            Prediction::Rounds(r) => r.keys().min().copied(),
+            Prediction::Ranking(_) => Some(0),
+        })
+        .min()
+        .unwrap_or(0);
+    let rounds: Vec<usize> = (first_round..=max_round).collect();
+    let mut ranks: Vec<Vec<Option<usize>>> = Vec::with_capacity(queries.len());
+    let mut longest = 0;
+    for q in queries {
+        let target: HashSet<&ImageKey> = q.targets.first().into_iter().collect();
+        let per_round: Vec<Option<usize>> = match predictions.entries.get(&q.id) {
+            Some(Prediction::Rounds(m)) => rounds
+                .iter()
+                .map(|r| {
+                    m.get(r).and_then(|list| {
+                        longest = longest.max(list.len());
+                        first_hit(list, &target)
+                    })
+                })
+                .collect(),
+            Some(Prediction::Ranking(list)) => {
+                longest = longest.max(list.len());
+                vec![first_hit(list, &target); rounds.len()]
+            }
+            None => {
+                scored.missing.push(q.id.clone());
+                vec![None; rounds.len()]
+            }
+        };
+        ranks.push(per_round);
+    }
+    for &k in ks(DatasetName::Visdial) {
+        let hits = cumulative_hits(&ranks, k, rounds.len());
+        for (r, h) in rounds.iter().zip(hits) {
+            scored.metrics.push((format!("Hits@{k}/round{r}"), h));
+        }
+    }
+    // A target not in a list of n ranks at n + 1, i.e. 0-based rank n.
+    if let Some(b) = bri(&ranks, longest) {
+        scored.metrics.push(("BRI".into(), b));
+    }
+    Ok(scored)
+}
+
+/// The FashionIQ average reported in papers: the mean of the three categories' R@10 and R@50.
+pub fn fashioniq_average(categories: &[&Scored]) -> Vec<(String, f64)> {
+    ["R@10", "R@50"]
+        .iter()
+        .map(|name| {
+            let vals: Vec<f64> = categories.iter().filter_map(|s| s.get(name)).collect();
+            let avg = if vals.is_empty() {
+                0.0
+            } else {
+                vals.iter().sum::<f64>() / vals.len() as f64
+            };
+            (format!("avg {name}"), avg)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasets::Instruction;
+
+    fn q(id: &str, reference: Option<&str>, targets: &[&str], subset: Option<&[&str]>) -> Query {
+        Query {
+            id: id.into(),
+            reference: reference.map(ImageKey::from),
+            instruction: Instruction::Text { text: "x".into() },
+            targets: targets.iter().map(|t| ImageKey::from(*t)).collect(),
+            subset: subset.map(|s| s.iter().map(|t| ImageKey::from(*t)).collect()),
+            aspects: vec![],
+            shared_concept: None,
+        }
+    }
+
+    fn preds(entries: &[(&str, &[&str])]) -> Predictions {
+        Predictions {
+            entries: entries
+                .iter()
+                .map(|(id, r)| {
+                    (
+                        id.to_string(),
+                        Prediction::Ranking(r.iter().map(|k| ImageKey::from(*k)).collect()),
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cirr_excludes_the_reference_unless_asked() {
+        let queries = [q("1", Some("ref"), &["t"], None)];
+        let p = preds(&[("1", &["ref", "t"])]);
+        let official = score(DatasetName::Cirr, &queries, &p, ScoreOptions::default()).unwrap();
+        assert_eq!(official.get("Recall@1"), Some(100.0));
+        let parity = score(
+            DatasetName::Cirr,
+            &queries,
+            &p,
+            ScoreOptions {
+                keep_reference: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(parity.get("Recall@1"), Some(0.0));
+        assert_eq!(parity.get("Recall@5"), Some(100.0));
+    }
+
+    #[test]
+    fn cirr_subset_uses_members_without_reference() {
+        let members: &[&str] = &["ref", "a", "b", "t", "c", "d"];
+        let queries = [q("1", Some("ref"), &["t"], Some(members))];
+        let p = preds(&[("1", &["x", "ref", "a", "y", "t"])]);
+        let s = score(
+            DatasetName::CirrSubset,
+            &queries,
+            &p,
+            ScoreOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(s.get("Recall_subset@1"), Some(0.0));
+        assert_eq!(s.get("Recall_subset@2"), Some(100.0));
+    }
+
+    #[test]
+    fn missing_predictions_are_misses_and_listed() {
+        let queries = [q("1", None, &["t"], None), q("2", None, &["u"], None)];
+        let p = preds(&[("1", &["t"]), ("9", &["t"])]);
+        let s = score(
+            DatasetName::Flickr30k,
+            &queries,
+            &p,
+            ScoreOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(s.get("R@1"), Some(50.0));
+        assert_eq!(s.missing, vec!["2"]);
+        assert_eq!(s.unknown, vec!["9"]);
+    }
+
+    #[test]
+    fn circo_refuses_duplicates() {
+        let queries = [q("0", Some("r"), &["t"], None)];
+        let p = preds(&[("0", &["a", "a"])]);
+        assert!(score(DatasetName::Circo, &queries, &p, ScoreOptions::default()).is_err());
+    }
+
+    #[test]
+    fn test_split_cannot_be_scored() {
+        let queries = [q("1", Some("r"), &[], None)];
+        let err = score(
+            DatasetName::Cirr,
+            &queries,
+            &preds(&[]),
+            ScoreOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("evaluation server"));
+    }
+
+    #[test]
+    fn fashioniq_average_is_the_mean_of_categories() {
+        let mk = |a, b| Scored {
+            metrics: vec![("R@10".into(), a), ("R@50".into(), b)],
+            ..Default::default()
+        };
+        let (d, s, t) = (mk(30.0, 50.0), mk(20.0, 40.0), mk(40.0, 60.0));
+        assert_eq!(
+            fashioniq_average(&[&d, &s, &t]),
+            vec![("avg R@10".into(), 30.0), ("avg R@50".into(), 50.0)]
+        );
+    }
+}

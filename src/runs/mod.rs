@@ -1,0 +1,4 @@
+//! What a run leaves behind: test-server submission files (and, with the pipeline, run folders
+//! and journals).
+
+pub mod submission;

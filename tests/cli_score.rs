@@ -1,0 +1,171 @@
+//! `imagescope score` and `imagescope check-submission` as a user runs them, on the official
+//! example files in `../shared/data-samples`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn samples(sub: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data-samples")
+        .join(sub)
+}
+
+fn imagescope(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_imagescope"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn check_cirr(file: &Path) -> (i32, String, String) {
+    let data = samples("cirr");
+    imagescope(&[
+        "check-submission",
+        "--dataset",
+        "cirr",
+        "--split",
+        "test1",
+        "--data",
+        data.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn official_cirr_examples_pass() {
+    for (file, metric) in [
+        ("test1_pred_ranks_recall.json", "recall"),
+        ("test1_pred_ranks_recall_subset.json", "recall_subset"),
+    ] {
+        let (code, out, err) = check_cirr(&samples("cirr").join(file));
+        assert_eq!(code, 0, "{file}: {out}{err}");
+        assert!(
+            out.contains(&format!("CIRR {metric} submission for 4148 queries")),
+            "{out}"
+        );
+    }
+}
+
+fn edited_copy(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> PathBuf {
+    let mut v: serde_json::Map<String, Value> = serde_json::from_slice(
+        &std::fs::read(samples("cirr/test1_pred_ranks_recall.json")).unwrap(),
+    )
+    .unwrap();
+    edit(&mut v);
+    let path = dir.join("edited.json");
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_reference_inserted_fails_naming_the_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pair 12064's reference is test1-83-0-img1 (datasets.md §1.2).
+    let path = edited_copy(dir.path(), |v| {
+        v.get_mut("12064").unwrap().as_array_mut().unwrap()[10] =
+            Value::String("test1-83-0-img1".into());
+    });
+    let (code, _, err) = check_cirr(&path);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("pair id 12064") && err.contains("reference"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_query_removed_fails_naming_the_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_copy(dir.path(), |v| {
+        v.remove("12065");
+    });
+    let (code, _, err) = check_cirr(&path);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("pair id 12065") && err.contains("missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn official_circo_test_example_passes() {
+    let data = samples("circo");
+    let file = samples("circo/submission_test.json");
+    let (code, out, err) = imagescope(&[
+        "check-submission",
+        "--dataset",
+        "circo",
+        "--split",
+        "test",
+        "--data",
+        data.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn score_json_uses_the_benchmarks_metric_names() {
+    let data = samples("circo");
+    let file = samples("circo/submission_val.json");
+    let (code, out, err) = imagescope(&[
+        "score",
+        "--dataset",
+        "circo",
+        "--split",
+        "val",
+        "--data",
+        data.to_str().unwrap(),
+        "--predictions",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let keys: Vec<&str> = v
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .take(5)
+        .collect();
+    assert_eq!(keys, ["mAP@5", "mAP@10", "mAP@25", "mAP@50", "Recall@5"]);
+    assert_eq!(format!("{:.4}", v["mAP@50"].as_f64().unwrap()), "0.6020");
+}
+
+#[test]
+fn scoring_a_test_split_points_to_the_server() {
+    let data = samples("cirr");
+    let file = samples("cirr/test1_pred_ranks_recall.json");
+    let (code, _, err) = imagescope(&[
+        "score",
+        "--dataset",
+        "cirr",
+        "--split",
+        "test1",
+        "--data",
+        data.to_str().unwrap(),
+        "--predictions",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("evaluation server"), "{err}");
+}
+
+#[test]
+fn unknown_dataset_name_lists_the_choices() {
+    let (code, _, err) = imagescope(&["score", "--dataset", "cifar10", "--predictions", "x.json"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cirr-subset") && err.contains("visdial"),
+        "{err}"
+    );
+}
