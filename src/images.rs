@@ -41,6 +41,14 @@ pub enum ImageError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The bytes could not be decoded (truncated, corrupt, or over the size limits).
+    #[error("cannot decode image {what}: {message}")]
+    Decode {
+        /// The file or a description of the bytes.
+        what: String,
+        /// The decoder's message.
+        message: String,
+    },
     /// The bytes are not an image format we know.
     #[error("{what} is not a PNG, JPEG, WebP, GIF, BMP or TIFF image ({len} bytes)")]
     UnknownFormat {
@@ -115,6 +123,48 @@ impl EncodedImage {
     }
 }
 
+/// Largest width or height accepted when decoding; bigger images are refused as likely
+/// decompression bombs (a 30,000 × 30,000 PNG is a few kilobytes but 2.7 GB of pixels).
+pub const MAX_SIDE: u32 = 12_000;
+
+/// Decodes encoded bytes into pixels, applying the EXIF orientation, within size limits.
+pub fn decode(bytes: &[u8], what: &str) -> Result<image::DynamicImage, ImageError> {
+    use image::ImageDecoder as _;
+    let err = |e: image::ImageError| ImageError::Decode {
+        what: what.to_string(),
+        message: e.to_string(),
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageError::Decode {
+            what: what.to_string(),
+            message: e.to_string(),
+        })?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(err)?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(err)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Encodes pixels as PNG.
+pub fn encode_png(img: &image::DynamicImage, what: &str) -> Result<EncodedImage, ImageError> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| ImageError::Decode {
+            what: what.to_string(),
+            message: format!("PNG encoding failed: {e}"),
+        })?;
+    EncodedImage::from_bytes(out.into_inner(), what)
+}
+
 /// Decodes a `data:` URL back into (mime, bytes); used by tests and the fake server.
 pub fn decode_data_url(url: &str) -> Option<(String, Vec<u8>)> {
     let rest = url.strip_prefix("data:")?;
@@ -156,6 +206,20 @@ mod tests {
         let (mime, back) = decode_data_url(&img.data_url()).unwrap();
         assert_eq!(mime, "image/png");
         assert_eq!(back, bytes);
+    }
+
+    #[test]
+    fn decompression_bombs_and_truncated_files_are_errors() {
+        let big = image::GrayImage::new(MAX_SIDE + 1, 1);
+        let mut out = std::io::Cursor::new(Vec::new());
+        big.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        let err = decode(&out.into_inner(), "big.png")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("big.png"), "{err}");
+        let png = tiny_png();
+        assert!(decode(&png[..png.len() / 2], "cut.png").is_err());
+        assert_eq!(decode(&png, "ok.png").unwrap().width(), 3);
     }
 
     #[test]

@@ -185,6 +185,8 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+impl std::error::Error for ErrorKind {}
+
 /// A failed request, with where and how often it was tried.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{role} @ {endpoint}: {kind} (after {attempts} attempt{s})", s = if *.attempts == 1 { "" } else { "s" })]

@@ -26,7 +26,7 @@ pub use client::{CallMeta, Reply, RoleClient};
 pub use errors::{ErrorKind, HttpClass, ServingError};
 pub use retry::{backoff_delay, parse_retry_after};
 pub use stats::{RoleStats, StatsSnapshot};
-pub use wire::{ChatAnswer, ChatRequest, EmbedInput, FinishReason, Message, Part, Speaker};
+pub use wire::{ChatAnswer, ChatRequest, EmbedInput, FinishReason, Message, Part, Speaker, Usage};
 
 use crate::config::{ConfigError, Role, ServersConfig};
 

@@ -4,6 +4,8 @@
 //! 0 on success, 1 when a check the command performs fails (doctor), and 2 for bad input or
 //! configuration.
 
+mod prompt;
+
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +66,12 @@ pub enum Command {
         #[arg(long)]
         keep_reference: bool,
     },
+    /// Build one role's request from the prompt templates: print it, or send it.
+    Prompt {
+        /// render or try.
+        #[command(subcommand)]
+        action: PromptAction,
+    },
     /// Validate a CIRR or CIRCO test-server submission; exits non-zero at the first problem.
     CheckSubmission {
         /// cirr (or cirr-subset) or circo.
@@ -78,6 +86,15 @@ pub enum Command {
         /// The submission file.
         file: PathBuf,
     },
+}
+
+/// `prompt` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PromptAction {
+    /// Print the exact JSON request body (images as hashes); needs no server.
+    Render(prompt::PromptArgs),
+    /// Send the request to the configured server; print the raw answer and the parsed result.
+    Try(prompt::PromptArgs),
 }
 
 /// The conventional dataset root under `data/`.
@@ -186,6 +203,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 print(&out)?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prompt { action } => {
+            let out = match action {
+                PromptAction::Render(args) => prompt::render(&args)?,
+                PromptAction::Try(args) => prompt::try_it(&args).await?,
+            };
+            print(&(serde_json::to_string_pretty(&out)? + "\n"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckSubmission {
