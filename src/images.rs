@@ -129,6 +129,14 @@ pub const MAX_SIDE: u32 = 12_000;
 
 /// Decodes encoded bytes into pixels, applying the EXIF orientation, within size limits.
 pub fn decode(bytes: &[u8], what: &str) -> Result<image::DynamicImage, ImageError> {
+    decode_oriented(bytes, what).map(|(img, _)| img)
+}
+
+/// As `decode`, also saying whether an EXIF orientation changed the pixels.
+pub fn decode_oriented(
+    bytes: &[u8],
+    what: &str,
+) -> Result<(image::DynamicImage, bool), ImageError> {
     use image::ImageDecoder as _;
     let err = |e: image::ImageError| ImageError::Decode {
         what: what.to_string(),
@@ -150,8 +158,22 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<image::DynamicImage, ImageErro
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(err)?;
+    let rotated = orientation != image::metadata::Orientation::NoTransforms;
     img.apply_orientation(orientation);
-    Ok(img)
+    Ok((img, rotated))
+}
+
+/// Encodes pixels as JPEG at quality 90 (RGB).
+pub fn encode_jpeg(img: &image::DynamicImage, what: &str) -> Result<EncodedImage, ImageError> {
+    let rgb = img.to_rgb8();
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode_image(&rgb)
+        .map_err(|e| ImageError::Decode {
+            what: what.to_string(),
+            message: format!("JPEG encoding failed: {e}"),
+        })?;
+    EncodedImage::from_bytes(out, what)
 }
 
 /// Encodes pixels as PNG.

@@ -14,6 +14,7 @@ pub mod config;
 pub mod datasets;
 pub mod doctor;
 pub mod images;
+pub mod index;
 pub mod metrics;
 pub mod pipeline;
 pub mod prompts;

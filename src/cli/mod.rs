@@ -4,6 +4,7 @@
 //! 0 on success, 1 when a check the command performs fails (doctor), and 2 for bad input or
 //! configuration.
 
+mod index;
 mod prompt;
 
 use std::io::Write as _;
@@ -66,6 +67,8 @@ pub enum Command {
         #[arg(long)]
         keep_reference: bool,
     },
+    /// Caption and embed a gallery (or a folder of your images) into a local image database.
+    Index(index::IndexCmd),
     /// Build one role's request from the prompt templates: print it, or send it.
     Prompt {
         /// render or try.
@@ -205,6 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Index(cmd) => index::run(cmd).await,
         Command::Prompt { action } => {
             let out = match action {
                 PromptAction::Render(args) => prompt::render(&args)?,

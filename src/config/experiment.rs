@@ -216,6 +216,8 @@ struct RawExperiment {
     servers: PathBuf,
     prompts: Option<PathBuf>,
     runs: Option<PathBuf>,
+    image_db: Option<PathBuf>,
+    index_dir: Option<PathBuf>,
     dataset: DatasetSection,
     #[serde(default)]
     pipeline: PipelineSection,
@@ -234,6 +236,11 @@ pub struct ExperimentConfig {
     pub prompts_dir: PathBuf,
     /// Where run folders go.
     pub runs_dir: PathBuf,
+    /// Root of the image databases (`data/image_db`).
+    pub image_db_root: PathBuf,
+    /// An explicit image database folder (for imported or hand-made ones); otherwise the folder is
+    /// derived from the fingerprint of the configured captioner and embedder.
+    pub index_dir: Option<PathBuf>,
     /// The dataset table, with `root` resolved.
     pub dataset: DatasetSection,
     /// Resolved pipeline parameters.
@@ -266,6 +273,11 @@ impl ExperimentConfig {
             servers,
             prompts_dir: base.join(raw.prompts.unwrap_or_else(|| PathBuf::from("../prompts"))),
             runs_dir: base.join(raw.runs.unwrap_or_else(|| PathBuf::from("../runs"))),
+            image_db_root: base.join(
+                raw.image_db
+                    .unwrap_or_else(|| PathBuf::from("../data/image_db")),
+            ),
+            index_dir: raw.index_dir.map(|d| base.join(d)),
             dataset,
             pipeline,
         })

@@ -61,6 +61,12 @@ pub enum ConfigError {
     },
 }
 
+/// Whether `path` is a servers file (has `[roles.*]` tables) rather than an experiment file.
+pub fn is_servers_file(path: &Path) -> Result<bool, ConfigError> {
+    let table: toml::Table = parse_toml(&read_text(path)?, path)?;
+    Ok(table.contains_key("roles"))
+}
+
 pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),

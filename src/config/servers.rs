@@ -203,6 +203,9 @@ pub struct RoleServer {
     /// How images reach vision servers.
     #[serde(default)]
     pub image_transport: ImageTransport,
+    /// Vision roles and the embedder: images whose longer side exceeds this many pixels are
+    /// resized (and re-encoded as JPEG) before sending; absent = sent as they are.
+    pub image_max_side: Option<u32>,
     /// Embedder only: request shape.
     pub embed_shape: Option<EmbedShape>,
     /// Embedder only: L2-normalise returned vectors.
@@ -305,6 +308,12 @@ impl ServersConfig {
                 return Err(bad(
                     k("requests_per_second"),
                     format!("{r} is not a positive number; leave it out for no rate limit"),
+                ));
+            }
+            if s.image_max_side.is_some_and(|m| m < 16) {
+                return Err(bad(
+                    k("image_max_side"),
+                    "must be at least 16 pixels".into(),
                 ));
             }
             if s.burst == Some(0) {

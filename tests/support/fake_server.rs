@@ -71,12 +71,16 @@ pub struct Recorded {
 /// Computes the default chat answer text from a request body.
 pub type ChatResponder = Arc<dyn Fn(&Value) -> String + Send + Sync>;
 
+/// Computes one embedding from one input (an `input` item or a `messages` content part).
+pub type EmbedResponder = Arc<dyn Fn(&Value, usize) -> Vec<f32> + Send + Sync>;
+
 pub struct FakeState {
     pub model: Mutex<String>,
     pub dim: usize,
     scripts: Mutex<HashMap<Route, VecDeque<Scripted>>>,
     delays: Mutex<HashMap<Route, Duration>>,
     chat_responder: Mutex<ChatResponder>,
+    embed_responder: Mutex<EmbedResponder>,
     records: Mutex<Vec<Recorded>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -117,6 +121,7 @@ impl FakeServer {
             scripts: Mutex::new(HashMap::new()),
             delays: Mutex::new(HashMap::new()),
             chat_responder: Mutex::new(Arc::new(|_| "yes".to_string())),
+            embed_responder: Mutex::new(Arc::new(fake_vector)),
             records: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
@@ -178,6 +183,14 @@ impl FakeServer {
     /// Sets how default chat answers are computed from the request body.
     pub fn set_chat_responder(&self, f: impl Fn(&Value) -> String + Send + Sync + 'static) {
         *self.state.chat_responder.lock().unwrap() = Arc::new(f);
+    }
+
+    /// Sets how embeddings are computed from each input.
+    pub fn set_embed_responder(
+        &self,
+        f: impl Fn(&Value, usize) -> Vec<f32> + Send + Sync + 'static,
+    ) {
+        *self.state.embed_responder.lock().unwrap() = Arc::new(f);
     }
 
     /// Requests received so far.
@@ -298,12 +311,13 @@ async fn embeddings(
         let inputs: Vec<Value> = match req.get("input") {
             Some(Value::Array(a)) => a.clone(),
             Some(v) => vec![v.clone()],
-            None => vec![req.get("messages").cloned().unwrap_or(Value::Null)],
+            None => vec![req["messages"][0]["content"][0].clone()],
         };
+        let responder = s.embed_responder.lock().unwrap().clone();
         let data: Vec<Value> = inputs
             .iter()
             .enumerate()
-            .map(|(i, x)| json!({"object": "embedding", "index": i, "embedding": fake_vector(x, s.dim)}))
+            .map(|(i, x)| json!({"object": "embedding", "index": i, "embedding": responder(x, s.dim)}))
             .collect();
         json!({"object": "list", "model": *s.model.lock().unwrap(), "data": data, "usage": {"prompt_tokens": 1, "total_tokens": 1}})
     })

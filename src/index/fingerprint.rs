@@ -1,0 +1,150 @@
+//! What built an image database: the captioner (model, prompt text, sampling) or the captions
+//! file, the embedder (model, request shape, normalisation, whether it embeds images) and the
+//! image preprocessing. Its hash names the database folder, so changing any of them builds a new
+//! database instead of silently reusing a stale one; `diff` says what differs.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::RoleServer;
+
+/// Where captions come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "kebab-case")]
+pub enum CaptionSource {
+    /// A captioner model.
+    Model {
+        /// Served model.
+        model: String,
+        /// blake3 of the caption prompt template(s).
+        prompt: String,
+        /// Sampling and extra body fields sent.
+        request: Value,
+        /// Longest image side sent to the captioner, if resized.
+        image_max_side: Option<u32>,
+    },
+    /// A captions file given with `--captions`.
+    File {
+        /// blake3 of the file.
+        blake3: String,
+    },
+    /// An original ImageScope image_db, imported.
+    Imported {
+        /// The `clip_version` folder it came from.
+        clip_version: String,
+    },
+}
+
+/// The embedder part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedderPrint {
+    /// Served model.
+    pub model: String,
+    /// Request shape.
+    pub shape: String,
+    /// Vectors normalised.
+    pub normalize: bool,
+    /// Image vectors present (false: caption-only database, searched with τ = 1).
+    pub images: bool,
+    /// Longest image side sent to the embedder, if resized.
+    pub image_max_side: Option<u32>,
+}
+
+/// Everything that determines a database's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// Layout version of the database.
+    pub version: u32,
+    /// Captions.
+    pub captions: CaptionSource,
+    /// Vectors.
+    pub embedder: EmbedderPrint,
+    /// Image preprocessing before any request.
+    pub preprocessing: String,
+}
+
+/// Current database layout version.
+pub const VERSION: u32 = 1;
+
+/// Preprocessing description recorded in fingerprints.
+pub const PREPROCESSING: &str =
+    "decode, EXIF orientation applied, RGB; re-encoded as JPEG q90 only when resized or rotated";
+
+impl Fingerprint {
+    /// The fingerprint of building with these servers and caption prompt.
+    pub fn for_model(captioner: &RoleServer, prompt_hash: &str, embedder: &RoleServer) -> Self {
+        let mut request = serde_json::to_value(&captioner.sampling).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut request {
+            for (k, v) in &captioner.extra_body {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        Fingerprint {
+            version: VERSION,
+            captions: CaptionSource::Model {
+                model: captioner.model.clone(),
+                prompt: prompt_hash.to_string(),
+                request,
+                image_max_side: captioner.image_max_side,
+            },
+            embedder: EmbedderPrint::of(embedder),
+            preprocessing: PREPROCESSING.into(),
+        }
+    }
+
+    /// Short id: 16 hex digits of blake3 over the canonical JSON.
+    pub fn id(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        blake3::hash(json.as_bytes()).to_hex()[..16].to_string()
+    }
+
+    /// Dotted paths whose values differ between two fingerprints.
+    pub fn diff(&self, other: &Fingerprint) -> Vec<String> {
+        let a = serde_json::to_value(self).unwrap_or(Value::Null);
+        let b = serde_json::to_value(other).unwrap_or(Value::Null);
+        let mut out = Vec::new();
+        diff_values("", &a, &b, &mut out);
+        out
+    }
+}
+
+impl EmbedderPrint {
+    /// The embedder part for a server.
+    pub fn of(s: &RoleServer) -> Self {
+        EmbedderPrint {
+            model: s.model.clone(),
+            shape: serde_json::to_value(s.embed_shape)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            normalize: s.normalize,
+            images: s.embeds_images(),
+            image_max_side: s.image_max_side,
+        }
+    }
+}
+
+fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                diff_values(
+                    &p,
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} → {b}")),
+        _ => {}
+    }
+}

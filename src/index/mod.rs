@@ -1,0 +1,267 @@
+//! The image database: every gallery image captioned and embedded once, stored under
+//! `data/image_db/<dataset>/<fingerprint>/`:
+//!
+//! - `fingerprint.json`: what built it (`fingerprint`); its hash is the folder name;
+//! - `store.sqlite`: status, caption, content hash and canonical f32 vectors per image (`store`);
+//! - `images.usearch`, `captions.usearch`: the vector indexes derived from the store (`vectors`);
+//! - `built.json`: which store state and options the indexes were built from.
+//!
+//! `build` fills it (resumably); `ImageDb` opens it for searching, rebuilding the indexes from the
+//! store when they are missing or stale.
+
+pub mod build;
+pub mod fingerprint;
+pub mod import;
+pub mod store;
+pub mod vectors;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::datasets::ImageKey;
+
+use fingerprint::Fingerprint;
+use store::{Store, StoreError};
+use vectors::{VectorError, VectorOptions, Vectors};
+
+/// Store file name.
+pub const STORE_FILE: &str = "store.sqlite";
+const FINGERPRINT_FILE: &str = "fingerprint.json";
+const BUILT_FILE: &str = "built.json";
+
+/// An image-database problem.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The SQLite store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// usearch failed.
+    #[error(transparent)]
+    Vector(#[from] VectorError),
+    /// A file or folder problem.
+    #[error("{0}")]
+    Input(String),
+    /// The database was built differently from what the configuration asks for.
+    #[error(
+        "the image database {dir} was built with different settings:\n  {}\nbuild a new one (omit --index-dir, or pass a new folder) or change the configuration back",
+        diffs.join("\n  ")
+    )]
+    Mismatch {
+        /// The folder.
+        dir: PathBuf,
+        /// What differs (path: built → wanted).
+        diffs: Vec<String>,
+    },
+    /// The database has no indexed image.
+    #[error("the image database {0} holds no indexed image; run `imagescope index` first")]
+    Empty(PathBuf),
+}
+
+/// The folder of a dataset's database with this fingerprint.
+pub fn db_dir(image_db_root: &Path, dataset: &str, fp: &Fingerprint) -> PathBuf {
+    image_db_root.join(dataset).join(fp.id())
+}
+
+fn read_fingerprint(dir: &Path) -> Result<Option<Fingerprint>, IndexError> {
+    let path = dir.join(FINGERPRINT_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| IndexError::Input(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        IndexError::Input(format!(
+            "{} is not a fingerprint this version reads: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Refuses a database built differently from `wanted`.
+pub fn check_fingerprint(dir: &Path, wanted: &Fingerprint) -> Result<(), IndexError> {
+    match read_fingerprint(dir)? {
+        Some(built) if &built != wanted => Err(IndexError::Mismatch {
+            dir: dir.to_path_buf(),
+            diffs: built.diff(wanted),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Creates the folder and its fingerprint file, or checks an existing one.
+pub(crate) fn prepare_dir(dir: &Path, fp: &Fingerprint) -> Result<(), IndexError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| IndexError::Input(format!("cannot create {}: {e}", dir.display())))?;
+    check_fingerprint(dir, fp)?;
+    let path = dir.join(FINGERPRINT_FILE);
+    if !path.exists() {
+        let json =
+            serde_json::to_string_pretty(fp).map_err(|e| IndexError::Input(e.to_string()))?;
+        std::fs::write(&path, json)
+            .map_err(|e| IndexError::Input(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
+struct Built {
+    done: u64,
+    options: VectorOptions,
+    caption_dim: usize,
+    image_dim: Option<usize>,
+}
+
+/// Builds the usearch indexes from the store and records what they were built from.
+pub(crate) fn rebuild_vectors(
+    dir: &Path,
+    store: &Store,
+    options: VectorOptions,
+) -> Result<Option<Vectors>, IndexError> {
+    let mut rows = Vec::new();
+    store.for_each_done(|idx, _, _, image, caption| rows.push((idx, image, caption)))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let built = Built {
+        done: rows.len() as u64,
+        options,
+        caption_dim: rows[0].2.len(),
+        image_dim: rows.iter().find_map(|r| r.1.as_ref().map(Vec::len)),
+    };
+    let vectors = Vectors::build(rows, options)?;
+    vectors.save(dir)?;
+    let json =
+        serde_json::to_string_pretty(&built).map_err(|e| IndexError::Input(e.to_string()))?;
+    std::fs::write(dir.join(BUILT_FILE), json)
+        .map_err(|e| IndexError::Input(format!("cannot write {BUILT_FILE}: {e}")))?;
+    Ok(Some(vectors))
+}
+
+/// An opened image database, ready to search.
+pub struct ImageDb {
+    dir: PathBuf,
+    fingerprint: Option<Fingerprint>,
+    vectors: Vectors,
+    keys: HashMap<u64, ImageKey>,
+    ids: HashMap<ImageKey, u64>,
+    captions: HashMap<ImageKey, String>,
+}
+
+impl ImageDb {
+    /// Opens the database in `dir`, rebuilding its indexes if they are missing or stale.
+    pub fn open(dir: &Path, options: VectorOptions) -> Result<Self, IndexError> {
+        let store_path = dir.join(STORE_FILE);
+        if !store_path.exists() {
+            return Err(IndexError::Empty(dir.to_path_buf()));
+        }
+        let store = Store::open(&store_path)?;
+        let mut keys = HashMap::new();
+        let mut ids = HashMap::new();
+        let mut captions = HashMap::new();
+        let mut order = Vec::new();
+        let mut dims: Option<(usize, Option<usize>)> = None;
+        store.for_each_done(|idx, key, caption, image, cap| {
+            dims.get_or_insert((cap.len(), image.as_ref().map(Vec::len)));
+            order.push(idx);
+            keys.insert(idx, key.clone());
+            ids.insert(key.clone(), idx);
+            captions.insert(key, caption);
+        })?;
+        let Some((caption_dim, image_dim)) = dims else {
+            return Err(IndexError::Empty(dir.to_path_buf()));
+        };
+        let wanted = Built {
+            done: order.len() as u64,
+            options,
+            caption_dim,
+            image_dim,
+        };
+        let recorded: Option<Built> = std::fs::read_to_string(dir.join(BUILT_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let loaded = if recorded.as_ref() == Some(&wanted) {
+            Vectors::load(dir, options, order.clone(), caption_dim, image_dim).ok()
+        } else {
+            None
+        };
+        let vectors = match loaded {
+            Some(v) => v,
+            None => {
+                tracing::info!(dir = %dir.display(), "building the vector indexes from the store");
+                rebuild_vectors(dir, &store, options)?
+                    .ok_or_else(|| IndexError::Empty(dir.to_path_buf()))?
+            }
+        };
+        Ok(ImageDb {
+            dir: dir.to_path_buf(),
+            fingerprint: read_fingerprint(dir)?,
+            vectors,
+            keys,
+            ids,
+            captions,
+        })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What built it.
+    pub fn fingerprint(&self) -> Option<&Fingerprint> {
+        self.fingerprint.as_ref()
+    }
+
+    /// Indexed images.
+    pub fn len(&self) -> usize {
+        self.vectors.len()
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.vectors.is_empty()
+    }
+
+    /// Whether image vectors exist (otherwise searches use τ = 1).
+    pub fn has_images(&self) -> bool {
+        self.vectors.has_images()
+    }
+
+    /// An image's caption.
+    pub fn caption(&self, key: &ImageKey) -> Option<&str> {
+        self.captions.get(key).map(String::as_str)
+    }
+
+    /// Whether an image is indexed.
+    pub fn contains(&self, key: &ImageKey) -> bool {
+        self.ids.contains_key(key)
+    }
+
+    /// Every indexed key, in gallery order.
+    pub fn keys(&self) -> Vec<ImageKey> {
+        self.vectors
+            .ids()
+            .iter()
+            .filter_map(|id| self.keys.get(id).cloned())
+            .collect()
+    }
+
+    /// The top `k` images for the fused score of `query` (a unit or mean description vector),
+    /// restricted to `allowed` keys when given.
+    pub fn search(
+        &self,
+        query: &[f32],
+        tau: f32,
+        k: usize,
+        allowed: Option<&HashSet<ImageKey>>,
+    ) -> Result<Vec<(ImageKey, f32)>, IndexError> {
+        let allowed_ids: Option<HashSet<u64>> =
+            allowed.map(|a| a.iter().filter_map(|k| self.ids.get(k).copied()).collect());
+        Ok(self
+            .vectors
+            .search(query, tau, k, allowed_ids.as_ref())?
+            .into_iter()
+            .filter_map(|(id, s)| self.keys.get(&id).map(|k| (k.clone(), s)))
+            .collect())
+    }
+}

@@ -1,0 +1,401 @@
+//! The image database's SQLite store: one row per gallery image with its status, caption, content
+//! hash and canonical f32 vectors (image and caption), plus a `meta` table holding the
+//! fingerprint. SQLite is the source of truth; the usearch indexes are derived from it.
+//!
+//! WAL mode with `synchronous = NORMAL`: a committed transaction survives `kill -9` of the
+//! process. Work is committed in small batches, so a crash loses at most the batch being written.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::datasets::{GalleryImage, ImageKey};
+
+/// A store problem, naming the database file.
+#[derive(Debug, thiserror::Error)]
+#[error("image database {path}: {message}")]
+pub struct StoreError {
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// What failed.
+    pub message: String,
+}
+
+/// Why an image has no vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    /// The file is missing, unreadable or not a decodable image (not retried unless asked).
+    Image,
+    /// A model server failed after its retries (retried on the next run).
+    Server,
+}
+
+impl FailureKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Image => "image",
+            FailureKind::Server => "server",
+        }
+    }
+}
+
+/// The outcome of indexing one image.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Captioned and embedded.
+    Done {
+        /// Row id.
+        idx: u64,
+        /// blake3 of the file.
+        content_hash: String,
+        /// The caption.
+        caption: String,
+        /// Unit image vector (absent for caption-only galleries).
+        image_vec: Option<Vec<f32>>,
+        /// Unit caption vector.
+        caption_vec: Vec<f32>,
+    },
+    /// Failed, with the reason.
+    Failed {
+        /// Row id.
+        idx: u64,
+        /// Which kind of failure.
+        kind: FailureKind,
+        /// Why.
+        error: String,
+    },
+}
+
+/// An image still to index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Row id (the usearch key).
+    pub idx: u64,
+    /// Gallery key.
+    pub key: ImageKey,
+    /// File.
+    pub path: PathBuf,
+}
+
+/// Counts by status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Counts {
+    /// Not yet indexed.
+    pub pending: u64,
+    /// Indexed.
+    pub done: u64,
+    /// Failed.
+    pub failed: u64,
+}
+
+/// The SQLite store of one image database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Decodes a little-endian f32 blob.
+pub fn unblob(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(|e| StoreError {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let s = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        s.exec(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS images (
+                 idx INTEGER PRIMARY KEY,
+                 key TEXT NOT NULL UNIQUE,
+                 path TEXT NOT NULL,
+                 status TEXT NOT NULL DEFAULT 'pending',
+                 content_hash TEXT,
+                 caption TEXT,
+                 image_vec BLOB,
+                 caption_vec BLOB,
+                 error TEXT,
+                 error_kind TEXT
+             );",
+        )?;
+        Ok(s)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn exec(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn.execute_batch(sql).map_err(|e| self.err(e))
+    }
+
+    /// A meta value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Sets a meta value.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Adds gallery images not yet known (new rows get the next ids); returns how many were new.
+    pub fn register(&mut self, images: &[GalleryImage]) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| StoreError {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut added = 0;
+        {
+            let mut stmt = tx
+                .prepare("INSERT OR IGNORE INTO images (key, path) VALUES (?1, ?2)")
+                .map_err(|e| StoreError {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            for img in images {
+                added += stmt
+                    .execute(params![img.key.as_str(), img.path.to_string_lossy()])
+                    .map_err(|e| StoreError {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+            }
+        }
+        tx.commit().map_err(|e| StoreError {
+            path,
+            message: e.to_string(),
+        })?;
+        Ok(added)
+    }
+
+    /// Images still to index: pending ones, server failures, and image failures if `retry_images`.
+    pub fn pending(&self, retry_images: bool) -> Result<Vec<Pending>, StoreError> {
+        let sql = if retry_images {
+            "SELECT idx, key, path FROM images WHERE status != 'done' ORDER BY idx"
+        } else {
+            "SELECT idx, key, path FROM images WHERE status = 'pending' OR (status = 'failed' AND error_kind = 'server') ORDER BY idx"
+        };
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Pending {
+                    idx: r.get::<_, i64>(0)? as u64,
+                    key: ImageKey(r.get(1)?),
+                    path: PathBuf::from(r.get::<_, String>(2)?),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Writes a batch of outcomes in one transaction.
+    pub fn commit(&mut self, batch: &[Outcome]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |e: rusqlite::Error| StoreError {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        for o in batch {
+            match o {
+                Outcome::Done {
+                    idx,
+                    content_hash,
+                    caption,
+                    image_vec,
+                    caption_vec,
+                } => {
+                    tx.execute(
+                        "UPDATE images SET status = 'done', content_hash = ?2, caption = ?3, image_vec = ?4,
+                         caption_vec = ?5, error = NULL, error_kind = NULL WHERE idx = ?1",
+                        params![*idx as i64, content_hash, caption, image_vec.as_deref().map(blob), blob(caption_vec)],
+                    )
+                    .map_err(e)?;
+                }
+                Outcome::Failed { idx, kind, error } => {
+                    tx.execute(
+                        "UPDATE images SET status = 'failed', error = ?2, error_kind = ?3 WHERE idx = ?1",
+                        params![*idx as i64, error, kind.as_str()],
+                    )
+                    .map_err(e)?;
+                }
+            }
+        }
+        tx.commit().map_err(e)
+    }
+
+    /// Counts by status.
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        let mut c = Counts::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, COUNT(*) FROM images GROUP BY status")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (status, n) = row.map_err(|e| self.err(e))?;
+            match status.as_str() {
+                "done" => c.done = n,
+                "failed" => c.failed = n,
+                _ => c.pending += n,
+            }
+        }
+        Ok(c)
+    }
+
+    /// Failed images with their reasons.
+    pub fn failures(&self) -> Result<Vec<(ImageKey, String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, COALESCE(error_kind, ''), COALESCE(error, '') FROM images WHERE status = 'failed' ORDER BY idx")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((ImageKey(r.get(0)?), r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Calls `f(idx, key, caption, image_vec, caption_vec)` for every indexed image, in id order.
+    pub fn for_each_done(
+        &self,
+        mut f: impl FnMut(u64, ImageKey, String, Option<Vec<f32>>, Vec<f32>),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT idx, key, caption, image_vec, caption_vec FROM images WHERE status = 'done' ORDER BY idx")
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let idx: i64 = r.get(0).map_err(|e| self.err(e))?;
+            let key: String = r.get(1).map_err(|e| self.err(e))?;
+            let caption: Option<String> = r.get(2).map_err(|e| self.err(e))?;
+            let image: Option<Vec<u8>> = r.get(3).map_err(|e| self.err(e))?;
+            let cap: Option<Vec<u8>> = r.get(4).map_err(|e| self.err(e))?;
+            f(
+                idx as u64,
+                ImageKey(key),
+                caption.unwrap_or_default(),
+                image.as_deref().map(unblob),
+                cap.as_deref().map(unblob).unwrap_or_default(),
+            );
+        }
+        Ok(())
+    }
+
+    /// `PRAGMA integrity_check` answered "ok".
+    pub fn integrity_ok(&self) -> Result<bool, StoreError> {
+        let r: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(r == "ok")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_commit_and_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let imgs: Vec<GalleryImage> = (0..3)
+            .map(|i| GalleryImage {
+                key: ImageKey(format!("k{i}")),
+                path: PathBuf::from(format!("/x/{i}.png")),
+            })
+            .collect();
+        assert_eq!(s.register(&imgs).unwrap(), 3);
+        assert_eq!(s.register(&imgs).unwrap(), 0, "registration is idempotent");
+        let p = s.pending(false).unwrap();
+        s.commit(&[
+            Outcome::Done {
+                idx: p[0].idx,
+                content_hash: "h".into(),
+                caption: "a cat".into(),
+                image_vec: Some(vec![1.0, 0.0]),
+                caption_vec: vec![0.0, 1.0],
+            },
+            Outcome::Failed {
+                idx: p[1].idx,
+                kind: FailureKind::Image,
+                error: "zero bytes".into(),
+            },
+            Outcome::Failed {
+                idx: p[2].idx,
+                kind: FailureKind::Server,
+                error: "HTTP 500".into(),
+            },
+        ])
+        .unwrap();
+        let again: Vec<String> = s
+            .pending(false)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.key.0)
+            .collect();
+        assert_eq!(
+            again,
+            vec!["k2"],
+            "server failures are retried, image failures are not"
+        );
+        assert_eq!(s.pending(true).unwrap().len(), 2);
+        let mut seen = vec![];
+        s.for_each_done(|_, k, c, i, v| seen.push((k.0, c, i, v)))
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![(
+                "k0".into(),
+                "a cat".into(),
+                Some(vec![1.0, 0.0]),
+                vec![0.0, 1.0]
+            )]
+        );
+        assert!(s.integrity_ok().unwrap());
+        assert_eq!(
+            s.counts().unwrap(),
+            Counts {
+                pending: 0,
+                done: 1,
+                failed: 2
+            }
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! `imagescope index` against fake captioner and embedder servers (test doubles): a 1,000-image
+//! gallery killed mid-build and resumed, fingerprints refusing stale databases, bad files recorded,
+//! captions from a file, and exact search equal to brute force over the stored vectors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use imagescope::datasets::ImageKey;
+use imagescope::index::ImageDb;
+use imagescope::index::store::Store;
+use serde_json::Value;
+use support::fake_server::{FakeServer, Route};
+use support::world::World;
+
+struct Setup {
+    captioner: FakeServer,
+    embedder: FakeServer,
+    world: World,
+    dir: tempfile::TempDir,
+    folder: PathBuf,
+}
+
+async fn setup(n: usize, delay_ms: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("photos");
+    let descriptions: Vec<String> = (0..n).map(|i| format!("object{i} thing")).collect();
+    let refs: Vec<&str> = descriptions.iter().map(String::as_str).collect();
+    let (world, _) = World::create(&folder, &refs, |i| format!("img{i:04}"));
+    let captioner = FakeServer::start("llava", 8).await;
+    let embedder = FakeServer::start("clip", 32).await;
+    world.captioner(&captioner);
+    world.embedder(&embedder);
+    captioner.set_delay(Route::Chat, Duration::from_millis(delay_ms));
+    embedder.set_delay(Route::Embeddings, Duration::from_millis(delay_ms));
+    Setup {
+        captioner,
+        embedder,
+        world,
+        dir,
+        folder,
+    }
+}
+
+fn servers_toml(s: &Setup, embedder_extra: &str) -> PathBuf {
+    let path = s.dir.path().join("servers.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[roles.captioner]\nendpoints = [\"{}\"]\nmodel = \"llava\"\napi = \"vllm\"\nmax_in_flight = 8\n\
+             [roles.embedder]\nendpoints = [\"{}\"]\nmodel = \"clip\"\napi = \"vllm\"\nembed_shape = \"vllm-messages\"\ndimension = 32\nmax_in_flight = 8\n{embedder_extra}",
+            s.captioner.base_url(),
+            s.embedder.base_url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn command(s: &Setup, config: &Path, extra: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_imagescope"));
+    c.current_dir(s.dir.path())
+        .args(["index", "--json", "--folder"])
+        .arg(&s.folder)
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .kill_on_drop(true);
+    if !extra.contains(&"--prompts") {
+        c.arg("--prompts")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"));
+    }
+    c
+}
+
+async fn index(s: &Setup, config: &Path, extra: &[&str]) -> (i32, Value, String) {
+    let out = command(s, config, extra).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), report, stderr)
+}
+
+/// Which image each captioner request was for (by the colour the fake sees).
+fn captioned(s: &Setup) -> Vec<String> {
+    s.captioner
+        .requests()
+        .iter()
+        .filter(|r| r.route == Route::Chat)
+        .filter_map(|r| {
+            let url = r.body["messages"][0]["content"][0]["image_url"]["url"]
+                .as_str()?
+                .to_string();
+            s.world.describe(&url, None)
+        })
+        .collect()
+}
+
+fn db_dirs(s: &Setup) -> Vec<PathBuf> {
+    let root = s.dir.path().join("data/image_db");
+    let mut out = vec![];
+    for db in std::fs::read_dir(&root).into_iter().flatten() {
+        for fp in std::fs::read_dir(db.unwrap().path()).unwrap() {
+            out.push(fp.unwrap().path());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_build_and_resumed_repeats_no_finished_image() {
+    let s = setup(1000, 3).await;
+    let config = servers_toml(&s, "");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut child = command(&s, &config, &[]).spawn().unwrap();
+    // Kill once some (but not all) images are committed, at a random moment after that.
+    let store_path = loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(dir) = db_dirs(&s).first()
+            && dir.join("store.sqlite").exists()
+            && Store::open(&dir.join("store.sqlite"))
+                .unwrap()
+                .counts()
+                .unwrap()
+                .done
+                > 50
+        {
+            break dir.join("store.sqlite");
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(rng.u64(0..400))).await;
+    child.kill().await.unwrap();
+    let before = Store::open(&store_path).unwrap();
+    assert!(
+        before.integrity_ok().unwrap(),
+        "seed {seed}: the store survives SIGKILL intact"
+    );
+    let mut done_before: HashSet<String> = HashSet::new();
+    before
+        .for_each_done(|_, _, caption, _, _| {
+            done_before.insert(
+                caption
+                    .trim_start_matches("A photo of ")
+                    .trim_end_matches('.')
+                    .to_string(),
+            );
+        })
+        .unwrap();
+    let requests_before = captioned(&s).len();
+    assert!(
+        done_before.len() < 1000,
+        "seed {seed}: the kill landed before the end ({} done)",
+        done_before.len()
+    );
+
+    let (code, report, err) = index(&s, &config, &[]).await;
+    assert_eq!(code, 0, "seed {seed}: {err}");
+    assert_eq!(report["done"], 1000, "seed {seed}: {report}");
+    let after = captioned(&s);
+    let second_run: Vec<&String> = after[requests_before..].iter().collect();
+    let repeated: Vec<&&String> = second_run
+        .iter()
+        .filter(|d| done_before.contains(d.as_str()))
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "seed {seed}: finished images were captioned again: {repeated:?}"
+    );
+    let mut counts: HashMap<&String, usize> = HashMap::new();
+    for d in &after {
+        *counts.entry(d).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 1000, "seed {seed}: every image captioned");
+    let twice = counts.values().filter(|&&n| n > 1).count();
+    assert!(
+        twice <= 16,
+        "seed {seed}: only requests in flight at the kill are repeated ({twice})"
+    );
+
+    let db = ImageDb::open(&db_dirs(&s)[0], Default::default()).unwrap();
+    assert_eq!(db.len(), 1000);
+    assert!(Store::open(&store_path).unwrap().integrity_ok().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_caption_prompt_gets_a_new_database_and_the_old_one_is_refused() {
+    let s = setup(20, 0).await;
+    let config = servers_toml(&s, "");
+    let (code, first, err) = index(&s, &config, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let old_dir = first["dir"].as_str().unwrap().to_string();
+
+    let prompts = s.dir.path().join("my-prompts");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"),
+        &prompts,
+    );
+    let cap = prompts.join("general/caption.user.j2");
+    let text = std::fs::read_to_string(&cap).unwrap();
+    std::fs::write(&cap, text.replace("one sentence", "one short sentence")).unwrap();
+
+    let (code, _, err) = index(
+        &s,
+        &config,
+        &[
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--index-dir",
+            &old_dir,
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("built with different settings") && err.contains("captions.prompt"),
+        "{err}"
+    );
+
+    let (code, second, err) = index(&s, &config, &["--prompts", prompts.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(
+        second["dir"], first["dir"],
+        "a new fingerprint, a new database"
+    );
+    assert_eq!(second["done"], 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_and_zero_byte_files_are_reported_and_the_rest_indexed() {
+    let s = setup(10, 0).await;
+    std::fs::write(s.folder.join("empty.jpg"), b"").unwrap();
+    let good = std::fs::read(s.folder.join("img0001.png")).unwrap();
+    std::fs::write(s.folder.join("broken.png"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(s.folder.join("notes.txt"), b"not an image").unwrap();
+    let config = servers_toml(&s, "");
+    let (code, report, err) = index(&s, &config, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report["gallery"], 12, "txt files are not gallery images");
+    assert_eq!(report["done"], 10);
+    let failures = report["failures"].as_array().unwrap();
+    let mut names: Vec<&str> = failures.iter().map(|f| f[0].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["broken.png", "empty.jpg"]);
+    assert!(
+        failures
+            .iter()
+            .any(|f| f[2].as_str().unwrap().contains("zero-byte"))
+    );
+    assert!(failures.iter().all(|f| f[1] == "image"));
+    // A rerun does not retry them (nothing to do), and still reports them.
+    let (code, again, _) = index(&s, &config, &[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(again["processed"], 0);
+    assert_eq!(again["failures"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captions_from_a_file_and_a_text_only_embedder_make_a_caption_only_database() {
+    let s = setup(6, 0).await;
+    let captions: HashMap<String, String> = (0..6)
+        .map(|i| (format!("img{i:04}.png"), format!("object{i} thing")))
+        .collect();
+    let file = s.dir.path().join("captions.json");
+    std::fs::write(&file, serde_json::to_string(&captions).unwrap()).unwrap();
+    let config = servers_toml(&s, "images = false\n");
+    let (code, report, err) = index(&s, &config, &["--captions", file.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report["done"], 6);
+    assert_eq!(s.captioner.count(Route::Chat), 0, "no captioner request");
+    let dir = PathBuf::from(report["dir"].as_str().unwrap());
+    let fp: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("fingerprint.json")).unwrap())
+            .unwrap();
+    assert_eq!(fp["captions"]["source"], "file");
+    assert_eq!(fp["embedder"]["images"], false);
+    let db = ImageDb::open(&dir, Default::default()).unwrap();
+    assert!(!db.has_images());
+    let q = support::world::bow("object3 thing", 32);
+    assert_eq!(
+        db.search(&q, 0.15, 1, None).unwrap()[0].0,
+        ImageKey::from("img0003.png")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_search_equals_brute_force_over_the_stored_vectors() {
+    let s = setup(300, 0).await;
+    // A noisy embedder, so scores are spread out rather than tied.
+    s.embedder
+        .set_embed_responder(support::fake_server::fake_vector);
+    let config = servers_toml(&s, "");
+    let (code, report, err) = index(&s, &config, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let dir = PathBuf::from(report["dir"].as_str().unwrap());
+    let db = ImageDb::open(&dir, Default::default()).unwrap();
+    let store = Store::open(&dir.join("store.sqlite")).unwrap();
+    let mut rows = vec![];
+    store
+        .for_each_done(|_, k, _, i, c| rows.push((k, i.unwrap(), c)))
+        .unwrap();
+    for seed in 0..5u64 {
+        let q = imagescope::roles::embedder::unit(support::fake_server::fake_vector(
+            &serde_json::json!(seed),
+            32,
+        ))
+        .unwrap();
+        let scores: Vec<f32> = rows
+            .iter()
+            .map(|(_, i, c)| {
+                let d = |v: &Vec<f32>| v.iter().zip(&q).map(|(a, b)| a * b).sum::<f32>();
+                0.85 * d(i) + 0.15 * d(c)
+            })
+            .collect();
+        let want: Vec<ImageKey> = imagescope::ranking::top_k(&scores, 50)
+            .into_iter()
+            .map(|p| rows[p].0.clone())
+            .collect();
+        let got: Vec<ImageKey> = db
+            .search(&q, 0.15, 50, None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(got, want, "query {seed}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let p = entry.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
