@@ -187,6 +187,24 @@ pub fn encode_png(img: &image::DynamicImage, what: &str) -> Result<EncodedImage,
     EncodedImage::from_bytes(out.into_inner(), what)
 }
 
+/// Reads an image file for a role: its bytes as they are, unless the longer side exceeds
+/// `max_side` or an EXIF orientation must be applied, in which case it is decoded, turned,
+/// shrunk and re-encoded as JPEG.
+pub fn load_for_role(path: &Path, max_side: Option<u32>) -> Result<EncodedImage, ImageError> {
+    let original = EncodedImage::from_file(path)?;
+    let what = path.display().to_string();
+    let (pixels, rotated) = decode_oriented(original.bytes(), &what)?;
+    let too_big = max_side.is_some_and(|m| pixels.width().max(pixels.height()) > m);
+    if !rotated && !too_big {
+        return Ok(original);
+    }
+    let img = match max_side {
+        Some(m) if too_big => pixels.resize(m, m, image::imageops::FilterType::Triangle),
+        _ => pixels,
+    };
+    encode_jpeg(&img, &what)
+}
+
 /// Decodes a `data:` URL back into (mime, bytes); used by tests and the fake server.
 pub fn decode_data_url(url: &str) -> Option<(String, Vec<u8>)> {
     let rest = url.strip_prefix("data:")?;

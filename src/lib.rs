@@ -15,6 +15,7 @@ pub mod datasets;
 pub mod doctor;
 pub mod images;
 pub mod index;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod prompts;

@@ -12,11 +12,8 @@ use clap::{Args, Subcommand};
 use crate::config::{DatasetName, ExperimentConfig, Role, ServersConfig};
 use crate::datasets::{self, DatasetSpec, GalleryImage};
 use crate::index::build::{self, BuildInput, Captions};
-use crate::index::fingerprint::{
-    CaptionSource, EmbedderPrint, Fingerprint, PREPROCESSING, VERSION,
-};
-use crate::index::{db_dir, import};
-use crate::prompts::{Family, PromptKind, PromptSet};
+use crate::index::{db_dir, db_name, expected_fingerprint as fingerprint, import};
+use crate::prompts::{Family, PromptSet};
 use crate::serving::{Clients, RoleClient};
 
 /// `index` arguments.
@@ -72,43 +69,6 @@ pub enum IndexAction {
         #[arg(long, default_value = "data/image_db")]
         image_db: PathBuf,
     },
-}
-
-/// The database name of a dataset (CIRR's two protocols share one gallery database).
-pub fn db_name(d: DatasetName) -> &'static str {
-    match d {
-        DatasetName::CirrSubset => "cirr",
-        other => other.as_str(),
-    }
-}
-
-/// The fingerprint of indexing with these servers, prompts and caption source.
-pub fn fingerprint(
-    servers: &ServersConfig,
-    servers_path: &Path,
-    prompts: &PromptSet,
-    family: Family,
-    captions_file_hash: Option<String>,
-) -> Result<Fingerprint, anyhow::Error> {
-    let embedder = servers.role(Role::Embedder, servers_path)?;
-    let captions = match captions_file_hash {
-        Some(blake3) => CaptionSource::File { blake3 },
-        None => {
-            let captioner = servers.role(Role::Captioner, servers_path)?;
-            let rendered = prompts.render(family, PromptKind::Caption, &serde_json::json!({}))?;
-            return Ok(Fingerprint::for_model(
-                captioner,
-                &prompts.fingerprint_of(&rendered.templates),
-                embedder,
-            ));
-        }
-    };
-    Ok(Fingerprint {
-        version: VERSION,
-        captions,
-        embedder: EmbedderPrint::of(embedder),
-        preprocessing: PREPROCESSING.into(),
-    })
 }
 
 struct Plan {

@@ -67,6 +67,33 @@ pub enum Command {
         #[arg(long)]
         keep_reference: bool,
     },
+    /// Answer a benchmark's queries with the ImageScope method, score them and keep a run folder.
+    Run {
+        /// Experiment file (configs/*.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Split (overrides the experiment file).
+        #[arg(long)]
+        split: Option<String>,
+        /// Answer only the first N queries.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Stages to run, e.g. s1,s2 (overrides the experiment file).
+        #[arg(long, value_delimiter = ',')]
+        stages: Option<Vec<crate::config::Stage>>,
+        /// Name of the run (a folder under runs/<dataset>/).
+        #[arg(long, default_value = "default")]
+        run_name: String,
+        /// Continue this run folder: finished queries are kept, cached answers reused.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Request cache: on, off, read-only or write-only.
+        #[arg(long, default_value = "on")]
+        cache: crate::serving::CacheMode,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Caption and embed a gallery (or a folder of your images) into a local image database.
     Index(index::IndexCmd),
     /// Build one role's request from the prompt templates: print it, or send it.
@@ -209,6 +236,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Index(cmd) => index::run(cmd).await,
+        Command::Run {
+            config,
+            split,
+            limit,
+            stages,
+            run_name,
+            resume,
+            cache,
+            json,
+        } => {
+            let exp = crate::config::ExperimentConfig::load(&config)?;
+            let opts = crate::pipeline::run::RunOptions {
+                split,
+                limit,
+                stages,
+                run_name,
+                resume,
+                cache,
+                progress: !json,
+            };
+            let report = crate::pipeline::run::run(&exp, opts).await?;
+            let text = if json {
+                serde_json::to_string_pretty(&report)? + "\n"
+            } else {
+                crate::pipeline::run::render(&report, &config)
+            };
+            print(&text)?;
+            Ok(if report.interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Prompt { action } => {
             let out = match action {
                 PromptAction::Render(args) => prompt::render(&args)?,

@@ -104,6 +104,18 @@ pub enum Stage {
     S3,
 }
 
+impl std::str::FromStr for Stage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "s1" => Ok(Stage::S1),
+            "s2" => Ok(Stage::S2),
+            "s3" => Ok(Stage::S3),
+            other => Err(format!("unknown stage {other:?}; expected s1, s2 or s3")),
+        }
+    }
+}
+
 /// A coherent set of behaviour defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

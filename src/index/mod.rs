@@ -41,6 +41,12 @@ pub enum IndexError {
     /// A file or folder problem.
     #[error("{0}")]
     Input(String),
+    /// The configuration lacks what indexing needs.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The caption prompt failed to render.
+    #[error(transparent)]
+    Prompt(#[from] crate::prompts::PromptError),
     /// The database was built differently from what the configuration asks for.
     #[error(
         "the image database {dir} was built with different settings:\n  {}\nbuild a new one (omit --index-dir, or pass a new folder) or change the configuration back",
@@ -55,6 +61,49 @@ pub enum IndexError {
     /// The database has no indexed image.
     #[error("the image database {0} holds no indexed image; run `imagescope index` first")]
     Empty(PathBuf),
+}
+
+/// The database name of a dataset (CIRR's two protocols share one gallery database).
+pub fn db_name(d: crate::config::DatasetName) -> &'static str {
+    match d {
+        crate::config::DatasetName::CirrSubset => "cirr",
+        other => other.as_str(),
+    }
+}
+
+/// The fingerprint of indexing with these servers, prompts and caption source (a captions file's
+/// blake3, or the configured captioner).
+pub fn expected_fingerprint(
+    servers: &crate::config::ServersConfig,
+    servers_path: &Path,
+    prompts: &crate::prompts::PromptSet,
+    family: crate::prompts::Family,
+    captions_file_hash: Option<String>,
+) -> Result<Fingerprint, IndexError> {
+    use crate::config::Role;
+    let embedder = servers.role(Role::Embedder, servers_path)?;
+    let captions = match captions_file_hash {
+        Some(blake3) => fingerprint::CaptionSource::File { blake3 },
+        None => {
+            let captioner = servers.role(Role::Captioner, servers_path)?;
+            let rendered = prompts.render(
+                family,
+                crate::prompts::PromptKind::Caption,
+                &serde_json::json!({}),
+            )?;
+            return Ok(Fingerprint::for_model(
+                captioner,
+                &prompts.fingerprint_of(&rendered.templates),
+                embedder,
+            ));
+        }
+    };
+    Ok(Fingerprint {
+        version: fingerprint::VERSION,
+        captions,
+        embedder: fingerprint::EmbedderPrint::of(embedder),
+        preprocessing: fingerprint::PREPROCESSING.into(),
+    })
 }
 
 /// The folder of a dataset's database with this fingerprint.

@@ -17,6 +17,8 @@ pub struct Exchange {
     pub usage: Usage,
     /// HTTP attempts over all requests (retries included).
     pub attempts: u32,
+    /// Answers served from the request cache.
+    pub cached: u32,
 }
 
 /// How asking ended.
@@ -73,7 +75,8 @@ pub async fn ask<T>(
 
 fn add(ex: &mut Exchange, meta: &CallMeta, usage: Option<Usage>) {
     ex.attempts += meta.attempts;
-    if let Some(u) = usage {
+    ex.cached += u32::from(meta.cached);
+    if let (false, Some(u)) = (meta.cached, usage) {
         ex.usage.prompt_tokens += u.prompt_tokens;
         ex.usage.completion_tokens += u.completion_tokens;
     }

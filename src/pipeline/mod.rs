@@ -1,4 +1,18 @@
-//! The retrieval pipeline: stages and their scheduling. (So far: the re-ask loop shared by the
-//! stages that parse structured answers.)
+//! The retrieval pipeline: each query flows through its stages as soon as its inputs are ready,
+//! with no barrier between stages, so every model server is busy at once.
+//!
+//! - `ask`: a request, its parse and the re-asks;
+//! - `stage1`, `stage2`, `stage3`: the method's stages, written once for every task;
+//! - `query`: one query (or dialogue) through its rounds and stages;
+//! - `record`: what is recorded per query;
+//! - `context`: shared context and per-query counters;
+//! - `run`: the orchestrator (`imagescope run`).
 
 pub mod ask;
+pub mod context;
+pub mod query;
+pub mod record;
+pub mod run;
+pub mod stage1;
+pub mod stage2;
+pub mod stage3;

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::config::{ApiFlavour, ConfigError, Role, RoleServer};
 
+use super::cache::{self, Cache};
 use super::endpoints::{Endpoint, Endpoints};
 use super::errors::{ErrorKind, HttpClass, ServingError};
 use super::retry::{backoff_delay, parse_retry_after};
@@ -56,6 +57,8 @@ pub struct CallMeta {
     pub retry_delays: Vec<Duration>,
     /// Failures of the attempts before the successful one.
     pub errors: Vec<ErrorKind>,
+    /// The answer came from the request cache (no request was sent).
+    pub cached: bool,
 }
 
 /// A validated answer and how it was obtained.
@@ -76,6 +79,7 @@ struct Inner {
     limiter: Option<DefaultDirectRateLimiter>,
     api_key: Option<ApiKey>,
     stats: RoleStats,
+    cache: Option<Arc<Cache>>,
 }
 
 /// A client for one role's server(s), with its limits, retries and replicas. Cheap to clone.
@@ -134,8 +138,27 @@ impl RoleClient {
                 limiter,
                 api_key,
                 stats: RoleStats::default(),
+                cache: None,
             }),
         })
+    }
+
+    /// A client for the same server that reads and writes answers through `cache`. It has its own
+    /// limits and counters, so use it instead of (not beside) the original.
+    pub fn with_cache(&self, cache: Arc<Cache>) -> Self {
+        let i = &self.inner;
+        RoleClient {
+            inner: Arc::new(Inner {
+                role: i.role,
+                server: i.server.clone(),
+                http: i.http.clone(),
+                endpoints: Endpoints::new(&i.server.endpoints, i.server.max_in_flight),
+                limiter: build_limiter(&i.server),
+                api_key: i.api_key.clone(),
+                stats: RoleStats::default(),
+                cache: Some(cache),
+            }),
+        }
     }
 
     /// The role this client serves.
@@ -157,12 +180,20 @@ impl RoleClient {
     pub async fn chat(&self, req: &ChatRequest) -> Result<Reply<ChatAnswer>, ServingError> {
         let s = &self.inner.server;
         let body = wire::chat_body(req, s, ImageRendering::Send(s.image_transport));
-        self.call("/chat/completions", &body, |text| {
-            let answer = wire::parse_chat(text)?;
-            self.check_model(answer.model.as_deref())?;
-            Ok(answer)
-        })
-        .await
+        let key = self.cache_key(|| wire::chat_body(req, s, ImageRendering::Hash));
+        let reply = self
+            .call("/chat/completions", &body, key, |text| {
+                let answer = wire::parse_chat(text)?;
+                self.check_model(answer.model.as_deref())?;
+                Ok(answer)
+            })
+            .await?;
+        if let (false, Some(u)) = (reply.meta.cached, reply.value.usage) {
+            self.inner
+                .stats
+                .record_tokens(u.prompt_tokens, u.completion_tokens);
+        }
+        Ok(reply)
     }
 
     /// Embeds `inputs` (all text or all images), returning one vector per input, L2-normalised if
@@ -173,9 +204,19 @@ impl RoleClient {
             .map_err(|kind| {
                 self.error(self.inner.endpoints.all()[0].base.clone(), 0, kind, vec![])
             })?;
-        let calls = bodies.iter().map(|body| {
+        let keyed: Vec<Option<String>> = match &self.inner.cache {
+            Some(_) => wire::embed_bodies(inputs, s, ImageRendering::Hash)
+                .map_err(|kind| {
+                    self.error(self.inner.endpoints.all()[0].base.clone(), 0, kind, vec![])
+                })?
+                .iter()
+                .map(|b| Some(cache::key(self.inner.role, b)))
+                .collect(),
+            None => vec![None; bodies.len()],
+        };
+        let calls = bodies.iter().zip(keyed).map(|(body, key)| {
             let expected = count_inputs(body);
-            self.call("/embeddings", body, move |text| {
+            self.call("/embeddings", body, key, move |text| {
                 let a = wire::parse_embeddings(text, expected, s.dimension)?;
                 self.check_model(a.model.as_deref())?;
                 Ok(a.vectors)
@@ -193,6 +234,7 @@ impl RoleClient {
                     m.latency = m.latency.max(r.meta.latency);
                     m.retry_delays.extend(r.meta.retry_delays);
                     m.errors.extend(r.meta.errors);
+                    m.cached &= r.meta.cached;
                     m
                 }
             });
@@ -206,6 +248,7 @@ impl RoleClient {
             latency: Duration::ZERO,
             retry_delays: vec![],
             errors: vec![],
+            cached: false,
         });
         Ok(Reply {
             value: vectors,
@@ -241,6 +284,13 @@ impl RoleClient {
             .unwrap_or(Err(ErrorKind::Timeout(self.inner.server.timeout())))
     }
 
+    fn cache_key(&self, body: impl FnOnce() -> Value) -> Option<String> {
+        self.inner
+            .cache
+            .as_ref()
+            .map(|_| cache::key(self.inner.role, &body()))
+    }
+
     fn check_model(&self, got: Option<&str>) -> Result<(), ErrorKind> {
         let expected = &self.inner.server.model;
         match got {
@@ -274,9 +324,27 @@ impl RoleClient {
         &self,
         path: &str,
         body: &Value,
+        cache_key: Option<String>,
         validate: impl Fn(&str) -> Result<T, ErrorKind>,
     ) -> Result<Reply<T>, ServingError> {
         let inner = &self.inner;
+        if let (Some(cache), Some(key)) = (&inner.cache, &cache_key)
+            && let Some(text) = cache.get(key)
+            && let Ok(value) = validate(&text)
+        {
+            inner.stats.record_cache_hit();
+            return Ok(Reply {
+                value,
+                meta: CallMeta {
+                    endpoint: "cache".into(),
+                    attempts: 0,
+                    latency: Duration::ZERO,
+                    retry_delays: vec![],
+                    errors: vec![],
+                    cached: true,
+                },
+            });
+        }
         let policy = &inner.server.retry;
         let payload = bytes::Bytes::from(serde_json::to_vec(body).unwrap_or_default());
         let started = Instant::now();
@@ -296,12 +364,16 @@ impl RoleClient {
             let outcome = self.attempt(ep, path, payload.clone()).await;
             drop(permit);
             drop(assignment);
-            let result = outcome.and_then(|text| validate(&text).map_err(|k| (k, None)));
+            let result =
+                outcome.and_then(|text| validate(&text).map(|v| (v, text)).map_err(|k| (k, None)));
             attempt += 1;
             match result {
-                Ok(value) => {
+                Ok((value, text)) => {
                     inner.endpoints.mark_ok(index);
                     inner.stats.record_success(sent.elapsed());
+                    if let (Some(cache), Some(key)) = (&inner.cache, &cache_key) {
+                        cache.put(key, inner.role, &inner.server.model, &text);
+                    }
                     return Ok(Reply {
                         value,
                         meta: CallMeta {
@@ -310,6 +382,7 @@ impl RoleClient {
                             latency: started.elapsed(),
                             retry_delays: delays,
                             errors,
+                            cached: false,
                         },
                     });
                 }
@@ -393,6 +466,18 @@ impl RoleClient {
             .await
             .unwrap_or(Err((ErrorKind::Timeout(limit), None)))
     }
+}
+
+fn build_limiter(server: &RoleServer) -> Option<DefaultDirectRateLimiter> {
+    server.requests_per_second.map(|rps| {
+        let period = Duration::from_secs_f64(1.0 / rps).max(Duration::from_nanos(1));
+        let burst = std::num::NonZeroU32::new(server.burst.unwrap_or(1))
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MAX))
+            .allow_burst(burst);
+        RateLimiter::direct(quota)
+    })
 }
 
 fn count_inputs(body: &Value) -> usize {

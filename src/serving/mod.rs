@@ -12,6 +12,7 @@
 //! embeddings and per-server `extra_body` fields do not fit async-openai's typed calls, and its
 //! built-in retry honours `Retry-After` without a cap.
 
+pub mod cache;
 mod client;
 mod endpoints;
 mod errors;
@@ -22,6 +23,7 @@ pub mod wire;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use cache::{Cache, CacheMode};
 pub use client::{CallMeta, Reply, RoleClient};
 pub use errors::{ErrorKind, HttpClass, ServingError};
 pub use retry::{backoff_delay, parse_retry_after};
@@ -48,6 +50,18 @@ impl Clients {
             by_role,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The same clients reading and writing answers through `cache`.
+    pub fn with_cache(&self, cache: std::sync::Arc<Cache>) -> Self {
+        Clients {
+            by_role: self
+                .by_role
+                .iter()
+                .map(|(r, c)| (*r, c.with_cache(cache.clone())))
+                .collect(),
+            path: self.path.clone(),
+        }
     }
 
     /// The client of `role`, or an error saying the servers file lacks it.

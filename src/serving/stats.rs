@@ -16,6 +16,9 @@ pub struct RoleStats {
     failures: AtomicU64,
     retries: AtomicU64,
     set_aside: AtomicU64,
+    cache_hits: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     latencies_ms: Mutex<Vec<f32>>,
 }
@@ -33,6 +36,12 @@ pub struct StatsSnapshot {
     pub retries: u64,
     /// Times a replica was set aside.
     pub set_aside: u64,
+    /// Answers served from the request cache.
+    pub cache_hits: u64,
+    /// Prompt tokens reported by the server.
+    pub prompt_tokens: u64,
+    /// Generated tokens reported by the server.
+    pub completion_tokens: u64,
     /// Failed attempts by error label.
     pub errors: BTreeMap<String, u64>,
     /// Median latency of successful attempts, milliseconds.
@@ -62,6 +71,15 @@ impl RoleStats {
     pub(crate) fn record_set_aside(&self) {
         self.set_aside.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn record_cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Adds token counts reported with an answer.
+    pub fn record_tokens(&self, prompt: u64, completion: u64) {
+        self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(completion, Ordering::Relaxed);
+    }
     pub(crate) fn record_error(&self, kind: &ErrorKind) {
         *lock(&self.errors).entry(kind.label()).or_default() += 1;
     }
@@ -83,6 +101,9 @@ impl RoleStats {
             failures: self.failures.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             set_aside: self.set_aside.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
             errors: lock(&self.errors).clone(),
             latency_p50_ms: pct(0.5),
             latency_p95_ms: pct(0.95),

@@ -73,8 +73,10 @@ pub struct ChatRequest {
 pub enum ImageRendering {
     /// As the server is configured to receive them.
     Send(ImageTransport),
-    /// As a short hash placeholder: for snapshots, dry runs and cache keys.
+    /// As a short hash placeholder: for snapshots and dry runs.
     Placeholder,
+    /// As the full content hash: for cache keys.
+    Hash,
 }
 
 fn image_url(img: &EncodedImage, how: ImageRendering) -> String {
@@ -85,6 +87,7 @@ fn image_url(img: &EncodedImage, how: ImageRendering) -> String {
         },
         ImageRendering::Send(ImageTransport::DataUrl) => img.data_url(),
         ImageRendering::Placeholder => img.placeholder(),
+        ImageRendering::Hash => format!("blake3:{}", img.hash()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! builders.
 #![allow(dead_code)]
 
+pub mod env;
 pub mod fake_server;
 pub mod world;
 

@@ -4,8 +4,9 @@
 //!
 //! - captioner: "A photo of <description>.";
 //! - embedder: bag-of-words vectors, the same for an image and for its description (a perfect CLIP);
-//! - reasoner: descriptions = the instruction's words (stage 1); one question per content word of
-//!   the instruction, expected "True" (stage 2a);
+//! - reasoner: descriptions = the instruction's first content word (stage 1; the running
+//!   description plus the turn in a dialogue); one question per content word of the instruction,
+//!   expected "True" (stage 2a);
 //! - verifier: "Yes" when the question's last word is in the image's description;
 //! - evaluator: reads the candidate at the centre of the composite's right half and answers
 //!   "ANSWER: Yes" when every content word of the instruction is in its description.
@@ -31,13 +32,27 @@ pub fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Bag-of-words unit vector of `text` in `dim` dimensions.
+/// Words of the test world that get a dimension of their own (others are hashed into the rest).
+const VOCABULARY: [&str; 16] = [
+    "red", "blue", "green", "black", "white", "yellow", "car", "bus", "tree", "trees", "two",
+    "dog", "sofa", "cat", "flower", "thing",
+];
+
+/// Bag-of-words unit vector of `text` in `dim` dimensions (dim > 16).
 pub fn bow(text: &str, dim: usize) -> Vec<f32> {
     let mut v = vec![0.0f32; dim];
     for w in words(text) {
-        let h = blake3::hash(w.as_bytes());
-        let b = h.as_bytes();
-        v[(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize) % dim] += 1.0;
+        let slot = match VOCABULARY.iter().position(|x| *x == w) {
+            Some(i) => i,
+            None => {
+                let h = blake3::hash(w.as_bytes());
+                let b = h.as_bytes();
+                VOCABULARY.len()
+                    + (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                        % (dim - VOCABULARY.len())
+            }
+        };
+        v[slot] += 1.0;
     }
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if n > 0.0 {
@@ -182,8 +197,14 @@ impl World {
                     .map(|l| Self::after(&first, l))
                     .find(|s| !s.is_empty())
                     .unwrap_or("");
+                // An imperfect reasoner on purpose: for single-turn queries it keeps only the
+                // instruction's first content word, so stages 2 and 3 have something to fix.
                 let reference = Self::after(&first, "Current description: ");
-                let description = if reference.is_empty() { instruction.to_string() } else { format!("{reference} {instruction}") };
+                let description = if reference.is_empty() {
+                    words(instruction).first().cloned().unwrap_or_default()
+                } else {
+                    format!("{reference} {instruction}")
+                };
                 format!(
                     "Reasoning.\n```json\n{}\n```",
                     serde_json::json!({"edits": [["Modification", instruction]], "descriptions": [description]})

@@ -1,0 +1,139 @@
+//! What every stage needs (`Ctx`: parameters, prompts, role clients, the image database, gallery
+//! paths) and what each query accumulates while it runs (`Tally`: requests, cache hits, tokens,
+//! fallbacks).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{DatasetName, PipelineParams, Profile, Role};
+use crate::datasets::ImageKey;
+use crate::images::{self, EncodedImage};
+use crate::index::ImageDb;
+use crate::prompts::{Family, PromptSet};
+use crate::serving::{CallMeta, RoleClient, Usage};
+
+use super::ask::Exchange;
+use super::record::Fallback;
+
+/// Shared, read-only context of a run.
+pub struct Ctx {
+    /// Resolved parameters.
+    pub params: PipelineParams,
+    /// Benchmark.
+    pub dataset: DatasetName,
+    /// Prompt family.
+    pub family: Family,
+    /// Templates.
+    pub prompts: Arc<PromptSet>,
+    /// Reasoner.
+    pub reasoner: RoleClient,
+    /// Verifier (when stage 2 runs).
+    pub verifier: Option<RoleClient>,
+    /// Evaluator (when stage 3 runs).
+    pub evaluator: Option<RoleClient>,
+    /// Embedder.
+    pub embedder: RoleClient,
+    /// The gallery's image database.
+    pub db: Arc<ImageDb>,
+    /// Gallery key → file.
+    pub paths: HashMap<ImageKey, PathBuf>,
+    /// The split's gallery when the database holds more images than it.
+    pub allowed: Option<HashSet<ImageKey>>,
+    /// Ranking length kept per stage.
+    pub keep: usize,
+}
+
+impl Ctx {
+    /// Whether the parity profile is on.
+    pub fn parity(&self) -> bool {
+        self.params.profile == Profile::Parity
+    }
+
+    /// Reads (and, when the role's server asks for it, shrinks) a gallery image for `role`.
+    pub async fn image_for(
+        &self,
+        key: &ImageKey,
+        max_side: Option<u32>,
+    ) -> Result<EncodedImage, String> {
+        let path = self
+            .paths
+            .get(key)
+            .cloned()
+            .ok_or_else(|| format!("image {key} is not in the gallery"))?;
+        tokio::task::spawn_blocking(move || {
+            images::load_for_role(&path, max_side).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("image loading crashed: {e}"))?
+    }
+
+    /// Decodes a gallery image into pixels (for the evaluator composite).
+    pub async fn pixels(&self, key: &ImageKey) -> Result<image::DynamicImage, String> {
+        let path = self
+            .paths
+            .get(key)
+            .cloned()
+            .ok_or_else(|| format!("image {key} is not in the gallery"))?;
+        tokio::task::spawn_blocking(move || {
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            images::decode(&bytes, &path.display().to_string()).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("image decoding crashed: {e}"))?
+    }
+}
+
+/// Per-query counters.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// HTTP attempts.
+    pub requests: u32,
+    /// Cache hits.
+    pub cached: u32,
+    /// Tokens per role.
+    pub tokens: BTreeMap<String, Usage>,
+    /// Fallbacks.
+    pub fallbacks: Vec<Fallback>,
+}
+
+impl Tally {
+    /// Counts one call.
+    pub fn call(&mut self, role: Role, meta: &CallMeta, usage: Option<Usage>) {
+        self.requests += meta.attempts;
+        self.cached += u32::from(meta.cached);
+        if let (false, Some(u)) = (meta.cached, usage) {
+            let t = self.tokens.entry(role.to_string()).or_default();
+            t.prompt_tokens += u.prompt_tokens;
+            t.completion_tokens += u.completion_tokens;
+        }
+    }
+
+    /// Counts an exchange with re-asks.
+    pub fn exchange(&mut self, role: Role, ex: &Exchange) {
+        self.requests += ex.attempts;
+        self.cached += ex.cached;
+        let t = self.tokens.entry(role.to_string()).or_default();
+        t.prompt_tokens += ex.usage.prompt_tokens;
+        t.completion_tokens += ex.usage.completion_tokens;
+    }
+
+    /// Records a fallback.
+    pub fn fallback(
+        &mut self,
+        step: &str,
+        round: usize,
+        reason: impl Into<String>,
+        raw: &str,
+        action: &str,
+    ) {
+        self.fallbacks.push(Fallback {
+            step: step.into(),
+            round,
+            reason: reason.into(),
+            raw: crate::roles::cut(raw, 2000),
+            action: action.into(),
+        });
+    }
+}

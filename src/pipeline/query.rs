@@ -1,0 +1,169 @@
+//! One query through its stages: a single round for text-to-image and composed queries; for a
+//! dialogue, round 0 (the caption alone, outside the parity profile) and then one round per turn,
+//! with the first target description of each round carried into the next as the running
+//! description (method.md §8.6). A server failure after retries ends the query as failed, with
+//! what it had done so far; it never stops other queries.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::config::Stage;
+use crate::datasets::{Instruction, Query};
+use crate::roles::reasoner::BLANK_REFERENCE;
+
+use super::context::{Ctx, Tally};
+use super::record::{QueryRecord, RoundRecord, Status};
+use super::stage1::{self, RoundInput};
+use super::{stage2, stage3};
+
+fn add_ms(t: &mut BTreeMap<String, u64>, stage: &str, since: Instant) {
+    *t.entry(stage.into()).or_default() += since.elapsed().as_millis() as u64;
+}
+
+async fn run_round(
+    ctx: &Ctx,
+    input: &RoundInput,
+    tally: &mut Tally,
+    timings: &mut BTreeMap<String, u64>,
+) -> Result<RoundRecord, (String, RoundRecord)> {
+    let mut record = RoundRecord {
+        round: input.round,
+        instruction: input.instruction.clone(),
+        reference_description: input.reference_description.clone(),
+        s1: None,
+        s2: None,
+        s3: None,
+    };
+    let t = Instant::now();
+    let s1 = match stage1::run(ctx, input, tally).await {
+        Ok(s) => s,
+        Err(e) => return Err((format!("stage 1: {e}"), record)),
+    };
+    add_ms(timings, "s1", t);
+    let stages = &ctx.params.stages;
+    if !input.caption_only && stages.contains(&Stage::S2) {
+        let t = Instant::now();
+        record.s2 = Some(stage2::run(ctx, input, &s1, tally).await);
+        add_ms(timings, "s2", t);
+    }
+    if !input.caption_only && stages.contains(&Stage::S3) {
+        let t = Instant::now();
+        let base = record
+            .s2
+            .as_ref()
+            .map_or(&s1.ranking, |s| &s.ranking)
+            .clone();
+        record.s3 = Some(stage3::run(ctx, input, &base, tally).await);
+        add_ms(timings, "s3", t);
+    }
+    record.s1 = Some(s1);
+    Ok(record)
+}
+
+/// Runs every stage of one query and returns its record.
+pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
+    let mut tally = Tally::default();
+    let mut timings = BTreeMap::new();
+    let mut rounds = Vec::new();
+    let mut error = None;
+    let inputs: Vec<RoundInput> = match &q.instruction {
+        Instruction::Text { text } => {
+            let reference_description = match &q.reference {
+                Some(r) => match ctx.db.caption(r) {
+                    Some(c) => c.trim().to_string(),
+                    None => {
+                        error = Some(format!(
+                            "the reference image {r} is not in the image database (it failed to index?)"
+                        ));
+                        String::new()
+                    }
+                },
+                None => BLANK_REFERENCE.to_string(),
+            };
+            vec![RoundInput {
+                round: 1,
+                instruction: text.clone(),
+                reference_description,
+                reference: q.reference.clone(),
+                subset: q.subset.clone(),
+                caption_only: false,
+            }]
+        }
+        Instruction::Dialogue { caption, turns } => {
+            // Rounds are built as they run: each needs the previous round's description.
+            let mut running = caption.clone();
+            if !ctx.parity() {
+                let round0 = RoundInput {
+                    round: 0,
+                    instruction: caption.clone(),
+                    reference_description: caption.clone(),
+                    reference: None,
+                    subset: None,
+                    caption_only: true,
+                };
+                match run_round(ctx, &round0, &mut tally, &mut timings).await {
+                    Ok(r) => rounds.push(r),
+                    Err((e, r)) => {
+                        rounds.push(r);
+                        error = Some(e);
+                    }
+                }
+            }
+            for (i, turn) in turns.iter().enumerate() {
+                if error.is_some() {
+                    break;
+                }
+                let input = RoundInput {
+                    round: i + 1,
+                    instruction: turn.clone(),
+                    reference_description: running.clone(),
+                    reference: None,
+                    subset: None,
+                    caption_only: false,
+                };
+                match run_round(ctx, &input, &mut tally, &mut timings).await {
+                    Ok(r) => {
+                        if let Some(d) = r.s1.as_ref().and_then(|s| s.descriptions.first()) {
+                            running = d.clone();
+                        }
+                        rounds.push(r);
+                    }
+                    Err((e, r)) => {
+                        rounds.push(r);
+                        error = Some(e);
+                    }
+                }
+            }
+            vec![]
+        }
+    };
+    for input in inputs {
+        if error.is_some() {
+            break;
+        }
+        match run_round(ctx, &input, &mut tally, &mut timings).await {
+            Ok(r) => rounds.push(r),
+            Err((e, r)) => {
+                rounds.push(r);
+                error = Some(e);
+            }
+        }
+    }
+    QueryRecord {
+        id: q.id.clone(),
+        status: if error.is_some() {
+            Status::Failed
+        } else {
+            Status::Done
+        },
+        error,
+        reference: q.reference.clone(),
+        targets: q.targets.clone(),
+        rounds,
+        fallbacks: tally.fallbacks,
+        timings_ms: timings,
+        tokens: tally.tokens,
+        requests: tally.requests,
+        cached: tally.cached,
+    }
+}

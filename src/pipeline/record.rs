@@ -1,0 +1,182 @@
+//! What the pipeline records per query: one JSON line in the run's journal with everything
+//! method.md §9 lists (descriptions, rankings, verifier answers, evaluator decisions) plus timings,
+//! tokens, request counts and every fallback with the raw text that caused it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Stage;
+use crate::datasets::ImageKey;
+use crate::roles::reasoner::{Edit, Proposition};
+use crate::serving::Usage;
+
+/// How a query ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Every requested stage ran (possibly with fallbacks).
+    Done,
+    /// A server failed after its retries; scored as a miss.
+    Failed,
+}
+
+/// A documented fallback taken, with the answer that caused it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fallback {
+    /// Stage and step (`s1.reason`, `s2.propositions`, ...).
+    pub step: String,
+    /// Dialogue round (0 for single-turn queries).
+    pub round: usize,
+    /// What was wrong.
+    pub reason: String,
+    /// The raw answer (cut).
+    pub raw: String,
+    /// What was done instead.
+    pub action: String,
+}
+
+/// Stage 1 of one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct S1Record {
+    /// Typed edits.
+    pub edits: Vec<Edit>,
+    /// Target descriptions searched with.
+    pub descriptions: Vec<String>,
+    /// Raw reasoner answers (more than one after re-asks).
+    pub answers: Vec<String>,
+    /// Top of the ranking.
+    pub ranking: Vec<ImageKey>,
+    /// Fused scores of `ranking`.
+    pub scores: Vec<f32>,
+}
+
+/// One verifier answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictRecord {
+    /// Yes / no; `None` when the request failed.
+    pub yes: Option<bool>,
+    /// P(yes) in logprob mode.
+    pub p_yes: Option<f64>,
+    /// Raw answer, or the error.
+    pub raw: String,
+    /// A note when the mode's rule could not be applied as such.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Stage 2 of one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct S2Record {
+    /// Propositions verified (empty when stage 2 was skipped).
+    pub propositions: Vec<Proposition>,
+    /// Raw reasoner answers.
+    pub answers: Vec<String>,
+    /// The verified candidates (the top K of stage 1).
+    pub candidates: Vec<ImageKey>,
+    /// `verdicts[c][q]`: candidate c, proposition q.
+    pub verdicts: Vec<Vec<VerdictRecord>>,
+    /// Stage-2 score per candidate.
+    pub scores: Vec<f64>,
+    /// The re-ranked ranking.
+    pub ranking: Vec<ImageKey>,
+    /// Why stage 2 left the ranking as it was, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// One evaluator decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// Turn (rank position evaluated, from 0).
+    pub turn: usize,
+    /// The candidate.
+    pub candidate: ImageKey,
+    /// Accepted; `None` when the request failed.
+    pub accepted: Option<bool>,
+    /// The explanation, or the error.
+    pub explanation: String,
+    /// Raw answer.
+    pub raw: String,
+    /// A note when the decision marker was not found as such.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Stage 3 of one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct S3Record {
+    /// Decisions in order.
+    pub decisions: Vec<DecisionRecord>,
+    /// The turn whose candidate was moved to rank 1.
+    pub accepted: Option<usize>,
+    /// Final ranking.
+    pub ranking: Vec<ImageKey>,
+}
+
+/// One round of a query (single-turn queries have one, round 1; dialogues one per turn, and
+/// round 0 for the caption alone outside the parity profile).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// Round number.
+    pub round: usize,
+    /// The instruction of this round.
+    pub instruction: String,
+    /// The reference description reasoned from.
+    pub reference_description: String,
+    /// Stage 1.
+    pub s1: Option<S1Record>,
+    /// Stage 2.
+    pub s2: Option<S2Record>,
+    /// Stage 3.
+    pub s3: Option<S3Record>,
+}
+
+impl RoundRecord {
+    /// The ranking after `stage` (a stage not run keeps the previous stage's ranking).
+    pub fn ranking_after(&self, stage: Stage) -> Option<&[ImageKey]> {
+        let s1 = self.s1.as_ref().map(|s| s.ranking.as_slice());
+        let s2 = self.s2.as_ref().map(|s| s.ranking.as_slice()).or(s1);
+        let s3 = self.s3.as_ref().map(|s| s.ranking.as_slice()).or(s2);
+        match stage {
+            Stage::S1 => s1,
+            Stage::S2 => s2,
+            Stage::S3 => s3,
+        }
+    }
+}
+
+/// Everything about one query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryRecord {
+    /// Query id.
+    pub id: String,
+    /// Outcome.
+    pub status: Status,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Reference image.
+    pub reference: Option<ImageKey>,
+    /// Ground truth.
+    pub targets: Vec<ImageKey>,
+    /// Rounds.
+    pub rounds: Vec<RoundRecord>,
+    /// Fallbacks taken.
+    pub fallbacks: Vec<Fallback>,
+    /// Milliseconds per stage.
+    pub timings_ms: BTreeMap<String, u64>,
+    /// Tokens per role.
+    pub tokens: BTreeMap<String, Usage>,
+    /// Model requests made (HTTP attempts, retries included).
+    pub requests: u32,
+    /// Answers served from the request cache.
+    pub cached: u32,
+}
+
+impl QueryRecord {
+    /// The final round's ranking after `stage`.
+    pub fn ranking_after(&self, stage: Stage) -> Option<&[ImageKey]> {
+        self.rounds.last().and_then(|r| r.ranking_after(stage))
+    }
+}

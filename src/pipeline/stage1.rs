@@ -1,0 +1,136 @@
+//! Stage 1: the reasoner turns (instruction, reference description) into target descriptions
+//! (re-asked on unusable answers, then the documented fallback), the embedder encodes them, and
+//! the image database ranks the gallery by the fused score (1 − τ)·cos(t, v) + τ·cos(t, c).
+
+use std::collections::HashSet;
+
+use crate::config::{DatasetName, Role};
+use crate::datasets::ImageKey;
+use crate::index::vectors::mean_query;
+use crate::roles::embedder;
+use crate::roles::reasoner::{self, ReasonInput, Reasoning};
+
+use super::ask::{Asked, ask};
+use super::context::{Ctx, Tally};
+use super::record::S1Record;
+
+/// What one round of one query asks.
+#[derive(Debug, Clone)]
+pub struct RoundInput {
+    /// Round number (1 for single-turn queries).
+    pub round: usize,
+    /// Instruction of this round.
+    pub instruction: String,
+    /// Reference caption, "A blank image." or the running description.
+    pub reference_description: String,
+    /// Reference image (composed queries).
+    pub reference: Option<ImageKey>,
+    /// CIRR subset members.
+    pub subset: Option<Vec<ImageKey>>,
+    /// Skip the reasoner and search with the reference description itself (dialogue round 0).
+    pub caption_only: bool,
+}
+
+impl RoundInput {
+    fn reason_input(&self) -> ReasonInput {
+        ReasonInput {
+            instruction: self.instruction.clone(),
+            reference_description: self.reference_description.clone(),
+            has_reference: self.reference.is_some(),
+        }
+    }
+}
+
+async fn reason(
+    ctx: &Ctx,
+    input: &RoundInput,
+    tally: &mut Tally,
+) -> Result<(Reasoning, Vec<String>), String> {
+    if input.caption_only {
+        return Ok((
+            Reasoning {
+                edits: vec![],
+                descriptions: vec![input.reference_description.clone()],
+            },
+            vec![],
+        ));
+    }
+    let ri = input.reason_input();
+    let req = reasoner::reason_request(&ctx.prompts, ctx.family, &ri).map_err(|e| e.to_string())?;
+    match ask(
+        &ctx.reasoner,
+        &ctx.prompts,
+        ctx.family,
+        req,
+        ctx.params.reask,
+        reasoner::parse_reasoning,
+    )
+    .await
+    {
+        Ok(Asked::Parsed(r, ex)) => {
+            tally.exchange(Role::Reasoner, &ex);
+            Ok((r, ex.answers))
+        }
+        Ok(Asked::Unusable(ex)) => {
+            tally.exchange(Role::Reasoner, &ex);
+            let fb = reasoner::fallback(&ri, ctx.parity());
+            let last = ex.failures.last();
+            tally.fallback(
+                "s1.reason",
+                input.round,
+                last.map_or("unusable answer".into(), |f| f.reason.clone()),
+                last.map_or("", |f| f.raw.as_str()),
+                &format!("searched with {:?}", fb.descriptions),
+            );
+            Ok((fb, ex.answers))
+        }
+        Err((e, ex)) => {
+            tally.exchange(Role::Reasoner, &ex);
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Runs stage 1 for one round.
+pub async fn run(ctx: &Ctx, input: &RoundInput, tally: &mut Tally) -> Result<S1Record, String> {
+    let (reasoning, answers) = reason(ctx, input, tally).await?;
+    let reply = ctx
+        .embedder
+        .embed(&embedder::texts(&reasoning.descriptions))
+        .await
+        .map_err(|e| e.to_string())?;
+    tally.call(Role::Embedder, &reply.meta, None);
+    let vectors: Vec<Vec<f32>> = reply.value.into_iter().filter_map(embedder::unit).collect();
+    let query = mean_query(&vectors)
+        .ok_or("the embedder returned no usable vector for the descriptions")?;
+
+    let subset: Option<HashSet<ImageKey>> = match (ctx.dataset, &input.subset) {
+        (DatasetName::CirrSubset, Some(members)) => Some(
+            members
+                .iter()
+                .filter(|m| Some(*m) != input.reference.as_ref())
+                .cloned()
+                .collect(),
+        ),
+        _ => None,
+    };
+    let allowed = subset.as_ref().or(ctx.allowed.as_ref());
+    let exclude = ctx.params.exclude_reference && subset.is_none();
+    let k = ctx.keep + usize::from(exclude && input.reference.is_some());
+    let hits = ctx
+        .db
+        .search(&query, ctx.params.tau as f32, k, allowed)
+        .map_err(|e| e.to_string())?;
+    let (ranking, scores): (Vec<ImageKey>, Vec<f32>) = hits
+        .into_iter()
+        .filter(|(key, _)| !(exclude && Some(key) == input.reference.as_ref()))
+        .take(ctx.keep)
+        .unzip();
+    Ok(S1Record {
+        edits: reasoning.edits,
+        descriptions: reasoning.descriptions,
+        answers,
+        ranking,
+        scores,
+    })
+}

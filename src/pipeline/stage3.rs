@@ -1,0 +1,116 @@
+//! Stage 3: the evaluator looks at the top α candidates in order, each as one composite image of
+//! (reference or black, candidate), and the first it accepts moves to rank 1. Turns run one after
+//! another for a query (the original's turn-batched loop gives the same result); other queries
+//! keep the evaluator busy meanwhile.
+
+use crate::config::Role;
+use crate::datasets::ImageKey;
+use crate::roles::evaluator;
+
+use super::context::{Ctx, Tally};
+use super::record::{DecisionRecord, S3Record};
+use super::stage1::RoundInput;
+
+async fn judge(
+    ctx: &Ctx,
+    input: &RoundInput,
+    reference: Option<&image::DynamicImage>,
+    candidate: &ImageKey,
+    tally: &mut Tally,
+) -> Result<(bool, String, String, Option<String>), String> {
+    let client = ctx.evaluator.as_ref().ok_or("no evaluator configured")?;
+    let cand = ctx.pixels(candidate).await?;
+    let reference = reference.cloned();
+    let composite =
+        tokio::task::spawn_blocking(move || evaluator::composite_png(reference.as_ref(), &cand))
+            .await
+            .map_err(|e| format!("composite crashed: {e}"))?
+            .map_err(|e| e.to_string())?;
+    let req = evaluator::request(
+        &ctx.prompts,
+        ctx.family,
+        composite,
+        &input.instruction,
+        input.reference.is_some(),
+    )
+    .map_err(|e| e.to_string())?;
+    let reply = client.chat(&req).await.map_err(|e| e.to_string())?;
+    tally.call(Role::Evaluator, &reply.meta, reply.value.usage);
+    let d = evaluator::decide(&reply.value.content, ctx.params.evaluator_parse);
+    Ok((
+        d.accepted,
+        d.explanation,
+        crate::roles::cut(&reply.value.content, 2000),
+        d.note,
+    ))
+}
+
+/// Runs stage 3 for one round on the stage-2 ranking.
+pub async fn run(
+    ctx: &Ctx,
+    input: &RoundInput,
+    ranking: &[ImageKey],
+    tally: &mut Tally,
+) -> S3Record {
+    let reference = match &input.reference {
+        Some(key) => match ctx.pixels(key).await {
+            Ok(img) => Some(img),
+            Err(e) => {
+                tally.fallback("s3.reference", input.round, e, "", "kept the stage-2 order");
+                return S3Record {
+                    decisions: vec![],
+                    accepted: None,
+                    ranking: ranking.to_vec(),
+                };
+            }
+        },
+        None => None,
+    };
+    let mut decisions = Vec::new();
+    let mut accepted = None;
+    for (turn, candidate) in ranking.iter().take(ctx.params.alpha).enumerate() {
+        match judge(ctx, input, reference.as_ref(), candidate, tally).await {
+            Ok((yes, explanation, raw, note)) => {
+                decisions.push(DecisionRecord {
+                    turn,
+                    candidate: candidate.clone(),
+                    accepted: Some(yes),
+                    explanation,
+                    raw,
+                    note,
+                });
+                if yes {
+                    accepted = Some(turn);
+                    break;
+                }
+            }
+            Err(e) => {
+                tally.fallback(
+                    "s3.evaluate",
+                    input.round,
+                    e.clone(),
+                    "",
+                    "read as a rejection",
+                );
+                decisions.push(DecisionRecord {
+                    turn,
+                    candidate: candidate.clone(),
+                    accepted: None,
+                    explanation: e,
+                    raw: String::new(),
+                    note: None,
+                });
+            }
+        }
+    }
+    let mut out = ranking.to_vec();
+    if let Some(t) = accepted {
+        let chosen = out.remove(t);
+        out.insert(0, chosen);
+    }
+    S3Record {
+        decisions,
+        accepted,
+        ranking: out,
+    }
+}

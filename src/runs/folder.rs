@@ -1,0 +1,277 @@
+//! Run folders: `runs/<dataset>/<run-name>/<UTC timestamp>/`, created atomically (two runs started
+//! in the same second get `-2`, `-3`... rather than colliding), holding `run.json` (version and
+//! config hash, checked on `--resume`), `config.resolved.toml`, `prompts/` (the templates used),
+//! `output.log`, `queries.jsonl` (the journal: one line per finished query, appended and flushed),
+//! `metrics.json`, `metrics.txt`, `summary.json` and submission files on test splits.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::record::QueryRecord;
+
+/// `run.json`: what a run folder belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// imagescope version that started it.
+    pub version: String,
+    /// blake3 of `config.resolved.toml`.
+    pub config_hash: String,
+    /// Dataset.
+    pub dataset: String,
+    /// Split.
+    pub split: String,
+    /// Profile.
+    pub profile: String,
+    /// When it started (UTC, RFC 3339).
+    pub started: String,
+    /// When it was resumed, if it was.
+    #[serde(default)]
+    pub resumed: Vec<String>,
+}
+
+/// A run-folder problem.
+#[derive(Debug, thiserror::Error)]
+#[error("run folder {path}: {message}")]
+pub struct FolderError {
+    /// The folder.
+    pub path: PathBuf,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// An open run folder.
+pub struct RunFolder {
+    path: PathBuf,
+    journal: Mutex<std::fs::File>,
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+impl RunFolder {
+    /// Creates a new folder `runs_dir/<dataset>/<run_name>/<timestamp>[-n]`.
+    pub fn create(runs_dir: &Path, dataset: &str, run_name: &str) -> Result<Self, FolderError> {
+        let parent = runs_dir.join(dataset).join(run_name);
+        let err = |path: &Path, e: std::io::Error| FolderError {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| err(&parent, e))?;
+        let stamp: String = now_rfc3339()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        for n in 1..1000 {
+            let name = if n == 1 {
+                stamp.clone()
+            } else {
+                format!("{stamp}-{n}")
+            };
+            let path = parent.join(name);
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Self::open_journal(path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(err(&path, e)),
+            }
+        }
+        Err(FolderError {
+            path: parent,
+            message: "could not find a free folder name".into(),
+        })
+    }
+
+    fn open_journal(path: PathBuf) -> Result<Self, FolderError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path.join("queries.jsonl"))
+            .map_err(|e| FolderError {
+                path: path.clone(),
+                message: format!("cannot open the journal: {e}"),
+            })?;
+        Ok(RunFolder {
+            path,
+            journal: Mutex::new(file),
+        })
+    }
+
+    /// Opens an existing folder to resume it: checks `run.json` against `expected` (version and
+    /// config hash) and returns the journal's finished records. A partly written last line (a
+    /// crash mid-write) is ignored.
+    pub fn resume(
+        path: &Path,
+        expected: &RunInfo,
+    ) -> Result<(Self, RunInfo, Vec<QueryRecord>), FolderError> {
+        let bad = |message: String| FolderError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let info_text = std::fs::read_to_string(path.join("run.json"))
+            .map_err(|e| bad(format!("no readable run.json ({e}); is this a run folder?")))?;
+        let mut info: RunInfo = serde_json::from_str(&info_text)
+            .map_err(|e| bad(format!("run.json is not valid: {e}")))?;
+        if info.version != expected.version {
+            return Err(bad(format!(
+                "it was made by imagescope {}, this is {}; start a new run instead of resuming",
+                info.version, expected.version
+            )));
+        }
+        if info.config_hash != expected.config_hash {
+            return Err(bad(format!(
+                "it was made with another configuration (config hash {} ≠ {}); compare its config.resolved.toml, or start a new run",
+                &info.config_hash[..12.min(info.config_hash.len())],
+                &expected.config_hash[..12.min(expected.config_hash.len())]
+            )));
+        }
+        let text = std::fs::read_to_string(path.join("queries.jsonl")).unwrap_or_default();
+        let mut records: BTreeMap<String, QueryRecord> = BTreeMap::new();
+        let mut skipped = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match serde_json::from_str::<QueryRecord>(line) {
+                Ok(r) => {
+                    records.insert(r.id.clone(), r);
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                "{skipped} unreadable journal line(s) ignored (a crash mid-write); those queries run again"
+            );
+        }
+        info.resumed.push(now_rfc3339());
+        let folder = Self::open_journal(path.to_path_buf())?;
+        // A partial last line must not glue onto the next record.
+        if !text.is_empty() && !text.ends_with('\n') {
+            folder.raw_append("\n")?;
+        }
+        folder.write_json("run.json", &info)?;
+        Ok((folder, info, records.into_values().collect()))
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn raw_append(&self, s: &str) -> Result<(), FolderError> {
+        let mut f = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_all(s.as_bytes())
+            .and_then(|()| f.flush())
+            .map_err(|e| FolderError {
+                path: self.path.clone(),
+                message: format!("cannot write the journal: {e}"),
+            })
+    }
+
+    /// Appends one finished query to the journal.
+    pub fn append(&self, record: &QueryRecord) -> Result<(), FolderError> {
+        let line = serde_json::to_string(record).map_err(|e| FolderError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        self.raw_append(&(line + "\n"))
+    }
+
+    /// Writes a pretty JSON file in the folder.
+    pub fn write_json(&self, name: &str, value: &impl Serialize) -> Result<(), FolderError> {
+        let text = serde_json::to_string_pretty(value).map_err(|e| FolderError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        self.write_text(name, &(text + "\n"))
+    }
+
+    /// Writes a text file in the folder (atomically: a temporary file renamed into place).
+    pub fn write_text(&self, name: &str, text: &str) -> Result<(), FolderError> {
+        let path = self.path.join(name);
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| FolderError {
+                path: path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Copies the prompt templates used into `prompts/`.
+    pub fn copy_prompts(&self, files: &BTreeMap<String, String>) -> Result<(), FolderError> {
+        for (name, text) in files {
+            let path = self.path.join("prompts").join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| FolderError {
+                    path: parent.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            }
+            std::fs::write(&path, text).map_err(|e| FolderError {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `RunInfo` for a new run.
+    pub fn info(config_hash: String, dataset: &str, split: &str, profile: &str) -> RunInfo {
+        RunInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config_hash,
+            dataset: dataset.into(),
+            split: split.into(),
+            profile: profile.into(),
+            started: now_rfc3339(),
+            resumed: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_started_in_the_same_second_do_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RunFolder::create(dir.path(), "cirr", "x").unwrap();
+        let b = RunFolder::create(dir.path(), "cirr", "x").unwrap();
+        assert_ne!(a.path(), b.path());
+    }
+
+    #[test]
+    fn resume_checks_version_and_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = RunFolder::create(dir.path(), "cirr", "x").unwrap();
+        let info = RunFolder::info("abc".into(), "cirr", "val", "default");
+        f.write_json("run.json", &info).unwrap();
+        let mut other = info.clone();
+        other.config_hash = "def".into();
+        let err = RunFolder::resume(f.path(), &other)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("another configuration"), "{err}");
+        let mut old = info.clone();
+        old.version = "0.0.1".into();
+        assert!(
+            RunFolder::resume(f.path(), &old)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("imagescope")
+        );
+        assert!(RunFolder::resume(f.path(), &info).is_ok());
+        assert!(
+            RunFolder::resume(dir.path(), &info)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("run folder?")
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! `imagescope run` end to end against fake model servers (test doubles over a tiny world of
+//! solid-colour images): every task shape, metrics after each stage, and the request cache.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::env::{Env, write_cirr};
+use support::fake_server::Route;
+
+/// Four CIRR queries built so that stage 1 gets two wrong and stage 2 fixes them (see world.rs).
+const CIRR_QUERIES: [(u64, usize, &str, usize); 4] = [
+    (100, 0, "blue car", 1),
+    (101, 10, "white cat", 9),
+    (102, 0, "red bus", 2),
+    (103, 7, "black dog sofa", 8),
+];
+
+async fn cirr_env() -> (Env, PathBuf) {
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    write_cirr(&env.data, &CIRR_QUERIES);
+    let config = env.configs("cirr", "val", "", None);
+    env.index(&config).await;
+    (env, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cirr_runs_through_three_stages_with_metrics_after_each() {
+    let (env, config) = cirr_env().await;
+    let report = env.run(&config, &[]).await;
+    assert_eq!(Env::metric(&report, "s1", "Recall@1"), 50.0, "{report}");
+    assert_eq!(Env::metric(&report, "s2", "Recall@1"), 100.0, "{report}");
+    assert_eq!(Env::metric(&report, "s3", "Recall@1"), 100.0, "{report}");
+    assert!(report["failed"].as_array().unwrap().is_empty(), "{report}");
+    let folder = PathBuf::from(report["folder"].as_str().unwrap());
+    for f in [
+        "run.json",
+        "config.resolved.toml",
+        "queries.jsonl",
+        "metrics.json",
+        "metrics.txt",
+        "summary.json",
+        "output.log",
+    ] {
+        assert!(
+            folder.join(f).exists(),
+            "{f} missing in {}",
+            folder.display()
+        );
+    }
+    assert!(folder.join("prompts/general/reason.user.j2").exists());
+    let journal = Env::journal(&folder);
+    assert_eq!(journal.len(), 4);
+    let q101 = journal.iter().find(|r| r["id"] == "101").unwrap();
+    let round = &q101["rounds"][0];
+    assert_eq!(round["s1"]["descriptions"][0], "white");
+    assert_eq!(
+        round["s1"]["ranking"][0], "dev-7-0-img0",
+        "stage 1 puts the white dog first"
+    );
+    assert_eq!(
+        round["s2"]["ranking"][0], "dev-9-0-img0",
+        "stage 2 fixes it"
+    );
+    assert_eq!(round["s3"]["decisions"][0]["accepted"], true);
+    // The reference is excluded from the ranking by default.
+    let q102 = journal.iter().find(|r| r["id"] == "102").unwrap();
+    assert!(
+        !q102["rounds"][0]["s1"]["ranking"]
+            .as_array()
+            .unwrap()
+            .contains(&"dev-0-0-img0".into())
+    );
+    assert!(q101["requests"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parity_profile_keeps_the_reference_and_the_original_rules() {
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    write_cirr(&env.data, &CIRR_QUERIES);
+    let config = env.configs("cirr", "val", "profile = \"parity\"", None);
+    env.index(&config).await;
+    let report = env.run(&config, &["--stages", "s1"]).await;
+    // Query 102 searches "red": the red car reference now takes rank 1.
+    assert_eq!(Env::metric(&report, "s1", "Recall@1"), 25.0, "{report}");
+    let folder = PathBuf::from(report["folder"].as_str().unwrap());
+    let resolved = std::fs::read_to_string(folder.join("config.resolved.toml")).unwrap();
+    assert!(
+        resolved.contains("profile = \"parity\"") && resolved.contains("exclude_reference = false"),
+        "{resolved}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_is_answered_from_the_cache_and_a_changed_template_resends_only_its_requests()
+{
+    let (env, config) = cirr_env().await;
+    env.run(&config, &[]).await;
+    let count = |e: &Env| {
+        (
+            e.reasoner[0].count(Route::Chat),
+            e.verifier.count(Route::Chat),
+            e.evaluator.count(Route::Chat),
+            e.embedder.count(Route::Embeddings),
+        )
+    };
+    let before = count(&env);
+    let again = env.run(&config, &[]).await;
+    assert_eq!(count(&env), before, "an identical run sends nothing");
+    assert_eq!(Env::metric(&again, "s3", "Recall@1"), 100.0);
+
+    // One word changed in the evaluator's template: only evaluator requests are sent again.
+    let prompts = env.path("prompts-edited");
+    copy_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("prompts"),
+        &prompts,
+    );
+    let f = prompts.join("general/evaluate.user.j2");
+    std::fs::write(
+        &f,
+        std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("short explanation", "brief explanation"),
+    )
+    .unwrap();
+    let edited = env.configs("cirr", "val", "", Some(&prompts));
+    let third = env.run(&edited, &[]).await;
+    let after = count(&env);
+    assert_eq!(
+        (after.0, after.1, after.3),
+        (before.0, before.1, before.3),
+        "reasoner, verifier and embedder answers reused"
+    );
+    assert!(after.2 > before.2, "the evaluator was asked again");
+    assert_eq!(
+        third["roles"]["evaluator"]["attempts"].as_u64().unwrap() as usize,
+        after.2 - before.2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_to_image_uses_a_blank_reference() {
+    let env = Env::start("images", |i| format!("{i}"), 1).await;
+    let rows = [
+        ("7", "white dog"),
+        ("9", "white cat"),
+        ("1", "blue car"),
+        ("8", "black dog sofa"),
+        ("6", "black dog"),
+    ];
+    let mut csv = String::from("filename,raw,split\n");
+    for (f, c) in rows {
+        csv.push_str(&format!("{f}.png,\"[\"\"{c}\"\"]\",test\n"));
+    }
+    std::fs::write(env.data.join("test_1k_flickr.csv"), csv).unwrap();
+    let config = env.configs("flickr30k", "test", "", None);
+    env.index(&config).await;
+    let report = env.run(&config, &[]).await;
+    assert_eq!(Env::metric(&report, "s1", "R@1"), 60.0, "{report}");
+    assert_eq!(Env::metric(&report, "s3", "R@1"), 100.0, "{report}");
+    let folder = PathBuf::from(report["folder"].as_str().unwrap());
+    let j = Env::journal(&folder);
+    assert_eq!(j[0]["rounds"][0]["reference_description"], "A blank image.");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fashioniq_runs_with_its_own_prompt_family() {
+    let env = Env::start("images", |i| format!("B{i:09}"), 1).await;
+    let asin = |i: usize| format!("B{i:09}");
+    let split: Vec<String> = (0..12).map(asin).collect();
+    std::fs::write(
+        env.data.join("split.dress.val.json"),
+        serde_json::to_string(&split).unwrap(),
+    )
+    .unwrap();
+    let caps = serde_json::json!([
+        {"candidate": asin(10), "target": asin(9), "captions": ["is white", "is a cat."]},
+        {"candidate": asin(6), "target": asin(8), "captions": ["is black", "has a dog and a sofa"]},
+    ]);
+    std::fs::write(env.data.join("cap.dress.val.json"), caps.to_string()).unwrap();
+    let config = env.configs("fashioniq-dress", "val", "", None);
+    env.index(&config).await;
+    let report = env.run(&config, &[]).await;
+    assert_eq!(Env::metric(&report, "s3", "R@10"), 100.0, "{report}");
+    let first = env.reasoner[0].requests()[0].body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        first.contains("find a dress"),
+        "the dress family's prompt was used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_round_dialogue_carries_its_description_and_scores_cumulative_hits() {
+    let env = Env::start("unlabeled2017", |i| format!("{:012}", i + 1), 1).await;
+    let space: Vec<String> = (0..12)
+        .map(|i| format!("unlabeled2017/{:012}.png", i + 1))
+        .collect();
+    std::fs::write(
+        env.data.join("Search_Space_val_50k.json"),
+        serde_json::to_string(&space).unwrap(),
+    )
+    .unwrap();
+    let dialogues = serde_json::json!([
+        {"img": "unlabeled2017/000000000009.png", "dialog": ["a dog", "is it black? yes", "is it on a sofa? yes"]},
+        {"img": "unlabeled2017/000000000010.png", "dialog": ["a cat", "what colour? white", "is it alone? yes"]},
+    ]);
+    std::fs::write(
+        env.data.join("VisDial_v1.0_queries_val.json"),
+        dialogues.to_string(),
+    )
+    .unwrap();
+    let config = env.configs("visdial", "val", "", None);
+    env.index(&config).await;
+    let report = env.run(&config, &[]).await;
+    for r in ["round0", "round1", "round2"] {
+        Env::metric(&report, "s1", &format!("Hits@10/{r}"));
+    }
+    let h1 = |stage, r| Env::metric(&report, stage, &format!("Hits@1/round{r}"));
+    assert!(
+        h1("s3", 2) >= h1("s3", 1) && h1("s3", 1) >= h1("s3", 0),
+        "cumulative: {report}"
+    );
+    assert_eq!(h1("s3", 2), 100.0, "{report}");
+    let folder = PathBuf::from(report["folder"].as_str().unwrap());
+    let j = Env::journal(&folder);
+    let rounds = j[0]["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3, "round 0 plus two turns");
+    assert_eq!(
+        rounds[2]["reference_description"], rounds[1]["s1"]["descriptions"][0],
+        "the description is carried"
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let p = entry.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
