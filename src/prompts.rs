@@ -4,7 +4,8 @@
 //! Layout: `<family>/<prompt>.user.j2` and optionally `<family>/<prompt>.system.j2`, where family is
 //! `general` (CIRR, CIRCO, Flickr30K, MSCOCO), `fashioniq-dress`, `fashioniq-shirt`,
 //! `fashioniq-toptee` or `visdial`, and prompt is `caption`, `reason`, `propositions`, `verify`,
-//! `evaluate` or `reask`. A family without a file uses `general/`'s. Templates may include shared
+//! `evaluate`, `reask`, `verify_caption` or `evaluate_caption` (the last two for verifiers and
+//! evaluators configured with `grounding = "caption"`). A family without a file uses `general/`'s. Templates may include shared
 //! pieces (files starting with `_`). Undefined variables are errors, and every file is compiled at
 //! load, so a broken template fails before the first request. Each rendering carries the hash of
 //! the template texts it used, for cache keys and run records.
@@ -89,17 +90,23 @@ pub enum PromptKind {
     Evaluate,
     /// Follow-up after an unusable answer.
     Reask,
+    /// Stage 2b from a caption instead of pixels.
+    VerifyCaption,
+    /// Stage 3 from captions instead of pixels.
+    EvaluateCaption,
 }
 
 impl PromptKind {
     /// Every prompt.
-    pub const ALL: [PromptKind; 6] = [
+    pub const ALL: [PromptKind; 8] = [
         PromptKind::Caption,
         PromptKind::Reason,
         PromptKind::Propositions,
         PromptKind::Verify,
         PromptKind::Evaluate,
         PromptKind::Reask,
+        PromptKind::VerifyCaption,
+        PromptKind::EvaluateCaption,
     ];
 
     /// File stem.
@@ -111,6 +118,8 @@ impl PromptKind {
             PromptKind::Verify => "verify",
             PromptKind::Evaluate => "evaluate",
             PromptKind::Reask => "reask",
+            PromptKind::VerifyCaption => "verify_caption",
+            PromptKind::EvaluateCaption => "evaluate_caption",
         }
     }
 }

@@ -76,6 +76,49 @@ async fn cirr_runs_through_three_stages_with_metrics_after_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caption_grounded_verifier_and_evaluator_read_stored_captions() {
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    write_cirr(&env.data, &CIRR_QUERIES);
+    let config = env.configs("cirr", "val", "", None);
+    let servers = env.path("servers.toml");
+    let text = std::fs::read_to_string(&servers).unwrap();
+    let text = text
+        .replace(
+            "[roles.verifier]\n",
+            "[roles.verifier]\ngrounding = \"caption\"\n",
+        )
+        .replace(
+            "[roles.evaluator]\n",
+            "[roles.evaluator]\ngrounding = \"caption\"\n",
+        );
+    std::fs::write(&servers, text).unwrap();
+    env.index(&config).await;
+    let report = env.run(&config, &[]).await;
+    assert_eq!(Env::metric(&report, "s1", "Recall@1"), 50.0, "{report}");
+    assert_eq!(Env::metric(&report, "s3", "Recall@1"), 100.0, "{report}");
+    for r in env
+        .verifier
+        .requests()
+        .iter()
+        .chain(env.evaluator.requests().iter())
+    {
+        assert!(
+            r.body["messages"][0]["content"].is_string(),
+            "no image was sent: {}",
+            r.body
+        );
+    }
+    let v = env.verifier.requests()[0].body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        v.contains("A photo of"),
+        "the stored caption is quoted: {v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parity_profile_keeps_the_reference_and_the_original_rules() {
     let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
     write_cirr(&env.data, &CIRR_QUERIES);

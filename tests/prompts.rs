@@ -28,6 +28,14 @@ fn sample(kind: PromptKind) -> Value {
             json!({"instruction": "has two of them and they sit on a wooden bench", "has_reference": true})
         }
         PromptKind::Reask => json!({"error": "no JSON object in the answer"}),
+        PromptKind::VerifyCaption => {
+            json!({"caption": "Two brown puppies sit on a wooden bench.", "question": "Are there two puppies?"})
+        }
+        PromptKind::EvaluateCaption => json!({
+            "instruction": "has two of them and they sit on a wooden bench",
+            "reference_caption": "A small brown puppy sits on green grass.",
+            "candidate_caption": "Two brown puppies sit on a wooden bench.",
+        }),
     }
 }
 
@@ -102,7 +110,7 @@ fn changed_by(file: &str, from: &str, to: &str) -> Vec<String> {
 fn one_word_changes_exactly_the_expected_renderings() {
     // verify is shared by every family through the fallback to general/.
     assert_eq!(
-        changed_by("general/verify.user.j2", "Yes or No", "yes or no"),
+        changed_by("general/verify.user.j2", "Yes or No.", "yes or no."),
         [
             "fashioniq-dress/verify",
             "fashioniq-shirt/verify",

@@ -118,6 +118,17 @@ pub enum ImageTransport {
     LocalPath,
 }
 
+/// What a verifier or evaluator looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grounding {
+    /// The image's pixels (a vision-language model).
+    #[default]
+    Image,
+    /// The image's stored caption (any text model): the caption-grounded profile.
+    Caption,
+}
+
 /// Retry policy of one role: capped exponential backoff with jitter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,6 +214,9 @@ pub struct RoleServer {
     /// How images reach vision servers.
     #[serde(default)]
     pub image_transport: ImageTransport,
+    /// Verifier and evaluator: judge from the image (default) or from its stored caption.
+    #[serde(default)]
+    pub grounding: Grounding,
     /// Vision roles and the embedder: images whose longer side exceeds this many pixels are
     /// resized (and re-encoded as JPEG) before sending; absent = sent as they are.
     pub image_max_side: Option<u32>,
@@ -377,6 +391,14 @@ impl ServersConfig {
                 if s.dimension == Some(0) {
                     return Err(bad(k("dimension"), "must be at least 1".into()));
                 }
+            }
+            if s.grounding == Grounding::Caption
+                && !matches!(role, Role::Verifier | Role::Evaluator)
+            {
+                return Err(bad(
+                    k("grounding"),
+                    "only the verifier and the evaluator can judge from captions".into(),
+                ));
             }
             if *role != Role::Embedder && s.api == ApiFlavour::Infinity {
                 return Err(bad(

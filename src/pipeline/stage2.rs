@@ -3,7 +3,7 @@
 //! them), and the top K are stably re-sorted by how many answers match (or, in logprob mode, by
 //! the summed probability of the expected answers). Positions after K keep their order.
 
-use crate::config::{DatasetName, RerankMode, Role};
+use crate::config::{DatasetName, Grounding, RerankMode, Role};
 use crate::datasets::ImageKey;
 use crate::roles::reasoner::{self, Expected, Proposition, PropositionParse};
 use crate::roles::verifier;
@@ -12,6 +12,13 @@ use super::ask::{Asked, ask};
 use super::context::{Ctx, Tally};
 use super::record::{S1Record, S2Record, VerdictRecord};
 use super::stage1::RoundInput;
+
+/// What the verifier judges a candidate from.
+#[derive(Clone)]
+enum Evidence {
+    Image(crate::images::EncodedImage),
+    Caption(String),
+}
 
 fn unchanged(s1: &S1Record, answers: Vec<String>, why: String) -> S2Record {
     S2Record {
@@ -110,13 +117,21 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
     .min(s1.ranking.len());
     let candidates: Vec<ImageKey> = s1.ranking[..k].to_vec();
     let max_side = verifier_client.server().image_max_side;
+    let by_caption = verifier_client.server().grounding == Grounding::Caption;
     let mode = ctx.params.verifier_mode;
 
     // Every (candidate, proposition) request at once; results keep their (c, q) position.
     let per_candidate = candidates.iter().map(|c| {
         let props = &props;
         async move {
-            let image = ctx.image_for(c, max_side).await;
+            let image = if by_caption {
+                ctx.db
+                    .caption(c)
+                    .map(|t| Evidence::Caption(t.to_string()))
+                    .ok_or_else(|| format!("image {c} has no stored caption"))
+            } else {
+                ctx.image_for(c, max_side).await.map(Evidence::Image)
+            };
             let per_question = props.iter().map(|p| {
                 let image = image.clone();
                 async move {
@@ -134,22 +149,32 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
                             );
                         }
                     };
-                    let req =
-                        match verifier::request(&ctx.prompts, ctx.family, image, &p.question, mode)
-                        {
-                            Ok(r) => r,
-                            Err(e) => {
-                                return (
-                                    None,
-                                    VerdictRecord {
-                                        yes: None,
-                                        p_yes: None,
-                                        raw: e.to_string(),
-                                        note: None,
-                                    },
-                                );
-                            }
-                        };
+                    let built = match image {
+                        Evidence::Image(i) => {
+                            verifier::request(&ctx.prompts, ctx.family, i, &p.question, mode)
+                        }
+                        Evidence::Caption(t) => verifier::request_from_caption(
+                            &ctx.prompts,
+                            ctx.family,
+                            &t,
+                            &p.question,
+                            mode,
+                        ),
+                    };
+                    let req = match built {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return (
+                                None,
+                                VerdictRecord {
+                                    yes: None,
+                                    p_yes: None,
+                                    raw: e.to_string(),
+                                    note: None,
+                                },
+                            );
+                        }
+                    };
                     match verifier_client.chat(&req).await {
                         Ok(reply) => {
                             let v = verifier::decide(&reply.value, mode);

@@ -3,7 +3,7 @@
 //! another for a query (the original's turn-batched loop gives the same result); other queries
 //! keep the evaluator busy meanwhile.
 
-use crate::config::Role;
+use crate::config::{Grounding, Role};
 use crate::datasets::ImageKey;
 use crate::roles::evaluator;
 
@@ -19,21 +19,25 @@ async fn judge(
     tally: &mut Tally,
 ) -> Result<(bool, String, String, Option<String>), String> {
     let client = ctx.evaluator.as_ref().ok_or("no evaluator configured")?;
-    let cand = ctx.pixels(candidate).await?;
-    let reference = reference.cloned();
-    let composite =
-        tokio::task::spawn_blocking(move || evaluator::composite_png(reference.as_ref(), &cand))
-            .await
-            .map_err(|e| format!("composite crashed: {e}"))?
-            .map_err(|e| e.to_string())?;
-    let req = evaluator::request(
-        &ctx.prompts,
-        ctx.family,
-        composite,
-        &input.instruction,
-        input.reference.is_some(),
-    )
-    .map_err(|e| e.to_string())?;
+    let req = if client.server().grounding == Grounding::Caption {
+        let caption = |k: &ImageKey| {
+            ctx.db
+                .caption(k)
+                .map(str::to_string)
+                .ok_or_else(|| format!("image {k} has no stored caption"))
+        };
+        let reference_caption = input.reference.as_ref().map(caption).transpose()?;
+        evaluator::request_from_captions(
+            &ctx.prompts,
+            ctx.family,
+            reference_caption.as_deref(),
+            &caption(candidate)?,
+            &input.instruction,
+        )
+        .map_err(|e| e.to_string())?
+    } else {
+        image_request(ctx, input, reference, candidate).await?
+    };
     let reply = client.chat(&req).await.map_err(|e| e.to_string())?;
     tally.call(Role::Evaluator, &reply.meta, reply.value.usage);
     let d = evaluator::decide(&reply.value.content, ctx.params.evaluator_parse);
@@ -45,6 +49,30 @@ async fn judge(
     ))
 }
 
+/// The image-grounded request: the composite of (reference or black, candidate).
+async fn image_request(
+    ctx: &Ctx,
+    input: &RoundInput,
+    reference: Option<&image::DynamicImage>,
+    candidate: &ImageKey,
+) -> Result<crate::serving::ChatRequest, String> {
+    let cand = ctx.pixels(candidate).await?;
+    let reference = reference.cloned();
+    let composite =
+        tokio::task::spawn_blocking(move || evaluator::composite_png(reference.as_ref(), &cand))
+            .await
+            .map_err(|e| format!("composite crashed: {e}"))?
+            .map_err(|e| e.to_string())?;
+    evaluator::request(
+        &ctx.prompts,
+        ctx.family,
+        composite,
+        &input.instruction,
+        input.reference.is_some(),
+    )
+    .map_err(|e| e.to_string())
+}
+
 /// Runs stage 3 for one round on the stage-2 ranking.
 pub async fn run(
     ctx: &Ctx,
@@ -52,7 +80,12 @@ pub async fn run(
     ranking: &[ImageKey],
     tally: &mut Tally,
 ) -> S3Record {
+    let by_caption = ctx
+        .evaluator
+        .as_ref()
+        .is_some_and(|c| c.server().grounding == Grounding::Caption);
     let reference = match &input.reference {
+        Some(_) if by_caption => None,
         Some(key) => match ctx.pixels(key).await {
             Ok(img) => Some(img),
             Err(e) => {

@@ -136,6 +136,26 @@ pub fn request(
     ))
 }
 
+/// The caption-grounded request: the stored captions of the reference (if any) and the candidate
+/// instead of a composite image, for an evaluator served by a text model.
+pub fn request_from_captions(
+    prompts: &PromptSet,
+    family: Family,
+    reference_caption: Option<&str>,
+    candidate_caption: &str,
+    instruction: &str,
+) -> Result<ChatRequest, PromptError> {
+    let ctx = serde_json::json!({
+        "instruction": normalize_instruction(instruction),
+        "reference_caption": reference_caption.unwrap_or(""),
+        "candidate_caption": candidate_caption,
+    });
+    Ok(request_from(
+        prompts.render(family, PromptKind::EvaluateCaption, &ctx)?,
+        vec![],
+    ))
+}
+
 /// The evaluator's reading of one answer.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {

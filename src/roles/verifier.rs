@@ -49,6 +49,27 @@ pub fn request(
     Ok(req)
 }
 
+/// The caption-grounded request: the candidate's stored caption instead of its pixels, for a
+/// verifier served by a text model (`grounding = "caption"`).
+pub fn request_from_caption(
+    prompts: &PromptSet,
+    family: Family,
+    caption: &str,
+    question: &str,
+    mode: VerifierMode,
+) -> Result<ChatRequest, PromptError> {
+    let ctx = serde_json::json!({"caption": caption, "question": question});
+    let mut req = request_from(
+        prompts.render(family, PromptKind::VerifyCaption, &ctx)?,
+        vec![],
+    );
+    if mode == VerifierMode::Logprob {
+        req.max_tokens = Some(1);
+        req.top_logprobs = Some(TOP_LOGPROBS);
+    }
+    Ok(req)
+}
+
 fn first_word(text: &str) -> Option<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .find(|w| !w.is_empty())

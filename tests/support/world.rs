@@ -217,11 +217,14 @@ impl World {
     pub fn verifier(&self, fake: &FakeServer) {
         let w = self.clone();
         fake.set_chat_responder(move |req| {
-            let question = Self::user_text(req);
-            let word = words(&question).last().cloned().unwrap_or_default();
-            let d = Self::image_url(req)
-                .and_then(|u| w.describe(&u, None))
-                .unwrap_or_default();
+            // From the image, or from the caption quoted in the text (caption-grounded mode).
+            let text = Self::user_text(req);
+            let d = match Self::image_url(req) {
+                Some(u) => w.describe(&u, None).unwrap_or_default(),
+                None => text.split('"').nth(1).unwrap_or("").to_string(),
+            };
+            let question = text.rsplit_once("No.").map_or(text.as_str(), |(_, q)| q);
+            let word = words(question).last().cloned().unwrap_or_default();
             if words(&d).contains(&word) {
                 "Yes".into()
             } else {
@@ -236,9 +239,10 @@ impl World {
         fake.set_chat_responder(move |req| {
             let prompt = Self::user_text(req);
             let instruction = prompt.split('"').nth(1).unwrap_or("").to_string();
-            let d = Self::image_url(req)
-                .and_then(|u| w.describe(&u, Some((845 + 400, 426))))
-                .unwrap_or_default();
+            let d = match Self::image_url(req) {
+                Some(u) => w.describe(&u, Some((845 + 400, 426))).unwrap_or_default(),
+                None => Self::after(&prompt, "The candidate photo shows: ").to_string(),
+            };
             let have = words(&d);
             if words(&instruction).iter().all(|x| have.contains(x)) {
                 "ANSWER: Yes\nThe candidate matches.".into()
