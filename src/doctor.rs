@@ -228,7 +228,9 @@ async fn round_trip(client: &RoleClient, role: Role, server: &RoleServer) -> Che
         }
     } else {
         let mut parts = Vec::new();
-        if role.sees_images() {
+        let sends_images =
+            role.sees_images() && server.grounding == crate::config::Grounding::Image;
+        if sends_images {
             parts.push(Part::Image(probe_image()));
             parts.push(Part::Text(
                 "What colours does this image show? Answer in a few words.".into(),

@@ -48,7 +48,7 @@ fn client(fake: &FakeServer) -> RoleClient {
 async fn an_unusable_answer_is_re_asked_with_the_error() {
     let fake = scripted(&["The target shows a man wearing a hat.", GOOD]).await;
     let prompts = PromptSet::load(&PromptSet::bundled_dir()).unwrap();
-    let req = reasoner::reason_request(&prompts, Family::General, &input()).unwrap();
+    let req = reasoner::reason_request(&prompts, Family::General, &input(), None).unwrap();
     let out = ask(
         &client(&fake),
         &prompts,
@@ -83,7 +83,7 @@ async fn an_unusable_answer_is_re_asked_with_the_error() {
 async fn with_no_re_asks_the_fallback_keeps_the_raw_text() {
     let fake = scripted(&["I cannot help with that."]).await;
     let prompts = PromptSet::load(&PromptSet::bundled_dir()).unwrap();
-    let req = reasoner::reason_request(&prompts, Family::General, &input()).unwrap();
+    let req = reasoner::reason_request(&prompts, Family::General, &input(), None).unwrap();
     let out = ask(
         &client(&fake),
         &prompts,

@@ -71,7 +71,7 @@ fn request_bodies_of_every_role() {
             &captioner::request(&p, Family::FashioniqDress, png(64, 48, 1)).unwrap()
         )
     );
-    let reason = reasoner::reason_request(&p, g, &reason_input()).unwrap();
+    let reason = reasoner::reason_request(&p, g, &reason_input(), None).unwrap();
     insta::assert_json_snapshot!("body__reasoner_reason", body(Role::Reasoner, &reason));
     let edits = vec![
         Edit {
@@ -87,9 +87,19 @@ fn request_bodies_of_every_role() {
         "body__reasoner_propositions",
         body(
             Role::Reasoner,
-            &reasoner::propositions_request(&p, g, &reason_input().instruction, &edits).unwrap()
+            &reasoner::propositions_request(&p, g, &reason_input().instruction, &edits, None)
+                .unwrap()
         )
     );
+    for (name, schema) in [
+        ("openai", imagescope::config::ResponseSchema::Openai),
+        ("llama_cpp", imagescope::config::ResponseSchema::LlamaCpp),
+    ] {
+        let req = reasoner::reason_request(&p, g, &reason_input(), Some(schema)).unwrap();
+        insta::assert_json_snapshot!(format!("response_format__reason_{name}"), req.extra);
+        let req = reasoner::propositions_request(&p, g, "x", &edits, Some(schema)).unwrap();
+        insta::assert_json_snapshot!(format!("response_format__propositions_{name}"), req.extra);
+    }
     let failure = reasoner::parse_reasoning("I think it is two puppies.").unwrap_err();
     insta::assert_json_snapshot!(
         "body__reasoner_reask",

@@ -72,6 +72,7 @@ pub enum IndexAction {
 }
 
 struct Plan {
+    captions: Option<PathBuf>,
     servers: ServersConfig,
     servers_path: PathBuf,
     prompts: PromptSet,
@@ -117,6 +118,7 @@ fn plan(cmd: &IndexCmd) -> anyhow::Result<Plan> {
             image_ext: None,
         })?;
         return Ok(Plan {
+            captions: cmd.captions.clone(),
             servers,
             servers_path,
             prompts: PromptSet::load(&prompts_dir)?,
@@ -134,6 +136,7 @@ fn plan(cmd: &IndexCmd) -> anyhow::Result<Plan> {
         image_ext: exp.dataset.image_ext.clone(),
     };
     Ok(Plan {
+        captions: cmd.captions.clone().or(exp.captions.clone()),
         family: Family::for_dataset(spec.name),
         gallery: datasets::load_gallery(&spec)?,
         prompts: PromptSet::load(&exp.prompts_dir)?,
@@ -193,7 +196,7 @@ pub async fn run(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let p = plan(&cmd)?;
-    let (captions, captions_hash) = match &cmd.captions {
+    let (captions, captions_hash) = match &p.captions {
         Some(file) => {
             let (map, hash) = build::load_captions(file)?;
             (Some(map), Some(hash))

@@ -131,7 +131,11 @@ fn reason_input(a: &PromptArgs) -> ReasonInput {
     }
 }
 
-fn build(a: &PromptArgs, prompts: &PromptSet) -> anyhow::Result<Built> {
+fn build(
+    a: &PromptArgs,
+    prompts: &PromptSet,
+    schema: Option<crate::config::ResponseSchema>,
+) -> anyhow::Result<Built> {
     let family = Family::for_dataset(a.dataset);
     Ok(match a.role {
         Role::Captioner => Built::Chat(captioner::request(
@@ -140,12 +144,15 @@ fn build(a: &PromptArgs, prompts: &PromptSet) -> anyhow::Result<Built> {
             load_image(a.image.as_deref(), "image")?,
         )?),
         Role::Reasoner => Built::Chat(match a.step {
-            ReasonerStep::Reason => reasoner::reason_request(prompts, family, &reason_input(a))?,
+            ReasonerStep::Reason => {
+                reasoner::reason_request(prompts, family, &reason_input(a), schema)?
+            }
             ReasonerStep::Propositions => reasoner::propositions_request(
                 prompts,
                 family,
                 &a.instruction,
                 &parse_edits(&a.edits)?,
+                schema,
             )?,
         }),
         Role::Verifier => Built::Chat(verifier::request(
@@ -194,7 +201,7 @@ fn server_of(a: &PromptArgs) -> anyhow::Result<(RoleServer, PathBuf)> {
 pub fn render(a: &PromptArgs) -> anyhow::Result<Value> {
     let prompts = PromptSet::load(&a.prompts)?;
     let (server, _) = server_of(a)?;
-    Ok(match build(a, &prompts)? {
+    Ok(match build(a, &prompts, server.response_schema)? {
         Built::Chat(req) => wire::chat_body(&req, &server, ImageRendering::Placeholder),
         Built::Embed(inputs) => Value::Array(wire::embed_bodies(
             &inputs,
@@ -209,7 +216,7 @@ pub async fn try_it(a: &PromptArgs) -> anyhow::Result<Value> {
     let prompts = PromptSet::load(&a.prompts)?;
     let (server, path) = server_of(a)?;
     let client = RoleClient::new(a.role, &server, &path)?;
-    Ok(match build(a, &prompts)? {
+    Ok(match build(a, &prompts, server.response_schema)? {
         Built::Embed(inputs) => {
             let reply = client.embed(&inputs).await?;
             let v = reply.value.first().cloned().unwrap_or_default();

@@ -230,6 +230,7 @@ struct RawExperiment {
     runs: Option<PathBuf>,
     image_db: Option<PathBuf>,
     index_dir: Option<PathBuf>,
+    captions: Option<PathBuf>,
     dataset: DatasetSection,
     #[serde(default)]
     pipeline: PipelineSection,
@@ -253,6 +254,9 @@ pub struct ExperimentConfig {
     /// An explicit image database folder (for imported or hand-made ones); otherwise the folder is
     /// derived from the fingerprint of the configured captioner and embedder.
     pub index_dir: Option<PathBuf>,
+    /// Captions file the gallery is indexed with instead of a captioner (`imagescope index`
+    /// uses it, and runs look up the database it built).
+    pub captions: Option<PathBuf>,
     /// The dataset table, with `root` resolved.
     pub dataset: DatasetSection,
     /// Resolved pipeline parameters.
@@ -264,11 +268,17 @@ impl ExperimentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = super::read_text(path)?;
         let raw: RawExperiment = super::parse_toml(&text, path)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let servers_path = base.join(&raw.servers);
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // Canonical, so run folders and messages show clean absolute paths.
+        let canonical = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+        let base = canonical.as_path();
+        let servers_path = join_clean(base, &raw.servers);
         let servers = ServersConfig::load(&servers_path)?;
         let mut dataset = raw.dataset;
-        dataset.root = base.join(&dataset.root);
+        dataset.root = join_clean(base, &dataset.root);
         if let Some(ext) = &dataset.image_ext
             && !matches!(ext.as_str(), "png" | "jpg" | "jpeg" | "webp")
         {
@@ -283,17 +293,39 @@ impl ExperimentConfig {
             path: path.to_path_buf(),
             servers_path,
             servers,
-            prompts_dir: base.join(raw.prompts.unwrap_or_else(|| PathBuf::from("../prompts"))),
-            runs_dir: base.join(raw.runs.unwrap_or_else(|| PathBuf::from("../runs"))),
-            image_db_root: base.join(
-                raw.image_db
+            prompts_dir: join_clean(
+                base,
+                &raw.prompts.unwrap_or_else(|| PathBuf::from("../prompts")),
+            ),
+            runs_dir: join_clean(base, &raw.runs.unwrap_or_else(|| PathBuf::from("../runs"))),
+            image_db_root: join_clean(
+                base,
+                &raw.image_db
                     .unwrap_or_else(|| PathBuf::from("../data/image_db")),
             ),
-            index_dir: raw.index_dir.map(|d| base.join(d)),
+            index_dir: raw.index_dir.map(|d| join_clean(base, &d)),
+            captions: raw.captions.map(|c| join_clean(base, &c)),
             dataset,
             pipeline,
         })
     }
+}
+
+/// `base/rel` with `.` and `..` resolved lexically (the target may not exist yet).
+fn join_clean(base: &Path, rel: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in base.join(rel).components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn resolve_pipeline(p: PipelineSection, path: &Path) -> Result<PipelineParams, ConfigError> {

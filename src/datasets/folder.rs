@@ -1,10 +1,73 @@
 //! A user's own folder as a gallery: every JPEG, PNG or WebP file below it, recursively, keyed by
 //! its path relative to the folder (with `/` separators), in sorted order. Symbolic links are not
 //! followed, so a gallery cannot reach outside its folder.
+//!
+//! A folder may carry its own benchmark in `queries.json`: a list of
+//! `{"id", "instruction", "reference"?, "targets"?}` with image keys as above (text queries have
+//! no reference; composed ones do).
 
 use std::path::{Path, PathBuf};
 
-use super::{DatasetError, GalleryImage, ImageKey};
+use serde::Deserialize;
+
+use super::{DatasetError, GalleryImage, ImageKey, Instruction, Query};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    id: String,
+    instruction: String,
+    reference: Option<String>,
+    #[serde(default)]
+    targets: Vec<String>,
+}
+
+/// The queries of a folder benchmark (`<folder>/queries.json`).
+pub(super) fn queries(root: &Path) -> Result<Vec<Query>, DatasetError> {
+    let path = root.join("queries.json");
+    if !path.is_file() {
+        return Err(DatasetError::Unsupported(format!(
+            "{} has no queries.json; a folder gallery is searched with `imagescope search`, or give it a queries.json to run it as a benchmark",
+            root.display()
+        )));
+    }
+    let known: std::collections::HashSet<ImageKey> =
+        gallery(root)?.into_iter().map(|g| g.key).collect();
+    let recs: Vec<Record> = super::records(&path, super::read_json(&path)?)?;
+    let mut out = Vec::with_capacity(recs.len());
+    for (index, r) in recs.into_iter().enumerate() {
+        let check = |field: &str, key: String| {
+            let key = ImageKey(key);
+            if known.contains(&key) {
+                Ok(key)
+            } else {
+                Err(DatasetError::Record {
+                    path: path.clone(),
+                    index,
+                    field: field.into(),
+                    message: format!("{key} is not an image of the folder"),
+                })
+            }
+        };
+        out.push(Query {
+            id: r.id,
+            reference: r.reference.map(|k| check("reference", k)).transpose()?,
+            instruction: Instruction::Text {
+                text: r.instruction.trim().to_string(),
+            },
+            targets: r
+                .targets
+                .into_iter()
+                .map(|k| check("targets", k))
+                .collect::<Result<_, _>>()?,
+            subset: None,
+            aspects: vec![],
+            shared_concept: None,
+        });
+    }
+    super::check_unique_ids(&path, &out)?;
+    Ok(out)
+}
 
 const EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 

@@ -180,12 +180,7 @@ pub fn load_queries(spec: &DatasetSpec) -> Result<Vec<Query>, DatasetError> {
         | DatasetName::FashioniqToptee => fashioniq::queries(spec)?,
         DatasetName::Flickr30k | DatasetName::Mscoco => text_to_image::queries(spec)?,
         DatasetName::Visdial => visdial::queries(spec)?,
-        DatasetName::Folder => {
-            return Err(DatasetError::Unsupported(
-                "a folder gallery has no annotated queries; use `imagescope search` to ask it"
-                    .into(),
-            ));
-        }
+        DatasetName::Folder => folder::queries(&spec.root)?,
     };
     Ok(queries)
 }

@@ -120,7 +120,11 @@ fn open_db(
     let dir = match &exp.index_dir {
         Some(d) => d.clone(),
         None => {
-            let fp = index::expected_fingerprint(&exp.servers, &exp.servers_path, prompts, family, None).map_err(|e| {
+            let captions_hash = match &exp.captions {
+                Some(file) => Some(index::build::load_captions(file)?.1),
+                None => None,
+            };
+            let fp = index::expected_fingerprint(&exp.servers, &exp.servers_path, prompts, family, captions_hash).map_err(|e| {
                 RunError::Other(format!(
                     "cannot tell which image database to use ({e}); configure the captioner that built it, or set index_dir in {}",
                     exp.path.display()

@@ -56,7 +56,13 @@ async fn reason(
         ));
     }
     let ri = input.reason_input();
-    let req = reasoner::reason_request(&ctx.prompts, ctx.family, &ri).map_err(|e| e.to_string())?;
+    let req = reasoner::reason_request(
+        &ctx.prompts,
+        ctx.family,
+        &ri,
+        ctx.reasoner.server().response_schema,
+    )
+    .map_err(|e| e.to_string())?;
     match ask(
         &ctx.reasoner,
         &ctx.prompts,

@@ -66,6 +66,7 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
         ctx.family,
         &input.instruction,
         &s1.edits,
+        ctx.reasoner.server().response_schema,
     ) {
         Ok(r) => r,
         Err(e) => return unchanged(s1, vec![], e.to_string()),

@@ -9,6 +9,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::config::ResponseSchema;
 use crate::prompts::{Family, PromptError, PromptKind, PromptSet};
 use crate::serving::{ChatRequest, Message, Speaker};
 
@@ -70,29 +71,88 @@ pub struct Proposition {
     pub expected: Expected,
 }
 
-/// Stage-1 request.
+fn pairs(second: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "type": "array",
+        "items": {"type": "array", "prefixItems": [{"type": "string"}, second], "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
+    })
+}
+
+/// The JSON schema of a stage-1 answer.
+pub fn reasoning_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "edits": pairs(serde_json::json!({"type": "string"})),
+            "descriptions": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+        },
+        "required": ["edits", "descriptions"],
+    })
+}
+
+/// The JSON schema of a stage-2a answer.
+pub fn propositions_schema() -> serde_json::Value {
+    let mut questions = pairs(serde_json::json!({"enum": ["True", "False"]}));
+    questions["minItems"] = serde_json::json!(1);
+    questions["maxItems"] = serde_json::json!(6);
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "statements": {"type": "array", "items": {"type": "string"}},
+            "questions": questions,
+        },
+        "required": ["statements", "questions"],
+    })
+}
+
+fn with_schema(
+    mut req: ChatRequest,
+    schema: Option<ResponseSchema>,
+    name: &str,
+    body: serde_json::Value,
+) -> ChatRequest {
+    let format = match schema {
+        None => return req,
+        Some(ResponseSchema::Openai) => {
+            serde_json::json!({"type": "json_schema", "json_schema": {"name": name, "schema": body}})
+        }
+        Some(ResponseSchema::LlamaCpp) => {
+            serde_json::json!({"type": "json_object", "schema": body})
+        }
+    };
+    req.extra.insert("response_format".into(), format);
+    req
+}
+
+/// Stage-1 request (with a response schema when the reasoner's server is configured for one).
 pub fn reason_request(
     prompts: &PromptSet,
     family: Family,
     input: &ReasonInput,
+    schema: Option<ResponseSchema>,
 ) -> Result<ChatRequest, PromptError> {
-    Ok(request_from(
-        prompts.render(family, PromptKind::Reason, input)?,
-        vec![],
-    ))
+    let req = request_from(prompts.render(family, PromptKind::Reason, input)?, vec![]);
+    Ok(with_schema(req, schema, "reasoning", reasoning_schema()))
 }
 
-/// Stage-2a request.
+/// Stage-2a request (with a response schema when configured).
 pub fn propositions_request(
     prompts: &PromptSet,
     family: Family,
     instruction: &str,
     edits: &[Edit],
+    schema: Option<ResponseSchema>,
 ) -> Result<ChatRequest, PromptError> {
     let ctx = serde_json::json!({"instruction": instruction, "edits": edits});
-    Ok(request_from(
+    let req = request_from(
         prompts.render(family, PromptKind::Propositions, &ctx)?,
         vec![],
+    );
+    Ok(with_schema(
+        req,
+        schema,
+        "propositions",
+        propositions_schema(),
     ))
 }
 
