@@ -1,0 +1,367 @@
+//! Faults, interruptions and hostile input, each tried against the real binary with fake model
+//! servers (test doubles; faults are scripted by count, never random). See RELIABILITY.md.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use imagescope::config::Role;
+use imagescope::serving::{ChatRequest, ErrorKind, Message, RoleClient, Speaker};
+use serde_json::json;
+use support::env::{Env, write_cirr};
+use support::fake_server::{FakeServer, Route, Scripted};
+
+const QUERIES: [(u64, usize, &str, usize); 4] = [
+    (100, 0, "blue car", 1),
+    (101, 10, "white cat", 9),
+    (102, 0, "red bus", 2),
+    (103, 7, "black dog sofa", 8),
+];
+
+async fn cirr() -> (Env, PathBuf) {
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    write_cirr(&env.data, &QUERIES);
+    let config = env.configs("cirr", "val", "", None);
+    env.index(&config).await;
+    (env, config)
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_server_faults_during_a_run_are_survived_and_counted() {
+    let (env, config) = cirr().await;
+    let err = |status: u16| {
+        Scripted::json(
+            status,
+            json!({"error": {"message": "injected", "code": status}}),
+        )
+    };
+    env.reasoner[0].script(
+        Route::Chat,
+        [
+            err(500),
+            err(502),
+            Scripted::status(200, "<html>not json</html>"),
+            Scripted::json(200, json!({"model": "llama"})),
+            err(503),
+            Scripted::json(200, json!({"model": "llama", "choices": [{"message": {"content": ""}, "finish_reason": "length"}]})),
+            err(429),
+        ],
+    );
+    env.verifier.script(
+        Route::Chat,
+        [
+            err(500),
+            Scripted::json(
+                200,
+                json!({"model": "another-model", "choices": [{"message": {"content": "Yes"}}]}),
+            ),
+            err(503),
+        ],
+    );
+    env.embedder.script(
+        Route::Embeddings,
+        [Scripted::json(
+            200,
+            json!({"model": "clip", "data": [{"index": 0, "embedding": [0.5, 0.5]}]}),
+        )],
+    );
+    let report = env.run(&config, &[]).await;
+    assert!(
+        report["failed"].as_array().unwrap().is_empty(),
+        "retries absorb the faults: {report}"
+    );
+    assert_eq!(
+        Env::metric(&report, "s3", "Recall@1"),
+        100.0,
+        "and the answers are the same: {report}"
+    );
+    let reasoner = &report["roles"]["reasoner"];
+    assert_eq!(reasoner["retries"], 7, "{reasoner}");
+    for label in [
+        "http-500",
+        "http-502",
+        "http-503",
+        "http-429",
+        "invalid-response",
+        "empty-content",
+    ] {
+        assert!(
+            reasoner["errors"][label].as_u64().unwrap() >= 1,
+            "{label} counted: {reasoner}"
+        );
+    }
+    assert_eq!(report["roles"]["verifier"]["errors"]["wrong-model"], 1);
+    assert_eq!(report["roles"]["embedder"]["errors"]["wrong-dimension"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_whose_server_keeps_failing_is_recorded_as_failed_and_the_run_goes_on() {
+    let (env, _) = cirr().await;
+    // One query at a time, so the first query's stage-1 request takes every scripted failure:
+    // four, one more than the three retries allow.
+    let config = env.configs("cirr", "val", "queries_in_flight = 1", None);
+    let err = || Scripted::json(500, json!({"error": {"message": "down", "code": 500}}));
+    env.reasoner[0].script(Route::Chat, [err(), err(), err(), err()]);
+    let report = env.run(&config, &["--stages", "s1"]).await;
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{report}");
+    assert!(
+        failed[0][1].as_str().unwrap().contains("HTTP 500"),
+        "{report}"
+    );
+    let folder = PathBuf::from(report["folder"].as_str().unwrap());
+    assert_eq!(Env::journal(&folder).len(), 4, "every query has a record");
+    assert_eq!(
+        Env::metric(&report, "s1", "Recall@10"),
+        75.0,
+        "the failed query is scored as a miss"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_never_reaches_logs_run_folders_or_doctor_output() {
+    let (env, config) = cirr().await;
+    let secret = "sk-imagescope-test-9f8e7d6c5b4a";
+    let servers = env.path("servers.toml");
+    let text = std::fs::read_to_string(&servers).unwrap();
+    std::fs::write(
+        &servers,
+        text.replace(
+            "[roles.reasoner]\n",
+            "[roles.reasoner]\napi_key_env = \"IMAGESCOPE_TEST_SECRET\"\n",
+        ),
+    )
+    .unwrap();
+    let run = env
+        .command(&["run", "--json", "--config", config.to_str().unwrap()])
+        .env("IMAGESCOPE_TEST_SECRET", secret)
+        .env("IMAGESCOPE_LOG", "debug")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let doctor = env
+        .command(&["doctor", "--config", servers.to_str().unwrap()])
+        .env("IMAGESCOPE_TEST_SECRET", secret)
+        .output()
+        .await
+        .unwrap();
+    let mut everything = String::new();
+    for out in [&run, &doctor] {
+        everything.push_str(&String::from_utf8_lossy(&out.stdout));
+        everything.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let mut files = vec![];
+    files_under(&env.path("runs"), &mut files);
+    for f in &files {
+        everything.push_str(&String::from_utf8_lossy(&std::fs::read(f).unwrap()));
+    }
+    assert!(files.len() > 5);
+    assert!(!everything.contains(secret), "the key leaked");
+    assert_eq!(
+        env.reasoner[0].requests().last().unwrap().auth.as_deref(),
+        Some(format!("Bearer {secret}").as_str()),
+        "but it was sent to the server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_cleanly_and_says_how_to_resume() {
+    let (env, config) = cirr().await;
+    env.verifier
+        .set_delay(Route::Chat, Duration::from_millis(60));
+    let child = env
+        .command(&["run", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // Wait until the run is under way (its folder exists), then interrupt it.
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if env.path("runs/cirr/default").exists() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(
+        text.contains("interrupted") && text.contains("--resume"),
+        "{text}"
+    );
+    let folder = std::fs::read_dir(env.path("runs/cirr/default"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for line in std::fs::read_to_string(folder.join("queries.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        serde_json::from_str::<serde_json::Value>(line)
+            .expect("the journal holds only whole records");
+    }
+    let report = env
+        .run(&config, &["--resume", folder.to_str().unwrap()])
+        .await;
+    assert_eq!(Env::metric(&report, "s3", "Recall@1"), 100.0, "{report}");
+}
+
+#[tokio::test]
+async fn an_enormous_answer_is_refused_without_buffering_it() {
+    let fake = FakeServer::start("m", 4).await;
+    fake.script(Route::Chat, [Scripted::status(200, "x".repeat(40 << 20))]);
+    let cfg = support::servers(
+        Role::Reasoner,
+        "m",
+        &[fake.base_url()],
+        "[roles.reasoner.retry]\nmax_retries = 0\n",
+    );
+    let c = RoleClient::new(
+        Role::Reasoner,
+        &cfg.roles[&Role::Reasoner],
+        Path::new("s.toml"),
+    )
+    .unwrap();
+    let req = ChatRequest {
+        messages: vec![Message::text(Speaker::User, "hi")],
+        ..Default::default()
+    };
+    let err = c.chat(&req).await.unwrap_err();
+    assert!(
+        matches!(&err.kind, ErrorKind::InvalidResponse { reason, .. } if reason.contains("32 MiB")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_captions_are_stored_as_plain_data() {
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    write_cirr(&env.data, &QUERIES);
+    env.captioner
+        .set_chat_responder(|_| "<script>alert('x')</script>\u{1b}[31m a red\u{7} car".into());
+    let config = env.configs("cirr", "val", "", None);
+    env.index(&config).await;
+    let dbs = env.path("data/image_db/cirr");
+    let dir = std::fs::read_dir(dbs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let db = imagescope::index::ImageDb::open(&dir, Default::default()).unwrap();
+    let caption = db.caption(&"dev-0-0-img0".into()).unwrap().to_string();
+    assert_eq!(
+        caption, "<script>alert('x')</script>[31m a red car",
+        "control characters dropped, markup kept as text"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_are_clear_errors() {
+    let (env, config) = cirr().await;
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", "--config", "missing.toml"], "missing.toml"),
+        (
+            vec![
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--split",
+                "train",
+            ],
+            "val, test1",
+        ),
+        (
+            vec![
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--stages",
+                "s2",
+            ],
+            "must include s1",
+        ),
+        (
+            vec![
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--resume",
+                "/nonexistent/run",
+            ],
+            "run folder",
+        ),
+        (
+            vec![
+                "score",
+                "--dataset",
+                "cirr",
+                "--data",
+                "/nonexistent/CIRR",
+                "--predictions",
+                "p.json",
+            ],
+            "/nonexistent/CIRR",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, out, err) = env.imagescope(&args).await;
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // Non-UTF-8 bytes in an annotation file name the file.
+    std::fs::write(
+        env.data.join("captions/cap.rc2.val.json"),
+        b"[{\"pairid\": 1, \"caption\": \"\xff\xfe\"}]",
+    )
+    .unwrap();
+    let (code, _, err) = env
+        .imagescope(&["run", "--config", config.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 2);
+    assert!(err.contains("cap.rc2.val.json"), "{err}");
+    // A run folder made with another configuration is refused on --resume.
+    let (env2, config2) = cirr().await;
+    let report = env2.run(&config2, &["--stages", "s1"]).await;
+    let folder = report["folder"].as_str().unwrap().to_string();
+    let (code, _, err) = env2
+        .imagescope(&[
+            "run",
+            "--config",
+            config2.to_str().unwrap(),
+            "--resume",
+            &folder,
+        ])
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("another configuration"), "{err}");
+}
