@@ -19,6 +19,8 @@ pub struct Exchange {
     pub attempts: u32,
     /// Answers served from the request cache.
     pub cached: u32,
+    /// Retries (attempts beyond the first, per request).
+    pub retries: u32,
 }
 
 /// How asking ended.
@@ -76,6 +78,7 @@ pub async fn ask<T>(
 fn add(ex: &mut Exchange, meta: &CallMeta, usage: Option<Usage>) {
     ex.attempts += meta.attempts;
     ex.cached += u32::from(meta.cached);
+    ex.retries += meta.attempts.saturating_sub(1);
     if let (false, Some(u)) = (meta.cached, usage) {
         ex.usage.prompt_tokens += u.prompt_tokens;
         ex.usage.completion_tokens += u.completion_tokens;

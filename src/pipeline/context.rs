@@ -42,6 +42,17 @@ pub struct Ctx {
     pub allowed: Option<HashSet<ImageKey>>,
     /// Ranking length kept per stage.
     pub keep: usize,
+    /// Progress bars of stages 1, 2 and 3 (rounds done), when drawn.
+    pub progress: Option<[indicatif::ProgressBar; 3]>,
+}
+
+impl Ctx {
+    /// Counts one round through `stage` (0, 1, 2) on its progress bar.
+    pub fn tick(&self, stage: usize) {
+        if let Some(bars) = &self.progress {
+            bars[stage].inc(1);
+        }
+    }
 }
 
 impl Ctx {
@@ -92,6 +103,8 @@ pub struct Tally {
     pub requests: u32,
     /// Cache hits.
     pub cached: u32,
+    /// Retries.
+    pub retries: u32,
     /// Tokens per role.
     pub tokens: BTreeMap<String, Usage>,
     /// Fallbacks.
@@ -102,6 +115,7 @@ impl Tally {
     /// Counts one call.
     pub fn call(&mut self, role: Role, meta: &CallMeta, usage: Option<Usage>) {
         self.requests += meta.attempts;
+        self.retries += meta.attempts.saturating_sub(1);
         self.cached += u32::from(meta.cached);
         if let (false, Some(u)) = (meta.cached, usage) {
             let t = self.tokens.entry(role.to_string()).or_default();
@@ -113,6 +127,7 @@ impl Tally {
     /// Counts an exchange with re-asks.
     pub fn exchange(&mut self, role: Role, ex: &Exchange) {
         self.requests += ex.attempts;
+        self.retries += ex.retries;
         self.cached += ex.cached;
         let t = self.tokens.entry(role.to_string()).or_default();
         t.prompt_tokens += ex.usage.prompt_tokens;

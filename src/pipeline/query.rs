@@ -40,11 +40,13 @@ async fn run_round(
         Err(e) => return Err((format!("stage 1: {e}"), record)),
     };
     add_ms(timings, "s1", t);
+    ctx.tick(0);
     let stages = &ctx.params.stages;
     if !input.caption_only && stages.contains(&Stage::S2) {
         let t = Instant::now();
         record.s2 = Some(stage2::run(ctx, input, &s1, tally).await);
         add_ms(timings, "s2", t);
+        ctx.tick(1);
     }
     if !input.caption_only && stages.contains(&Stage::S3) {
         let t = Instant::now();
@@ -55,6 +57,7 @@ async fn run_round(
             .clone();
         record.s3 = Some(stage3::run(ctx, input, &base, tally).await);
         add_ms(timings, "s3", t);
+        ctx.tick(2);
     }
     record.s1 = Some(s1);
     Ok(record)
@@ -165,5 +168,6 @@ pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
         tokens: tally.tokens,
         requests: tally.requests,
         cached: tally.cached,
+        retries: tally.retries,
     }
 }

@@ -172,6 +172,9 @@ pub struct QueryRecord {
     pub requests: u32,
     /// Answers served from the request cache.
     pub cached: u32,
+    /// Retries among the requests.
+    #[serde(default)]
+    pub retries: u32,
 }
 
 impl QueryRecord {

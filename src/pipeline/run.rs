@@ -203,6 +203,51 @@ fn table(metrics: &[(Stage, Vec<(String, f64)>)]) -> String {
     out
 }
 
+/// A bar of finished queries and one bar per stage counting rounds through it (a dialogue has one
+/// round per turn, plus round 0 outside the parity profile, which runs stage 1 only).
+fn progress_bars(
+    todo: &[&Query],
+    params: &PipelineParams,
+    draw: bool,
+) -> (
+    Option<[indicatif::ProgressBar; 3]>,
+    Option<indicatif::ProgressBar>,
+) {
+    if !draw || todo.is_empty() {
+        return (None, None);
+    }
+    let round0 = u64::from(params.profile != crate::config::Profile::Parity);
+    let turns: u64 = todo
+        .iter()
+        .map(|q| match &q.instruction {
+            crate::datasets::Instruction::Text { .. } => 1,
+            crate::datasets::Instruction::Dialogue { turns, .. } => turns.len() as u64,
+        })
+        .sum();
+    let dialogues = todo
+        .iter()
+        .filter(|q| matches!(q.instruction, crate::datasets::Instruction::Dialogue { .. }))
+        .count() as u64;
+    let multi = indicatif::MultiProgress::new();
+    let make = |len: u64, name: &str| {
+        let b = multi.add(indicatif::ProgressBar::new(len));
+        if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+            "{name:>7} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} ETA {{eta}} {{msg}}"
+        )) {
+            b.set_style(style.progress_chars("=> "));
+        }
+        b
+    };
+    let has = |s: Stage| params.stages.contains(&s);
+    let stages = [
+        make(turns + round0 * dialogues, "s1"),
+        make(if has(Stage::S2) { turns } else { 0 }, "s2"),
+        make(if has(Stage::S3) { turns } else { 0 }, "s3"),
+    ];
+    let queries = make(todo.len() as u64, "queries");
+    (Some(stages), Some(queries))
+}
+
 /// Runs (or resumes) an experiment.
 pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, RunError> {
     let mut dataset = exp.dataset.clone();
@@ -284,6 +329,17 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
     }
     tracing::info!(folder = %folder.path().display(), queries = queries.len(), "run started");
 
+    let done_ids: HashSet<String> = finished
+        .iter()
+        .filter(|r| r.status == Status::Done)
+        .map(|r| r.id.clone())
+        .collect();
+    let resumed = done_ids.len();
+    let todo: Vec<&Query> = queries
+        .iter()
+        .filter(|q| !done_ids.contains(&q.id))
+        .collect();
+    let (progress, bar) = progress_bars(&todo, &params, opts.progress);
     let ctx = Ctx {
         keep: 100.max(params.top_k + 1),
         params: params.clone(),
@@ -297,26 +353,8 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
         db,
         paths: gallery.into_iter().map(|g| (g.key, g.path)).collect(),
         allowed,
+        progress,
     };
-    let done_ids: HashSet<String> = finished
-        .iter()
-        .filter(|r| r.status == Status::Done)
-        .map(|r| r.id.clone())
-        .collect();
-    let resumed = done_ids.len();
-    let todo: Vec<&Query> = queries
-        .iter()
-        .filter(|q| !done_ids.contains(&q.id))
-        .collect();
-    let bar = (opts.progress && !todo.is_empty()).then(|| {
-        let b = indicatif::ProgressBar::new(todo.len() as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "queries [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}",
-        ) {
-            b.set_style(style.progress_chars("=> "));
-        }
-        b
-    });
 
     let mut records: BTreeMap<String, QueryRecord> = finished
         .into_iter()
@@ -354,6 +392,9 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
     drop(stream);
     if let Some(b) = &bar {
         b.finish();
+    }
+    if let Some(bars) = &ctx.progress {
+        bars.iter().for_each(indicatif::ProgressBar::finish);
     }
 
     let ordered: Vec<QueryRecord> = queries
