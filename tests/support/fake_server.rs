@@ -82,6 +82,7 @@ pub struct FakeState {
     chat_responder: Mutex<ChatResponder>,
     embed_responder: Mutex<EmbedResponder>,
     records: Mutex<Vec<Recorded>>,
+    faults: Mutex<(Vec<Option<u16>>, usize)>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
 }
@@ -123,6 +124,7 @@ impl FakeServer {
             chat_responder: Mutex::new(Arc::new(|_| "yes".to_string())),
             embed_responder: Mutex::new(Arc::new(fake_vector)),
             records: Mutex::new(Vec::new()),
+            faults: Mutex::new((Vec::new(), 0)),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
         });
@@ -183,6 +185,13 @@ impl FakeServer {
     /// Sets how default chat answers are computed from the request body.
     pub fn set_chat_responder(&self, f: impl Fn(&Value) -> String + Send + Sync + 'static) {
         *self.state.chat_responder.lock().unwrap() = Arc::new(f);
+    }
+
+    /// A cyclic fault pattern: the n-th default answer (after scripts) is replaced by an error
+    /// with `pattern[n % len]`'s status when it is `Some`. Build it from a seeded generator for a
+    /// reproducible "random" fault rate.
+    pub fn set_fault_pattern(&self, pattern: Vec<Option<u16>>) {
+        *self.state.faults.lock().unwrap() = (pattern, 0);
     }
 
     /// Sets how embeddings are computed from each input.
@@ -264,6 +273,22 @@ async fn handle(
             );
         }
         return resp;
+    }
+    let fault = {
+        let mut f = state.faults.lock().unwrap();
+        let (pattern, n) = &mut *f;
+        let out = if pattern.is_empty() || matches!(route, Route::Health | Route::Models) {
+            None
+        } else {
+            pattern[*n % pattern.len()]
+        };
+        *n += 1;
+        out
+    };
+    if let Some(status) = fault {
+        let body =
+            json!({"error": {"message": "injected fault", "type": "ServerError", "code": status}});
+        return (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
     }
     let delay = state.delays.lock().unwrap().get(&route).copied();
     if let Some(d) = delay {
