@@ -3,7 +3,7 @@
 //!
 //! - `fingerprint.json`: what built it (`fingerprint`); its hash is the folder name;
 //! - `store.sqlite`: status, caption, content hash and canonical f32 vectors per image (`store`);
-//! - `images.usearch`, `captions.usearch`: the vector indexes derived from the store (`vectors`);
+//! - `vectors.usearch`: the fused index of [image; caption] vectors derived from the store (`vectors`);
 //! - `built.json`: which store state and options the indexes were built from.
 //!
 //! `build` fills it (resumably); `ImageDb` opens it for searching, rebuilding the indexes from the

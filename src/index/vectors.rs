@@ -1,14 +1,20 @@
-//! The two usearch indexes of an image database (image vectors and caption vectors, inner-product
-//! metric, keys = store row ids) and the fused search of stage 1:
+//! The vector index of an image database and the fused search of stage 1:
 //!
-//! s(i) = (1 − τ)·⟨t̄, v_i⟩ + τ·⟨t̄, c_i⟩, where t̄ is the mean of the unit description vectors.
-//! (The original averages the per-description scores; by linearity that is the same number.)
+//! s(i) = (1 - tau)·<t, v_i> + tau·<t, c_i>, where t is the mean of the unit description vectors
+//! (the original averages per-description scores; by linearity that is the same number).
 //!
-//! - `exact` (default, parity with the original's brute-force matmul): an exact search over every
-//!   vector of both indexes, fused per image, then the top k with ties broken by gallery order;
-//! - `hnsw`: approximate candidates from each index's graph (k' = max(4k, 256) each), their union
-//!   rescored exactly with the stored vectors. Quantization f32 (default) or f16; i8 is exact-only,
-//!   because usearch cannot return i8 vectors for rescoring.
+//! The score is linear, so one usearch index (inner product, keys = store row ids) holds each image
+//! as the concatenation [v_i ; c_i] of its image and caption vectors, and is queried with
+//! [(1 - tau)·t ; tau·t]: its inner product *is* the fused score, for any tau. One exact search of
+//! k results replaces two full searches fused afterwards (BENCHMARKS.md: 4.3 s a query at 123k
+//! images for the two-index version). Caption-only databases hold c_i alone (tau = 1).
+//!
+//! - `exact` (default, parity with the original's brute-force matmul): usearch's exact search; a
+//!   few extra results are fetched and re-sorted so ties break by gallery order;
+//! - `hnsw`: the graph search, f32 (default) or f16; i8 is offered for exact search only.
+//!
+//! A small set of allowed images (CIRR's subset, a split inside a larger database) is scored
+//! directly from the stored vectors; a large one by over-fetching and filtering.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -60,10 +66,11 @@ fn ue<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> VectorError + '_ {
 /// One image's vectors: (row id, unit image vector if any, unit caption vector).
 pub type VectorRow = (u64, Option<Vec<f32>>, Vec<f32>);
 
-/// The two indexes of one database.
+/// The fused index of one database.
 pub struct Vectors {
-    images: Option<Index>,
-    captions: Index,
+    index: Index,
+    has_images: bool,
+    caption_dim: usize,
     options: VectorOptions,
     /// Row ids in gallery order; `position[id]` is the inverse.
     ids: Vec<u64>,
@@ -103,95 +110,101 @@ fn new_index(dim: usize, o: VectorOptions, n: usize) -> Result<Index, VectorErro
     Ok(index)
 }
 
+/// Extra results fetched beyond k so that ties at the boundary still break by gallery order.
+const TIE_MARGIN: usize = 16;
+
 impl Vectors {
-    /// Builds both indexes from `(id, image vector, caption vector)` rows in gallery order.
+    /// Builds the index from `(id, image vector, caption vector)` rows in gallery order. Either
+    /// every row has an image vector or none has.
     pub fn build(
         rows: impl IntoIterator<Item = VectorRow>,
         options: VectorOptions,
     ) -> Result<Self, VectorError> {
         if options.mode == SearchMode::Hnsw && options.quantization == Quantization::I8 {
             return Err(VectorError(
-                "hnsw with i8 cannot rescore candidates (usearch cannot return i8 vectors); use f16 or exact".into(),
+                "hnsw with i8 is not offered; use f16, or exact search with i8".into(),
             ));
         }
         let rows: Vec<VectorRow> = rows.into_iter().collect();
         let n = rows.len();
-        let cap_dim = rows.first().map_or(1, |r| r.2.len());
-        let img_dim = rows.iter().find_map(|r| r.1.as_ref().map(Vec::len));
-        let captions = new_index(cap_dim, options, n)?;
-        let images = img_dim.map(|d| new_index(d, options, n)).transpose()?;
+        let caption_dim = rows.first().map_or(1, |r| r.2.len());
+        let image_dim = rows.first().and_then(|r| r.1.as_ref().map(Vec::len));
+        let dim = caption_dim + image_dim.unwrap_or(0);
+        let index = new_index(dim, options, n)?;
         let mut ids = Vec::with_capacity(n);
+        let mut joined = Vec::with_capacity(dim);
         for (id, image_vec, caption_vec) in rows {
-            if caption_vec.len() != cap_dim {
+            if caption_vec.len() != caption_dim || image_vec.as_ref().map(Vec::len) != image_dim {
                 return Err(VectorError(format!(
-                    "caption vector of row {id} has {} dimensions, not {cap_dim}",
-                    caption_vec.len()
+                    "row {id} has vectors of other dimensions than the first row"
                 )));
             }
-            captions
-                .add(id, &caption_vec)
-                .map_err(ue("add caption vector"))?;
-            if let (Some(index), Some(v)) = (&images, image_vec) {
-                index.add(id, &v).map_err(ue("add image vector"))?;
-            }
+            joined.clear();
+            joined.extend(image_vec.unwrap_or_default());
+            joined.extend(caption_vec);
+            index.add(id, &joined).map_err(ue("add"))?;
             ids.push(id);
         }
-        Ok(Self::from_parts(images, captions, options, ids))
+        Ok(Self::from_parts(
+            index,
+            image_dim.is_some(),
+            caption_dim,
+            options,
+            ids,
+        ))
     }
 
     fn from_parts(
-        images: Option<Index>,
-        captions: Index,
+        index: Index,
+        has_images: bool,
+        caption_dim: usize,
         options: VectorOptions,
         ids: Vec<u64>,
     ) -> Self {
         let position = ids.iter().enumerate().map(|(p, id)| (*id, p)).collect();
         Vectors {
-            images,
-            captions,
+            index,
+            has_images,
+            caption_dim,
             options,
             ids,
             position,
         }
     }
 
-    /// Saves both indexes under `dir` (`images.usearch`, `captions.usearch`).
+    /// Saves the index under `dir` (`vectors.usearch`).
     pub fn save(&self, dir: &Path) -> Result<(), VectorError> {
-        let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        self.captions
-            .save(&p("captions.usearch"))
-            .map_err(ue("save captions"))?;
-        if let Some(i) = &self.images {
-            i.save(&p("images.usearch")).map_err(ue("save images"))?;
-        }
-        Ok(())
+        self.index
+            .save(&dir.join("vectors.usearch").to_string_lossy())
+            .map_err(ue("save"))
     }
 
-    /// Loads indexes saved by `save`; `ids` are the row ids in gallery order.
+    /// Loads an index saved by `save`; `ids` are the row ids in gallery order.
     pub fn load(
         dir: &Path,
         options: VectorOptions,
         ids: Vec<u64>,
-        cap_dim: usize,
-        img_dim: Option<usize>,
+        caption_dim: usize,
+        image_dim: Option<usize>,
     ) -> Result<Self, VectorError> {
-        let load = |name: &str, dim: usize| -> Result<Index, VectorError> {
-            let index = new_index(dim, options, ids.len())?;
-            index
-                .load(&dir.join(name).to_string_lossy())
-                .map_err(ue("load"))?;
-            if index.size() != ids.len() {
-                return Err(VectorError(format!(
-                    "{name} holds {} vectors, the store {}",
-                    index.size(),
-                    ids.len()
-                )));
-            }
-            Ok(index)
-        };
-        let captions = load("captions.usearch", cap_dim)?;
-        let images = img_dim.map(|d| load("images.usearch", d)).transpose()?;
-        Ok(Self::from_parts(images, captions, options, ids))
+        let index = new_index(caption_dim + image_dim.unwrap_or(0), options, ids.len())?;
+        index
+            .load(&dir.join("vectors.usearch").to_string_lossy())
+            .map_err(ue("load"))?;
+        if index.size() != ids.len() {
+            return Err(VectorError(format!(
+                "vectors.usearch holds {} vectors, the store {}",
+                index.size(),
+                ids.len()
+            )));
+        }
+        Ok(Self::from_parts(
+            index,
+            image_dim.is_some(),
+            caption_dim,
+            options,
+            ids,
+        ))
     }
 
     /// Number of images.
@@ -204,9 +217,9 @@ impl Vectors {
         self.ids.is_empty()
     }
 
-    /// Whether image vectors exist (false for caption-only galleries, where τ is 1).
+    /// Whether image vectors exist (false for caption-only galleries, where tau is 1).
     pub fn has_images(&self) -> bool {
-        self.images.is_some()
+        self.has_images
     }
 
     /// Row ids in gallery order.
@@ -214,56 +227,32 @@ impl Vectors {
         &self.ids
     }
 
-    fn all_dots(
-        index: &Index,
-        q: &[f32],
-        n: usize,
-        out: &mut [f32],
-        position: &std::collections::HashMap<u64, usize>,
-        weight: f32,
-    ) -> Result<(), VectorError> {
-        let m = index.exact_search(q, n).map_err(ue("exact search"))?;
-        for (key, dist) in m.keys.iter().zip(&m.distances) {
-            if let Some(&p) = position.get(key) {
-                out[p] += weight * (1.0 - dist);
-            }
+    /// The query [(1 - tau)·t ; tau·t] (or t alone for caption-only galleries).
+    fn weighted(&self, query: &[f32], tau: f32) -> Result<Vec<f32>, VectorError> {
+        if query.len() != self.caption_dim {
+            return Err(VectorError(format!(
+                "the query has {} dimensions, the gallery's vectors {}",
+                query.len(),
+                self.caption_dim
+            )));
         }
-        Ok(())
+        if !self.has_images {
+            return Ok(query.to_vec());
+        }
+        Ok(query
+            .iter()
+            .map(|x| (1.0 - tau) * x)
+            .chain(query.iter().map(|x| tau * x))
+            .collect())
     }
 
-    /// Fused scores of every image, in gallery order.
-    pub fn all_scores(&self, query: &[f32], tau: f32) -> Result<Vec<f32>, VectorError> {
-        let tau = if self.images.is_some() { tau } else { 1.0 };
-        let n = self.ids.len();
-        let mut scores = vec![0.0f32; n];
-        if n == 0 {
-            return Ok(scores);
-        }
-        if tau > 0.0 {
-            Self::all_dots(&self.captions, query, n, &mut scores, &self.position, tau)?;
-        }
-        if let Some(images) = &self.images
-            && tau < 1.0
-        {
-            Self::all_dots(images, query, n, &mut scores, &self.position, 1.0 - tau)?;
-        }
-        Ok(scores)
-    }
-
-    fn exact_score(&self, id: u64, query: &[f32], tau: f32) -> Result<f32, VectorError> {
-        let dot = |index: &Index| -> Result<f32, VectorError> {
-            let mut v = vec![0.0f32; index.dimensions()];
-            let found = index.get(id, &mut v).map_err(ue("get"))?;
-            Ok(if found == 0 {
-                f32::NAN
-            } else {
-                v.iter().zip(query).map(|(a, b)| a * b).sum()
-            })
-        };
-        let cap = dot(&self.captions)?;
-        Ok(match &self.images {
-            Some(images) => (1.0 - tau) * dot(images)? + tau * cap,
-            None => cap,
+    fn direct_score(&self, id: u64, q: &[f32]) -> Result<f32, VectorError> {
+        let mut v = vec![0.0f32; self.index.dimensions()];
+        let found = self.index.get(id, &mut v).map_err(ue("get"))?;
+        Ok(if found == 0 {
+            f32::NAN
+        } else {
+            v.iter().zip(q).map(|(a, b)| a * b).sum()
         })
     }
 
@@ -276,47 +265,33 @@ impl Vectors {
         k: usize,
         allowed: Option<&HashSet<u64>>,
     ) -> Result<Vec<(u64, f32)>, VectorError> {
-        let tau = if self.images.is_some() { tau } else { 1.0 };
-        let exact = self.options.mode == SearchMode::Exact;
-        // A small allowed set is scored directly (CIRR's subset has five images).
-        if let Some(allowed) = allowed
-            && (allowed.len() <= 4096 || !exact)
-            && self.options.quantization != Quantization::I8
-        {
-            let mut scored: Vec<(u64, f32)> = allowed
-                .iter()
-                .filter(|id| self.position.contains_key(id))
-                .map(|&id| self.exact_score(id, query, tau).map(|s| (id, s)))
-                .collect::<Result<_, _>>()?;
-            scored.sort_by(|a, b| self.cmp(a, b));
-            scored.truncate(k);
-            return Ok(scored);
-        }
-        if exact {
-            let mut scores = self.all_scores(query, tau)?;
-            if let Some(allowed) = allowed {
-                for (p, id) in self.ids.iter().enumerate() {
-                    if !allowed.contains(id) {
-                        scores[p] = f32::NAN;
-                    }
-                }
+        let q = self.weighted(query, tau)?;
+        let mut scored: Vec<(u64, f32)> = match allowed {
+            Some(allowed)
+                if allowed.len() <= 4096 && self.options.quantization != Quantization::I8 =>
+            {
+                allowed
+                    .iter()
+                    .filter(|id| self.position.contains_key(id))
+                    .map(|&id| self.direct_score(id, &q).map(|s| (id, s)))
+                    .collect::<Result<_, _>>()?
             }
-            return Ok(crate::ranking::top_k(&scores, k)
-                .into_iter()
-                .filter(|&p| !scores[p].is_nan())
-                .map(|p| (self.ids[p], scores[p]))
-                .collect());
-        }
-        let want = (4 * k).max(256).min(self.ids.len());
-        let mut candidates: HashSet<u64> = HashSet::new();
-        for index in std::iter::once(&self.captions).chain(self.images.as_ref()) {
-            let m = index.search(query, want).map_err(ue("hnsw search"))?;
-            candidates.extend(m.keys.iter().copied());
-        }
-        let mut scored: Vec<(u64, f32)> = candidates
-            .into_iter()
-            .map(|id| self.exact_score(id, query, tau).map(|s| (id, s)))
-            .collect::<Result<_, _>>()?;
+            _ => {
+                let excluded = allowed.map_or(0, |a| self.ids.len().saturating_sub(a.len()));
+                let want = (k + TIE_MARGIN + excluded).min(self.ids.len());
+                let m = match self.options.mode {
+                    SearchMode::Exact => self.index.exact_search(&q, want),
+                    SearchMode::Hnsw => self.index.search(&q, want),
+                }
+                .map_err(ue("search"))?;
+                m.keys
+                    .iter()
+                    .zip(&m.distances)
+                    .filter(|(id, _)| allowed.is_none_or(|a| a.contains(id)))
+                    .map(|(id, d)| (*id, 1.0 - d))
+                    .collect()
+            }
+        };
         scored.sort_by(|a, b| self.cmp(a, b));
         scored.truncate(k);
         Ok(scored)
