@@ -94,6 +94,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write HTML pages (metrics, recall curves, every query with its images) for a run folder.
+    Report {
+        /// The run folder.
+        run_dir: PathBuf,
+    },
     /// Caption and embed a gallery (or a folder of your images) into a local image database.
     Index(index::IndexCmd),
     /// Build one role's request from the prompt templates: print it, or send it.
@@ -236,6 +241,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Index(cmd) => index::run(cmd).await,
+        Command::Report { run_dir } => {
+            let input = crate::report::from_run_folder(&run_dir)?;
+            let pages = crate::report::write_all(&input, &run_dir)?;
+            let list: Vec<String> = pages.iter().map(|p| p.display().to_string()).collect();
+            print(&format!("{}\n", list.join("\n")))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             config,
             split,

@@ -492,6 +492,15 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
         interrupted,
     };
     folder.write_json("summary.json", &report)?;
+    match crate::report::from_run_folder(folder.path()).and_then(|input| {
+        crate::report::write_all(&input, folder.path()).map_err(|e| crate::report::ReportError {
+            dir: folder.path().to_path_buf(),
+            message: e.to_string(),
+        })
+    }) {
+        Ok(_) => {}
+        Err(e) => tracing::warn!("{e}"),
+    }
     tracing::info!(interrupted, "run finished");
     Ok(report)
 }
@@ -535,6 +544,10 @@ pub fn render(report: &RunReport, config: &std::path::Path) -> String {
         out.push_str(&format!("submission: {}\n", s.display()));
     }
     out.push_str(&format!("run folder: {}\n", report.folder.display()));
+    out.push_str(&format!(
+        "report: {}\n",
+        report.folder.join("report.html").display()
+    ));
     if report.interrupted {
         out.push_str(&format!(
             "interrupted; finished queries are saved. Resume with:\n  imagescope run --config {} --resume {}\n",
