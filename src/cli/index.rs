@@ -3,7 +3,7 @@
 //! ImageScope `image_db`.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -125,7 +125,7 @@ fn plan(cmd: &IndexCmd) -> anyhow::Result<Plan> {
             family: Family::General,
             gallery,
             db_root,
-            db: folder_db_name(&abs)?,
+            db: crate::index::folder_db_name(&abs),
         });
     }
     let exp = ExperimentConfig::load(config)?;
@@ -140,22 +140,11 @@ fn plan(cmd: &IndexCmd) -> anyhow::Result<Plan> {
         family: Family::for_dataset(spec.name),
         gallery: datasets::load_gallery(&spec)?,
         prompts: PromptSet::load(&exp.prompts_dir)?,
-        db: db_name(spec.name).to_string(),
+        db: db_name(spec.name, &spec.root),
         db_root: exp.image_db_root,
         servers: exp.servers,
         servers_path: exp.servers_path,
     })
-}
-
-/// The folder of the database a folder or dataset plan uses (shared with `search`).
-pub fn folder_db_name(folder: &Path) -> anyhow::Result<String> {
-    let abs = std::path::absolute(folder)?;
-    let base = abs
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "root".into());
-    let tag = &blake3::hash(abs.to_string_lossy().as_bytes()).to_hex()[..8];
-    Ok(format!("folder-{base}-{tag}"))
 }
 
 fn out(json: bool, value: &impl serde::Serialize, text: String) -> anyhow::Result<()> {
@@ -180,7 +169,7 @@ pub async fn run(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
     {
         let r = import::import(
             dir,
-            db_name(*dataset),
+            &db_name(*dataset, dir),
             clip_version.as_deref(),
             embedder_model,
             image_db,

@@ -6,6 +6,7 @@
 
 mod index;
 mod prompt;
+mod search;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -93,6 +94,29 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Search an indexed folder: by text, or by an image of it plus an edit.
+    Search {
+        /// What you are looking for (with --image: how the wanted photo differs from it).
+        text: String,
+        /// A reference photo from the folder.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Where and how to search.
+        #[command(flatten)]
+        target: search::SearchTarget,
+        /// Print JSON: {"query": ..., "results": [{"rank", "key", "path", "score"}]}.
+        #[arg(long)]
+        json: bool,
+        /// Also write an HTML page with thumbnails (path printed on stderr).
+        #[arg(long)]
+        open: bool,
+    },
+    /// Search an indexed folder by dialogue: describe the photo, then refine it turn by turn.
+    Chat {
+        /// Where and how to search.
+        #[command(flatten)]
+        target: search::SearchTarget,
     },
     /// Write HTML pages (metrics, recall curves, every query with its images) for a run folder.
     Report {
@@ -241,6 +265,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Index(cmd) => index::run(cmd).await,
+        Command::Search {
+            text,
+            image,
+            target,
+            json,
+            open,
+        } => search::search(target, text, image, json, open).await,
+        Command::Chat { target } => search::chat(target).await,
         Command::Report { run_dir } => {
             let input = crate::report::from_run_folder(&run_dir)?;
             let pages = crate::report::write_all(&input, &run_dir)?;

@@ -328,6 +328,28 @@ fn join_clean(base: &Path, rel: &Path) -> PathBuf {
     out
 }
 
+impl PipelineParams {
+    /// The `default` profile's parameters (what an empty `[pipeline]` table resolves to).
+    pub fn defaults() -> Self {
+        resolve_pipeline(PipelineSection::default(), Path::new("(defaults)")).unwrap_or_else(|_| {
+            PipelineParams {
+                profile: Profile::Default,
+                tau: 0.15,
+                top_k: 20,
+                alpha: 3,
+                stages: vec![Stage::S1, Stage::S2, Stage::S3],
+                queries_in_flight: 32,
+                reask: 2,
+                verifier_mode: VerifierMode::Substring,
+                evaluator_parse: EvaluatorParse::Tolerant,
+                rerank: RerankMode::Count,
+                exclude_reference: true,
+                normalize_expected_answers: true,
+            }
+        })
+    }
+}
+
 fn resolve_pipeline(p: PipelineSection, path: &Path) -> Result<PipelineParams, ConfigError> {
     let profile = p.profile.unwrap_or_default();
     let parity = profile == Profile::Parity;

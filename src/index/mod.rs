@@ -63,12 +63,25 @@ pub enum IndexError {
     Empty(PathBuf),
 }
 
-/// The database name of a dataset (CIRR's two protocols share one gallery database).
-pub fn db_name(d: crate::config::DatasetName) -> &'static str {
+/// The database name of a dataset (CIRR's two protocols share one gallery database; a folder is
+/// named after its absolute path, however it is reached).
+pub fn db_name(d: crate::config::DatasetName, root: &Path) -> String {
     match d {
-        crate::config::DatasetName::CirrSubset => "cirr",
-        other => other.as_str(),
+        crate::config::DatasetName::CirrSubset => "cirr".into(),
+        crate::config::DatasetName::Folder => folder_db_name(root),
+        other => other.as_str().into(),
     }
+}
+
+/// `folder-<basename>-<8 hex of blake3(absolute path)>`.
+pub fn folder_db_name(folder: &Path) -> String {
+    let abs = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
+    let base = abs
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into());
+    let tag = &blake3::hash(abs.to_string_lossy().as_bytes()).to_hex()[..8];
+    format!("folder-{base}-{tag}")
 }
 
 /// The fingerprint of indexing with these servers, prompts and caption source (a captions file's

@@ -130,7 +130,11 @@ fn open_db(
                     exp.path.display()
                 ))
             })?;
-            index::db_dir(&exp.image_db_root, index::db_name(exp.dataset.name), &fp)
+            index::db_dir(
+                &exp.image_db_root,
+                &index::db_name(exp.dataset.name, &exp.dataset.root),
+                &fp,
+            )
         }
     };
     if !dir.join(index::STORE_FILE).exists() {

@@ -1,0 +1,363 @@
+//! `imagescope search` (text or image + edit) and `imagescope chat` (a dialogue refined turn by
+//! turn) over a folder indexed with `imagescope index --folder`. Both run the same stages as
+//! `run`, for one query, through the request cache: in chat, earlier rounds cost nothing again.
+//!
+//! `search --json` prints `{"query": {...}, "results": [{"rank", "key", "path", "score"}]}`:
+//! `rank` from 1, `key` the path relative to the folder, `path` the file, `score` the stage-1
+//! fused score (stages 2 and 3 reorder the top; they do not rescore).
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use serde_json::json;
+
+use crate::config::{DatasetName, ExperimentConfig, PipelineParams, Role, ServersConfig, Stage};
+use crate::datasets::{self, DatasetSpec, ImageKey, Instruction, Query};
+use crate::index::{self, ImageDb};
+use crate::pipeline::context::Ctx;
+use crate::pipeline::record::{QueryRecord, Status};
+use crate::prompts::{Family, PromptSet};
+use crate::serving::{Cache, CacheMode, Clients};
+
+/// Where to search and with what.
+#[derive(Debug, Clone, Args)]
+pub struct SearchTarget {
+    /// The indexed folder.
+    #[arg(long)]
+    pub folder: PathBuf,
+    /// A servers file or an experiment file (its [pipeline] parameters are used).
+    #[arg(long, default_value = "configs/servers/vllm.toml")]
+    pub config: PathBuf,
+    /// The captions file the folder was indexed with, if it was.
+    #[arg(long)]
+    pub captions: Option<PathBuf>,
+    /// The image database folder, when not the one the configuration names.
+    #[arg(long)]
+    pub index_dir: Option<PathBuf>,
+    /// Prompt templates (with a servers file).
+    #[arg(long, default_value = "prompts")]
+    pub prompts: PathBuf,
+    /// Results shown.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Stages to run, e.g. s1 or s1,s2,s3.
+    #[arg(long, value_delimiter = ',', default_value = "s1,s2,s3")]
+    pub stages: Vec<Stage>,
+}
+
+struct Session {
+    ctx: Ctx,
+    folder: PathBuf,
+    runs: PathBuf,
+}
+
+fn open(t: &SearchTarget) -> anyhow::Result<Session> {
+    let (servers, servers_path, prompts_dir, db_root, runs, mut params): (
+        ServersConfig,
+        PathBuf,
+        PathBuf,
+        PathBuf,
+        PathBuf,
+        PipelineParams,
+    ) = if crate::config::is_servers_file(&t.config)? {
+        let defaults = PipelineParams::defaults();
+        (
+            ServersConfig::load(&t.config)?,
+            t.config.clone(),
+            t.prompts.clone(),
+            PathBuf::from("data/image_db"),
+            PathBuf::from("runs"),
+            defaults,
+        )
+    } else {
+        let exp = ExperimentConfig::load(&t.config)?;
+        (
+            exp.servers,
+            exp.servers_path,
+            exp.prompts_dir,
+            exp.image_db_root,
+            exp.runs_dir,
+            exp.pipeline,
+        )
+    };
+    if !t.stages.contains(&Stage::S1) {
+        anyhow::bail!("--stages must include s1");
+    }
+    params.stages = t.stages.clone();
+    let folder = std::path::absolute(&t.folder)?;
+    let prompts = Arc::new(PromptSet::load(&prompts_dir)?);
+    let dir = match &t.index_dir {
+        Some(d) => d.clone(),
+        None => {
+            let hash = match &t.captions {
+                Some(f) => Some(index::build::load_captions(f)?.1),
+                None => None,
+            };
+            let fp = index::expected_fingerprint(
+                &servers,
+                &servers_path,
+                &prompts,
+                Family::General,
+                hash,
+            )?;
+            index::db_dir(&db_root, &index::folder_db_name(&folder), &fp)
+        }
+    };
+    if !dir.join(index::STORE_FILE).exists() {
+        anyhow::bail!(
+            "{} is not indexed with this configuration (no database at {}); run `imagescope index --folder {} --config {}` first{}",
+            folder.display(),
+            dir.display(),
+            t.folder.display(),
+            t.config.display(),
+            if t.captions.is_some() {
+                ""
+            } else {
+                " (add --captions FILE if you indexed with one)"
+            }
+        );
+    }
+    let db = Arc::new(ImageDb::open(&dir, Default::default())?);
+    let gallery = datasets::load_gallery(&DatasetSpec {
+        name: DatasetName::Folder,
+        root: folder.clone(),
+        split: "all".into(),
+        image_ext: None,
+    })?;
+    let mut servers = servers;
+    servers.roles.retain(|r, _| match r {
+        Role::Verifier => params.stages.contains(&Stage::S2),
+        Role::Evaluator => params.stages.contains(&Stage::S3),
+        _ => true,
+    });
+    let cache = Arc::new(Cache::open(&runs.join("cache.sqlite"), CacheMode::On)?);
+    let clients = Clients::new(&servers, &servers_path)?.with_cache(cache);
+    let ctx = Ctx {
+        keep: 100.max(params.top_k + 1),
+        params,
+        dataset: DatasetName::Folder,
+        family: Family::General,
+        prompts,
+        reasoner: clients.get(Role::Reasoner)?.clone(),
+        verifier: clients.get(Role::Verifier).ok().cloned(),
+        evaluator: clients.get(Role::Evaluator).ok().cloned(),
+        embedder: clients.get(Role::Embedder)?.clone(),
+        db,
+        paths: gallery.into_iter().map(|g| (g.key, g.path)).collect(),
+        allowed: None,
+        progress: None,
+    };
+    Ok(Session { ctx, folder, runs })
+}
+
+/// The key of `image` in the folder, when it lies inside it and is indexed.
+fn key_in_folder(s: &Session, image: &Path) -> Option<ImageKey> {
+    let abs = std::path::absolute(image).ok()?;
+    let rel = abs.strip_prefix(&s.folder).ok()?;
+    let key = ImageKey(
+        rel.components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/"),
+    );
+    s.ctx.db.contains(&key).then_some(key)
+}
+
+fn results(s: &Session, record: &QueryRecord, top: usize) -> serde_json::Value {
+    let last = record.rounds.last();
+    let stage = s
+        .ctx
+        .params
+        .stages
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(Stage::S1);
+    let ranking: Vec<ImageKey> = last
+        .and_then(|r| r.ranking_after(stage))
+        .map(<[ImageKey]>::to_vec)
+        .unwrap_or_default();
+    let scores: HashMap<&ImageKey, f32> = last
+        .and_then(|r| r.s1.as_ref())
+        .map(|s1| {
+            s1.ranking
+                .iter()
+                .zip(&s1.scores)
+                .map(|(k, v)| (k, *v))
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows: Vec<serde_json::Value> = ranking
+        .iter()
+        .take(top)
+        .enumerate()
+        .map(|(i, k)| {
+            json!({
+                "rank": i + 1,
+                "key": k.as_str(),
+                "path": s.ctx.paths.get(k).map(|p| p.display().to_string()),
+                "score": scores.get(k).map(|v| (*v as f64 * 1e4).round() / 1e4),
+            })
+        })
+        .collect();
+    json!(rows)
+}
+
+fn table(rows: &serde_json::Value) -> String {
+    let mut out = String::from("rank  score   image\n");
+    for r in rows.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:>4}  {:>6}  {}\n",
+            r["rank"],
+            r["score"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.4}")),
+            r["path"]
+                .as_str()
+                .unwrap_or_else(|| r["key"].as_str().unwrap_or(""))
+        ));
+    }
+    out
+}
+
+/// Runs `search`.
+pub async fn search(
+    t: SearchTarget,
+    text: String,
+    image: Option<PathBuf>,
+    json_out: bool,
+    open_html: bool,
+) -> anyhow::Result<ExitCode> {
+    if text.trim().is_empty() {
+        anyhow::bail!("the query text is empty; say what you are looking for");
+    }
+    let s = open(&t)?;
+    let reference = match &image {
+        None => None,
+        Some(p) => Some(key_in_folder(&s, p).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the reference image {} must be one of the indexed images of {} (its caption is what the reasoner reads)",
+                p.display(),
+                s.folder.display()
+            )
+        })?),
+    };
+    let query = Query {
+        id: "search".into(),
+        reference: reference.clone(),
+        instruction: Instruction::Text { text: text.clone() },
+        targets: vec![],
+        subset: None,
+        aspects: vec![],
+        shared_concept: None,
+    };
+    let record = crate::pipeline::query::run(&s.ctx, &query).await;
+    if record.status == Status::Failed {
+        anyhow::bail!(
+            "the search failed: {}",
+            record.error.clone().unwrap_or_default()
+        );
+    }
+    let rows = results(&s, &record, t.top);
+    if open_html {
+        let dir = s.runs.join("search");
+        std::fs::create_dir_all(&dir)?;
+        let input = crate::report::ReportInput {
+            title: format!("imagescope search: {text}"),
+            stages: s.ctx.params.stages.clone(),
+            metrics: vec![],
+            records: vec![record.clone()],
+            paths: s.ctx.paths.clone(),
+        };
+        let page = dir.join(format!(
+            "search-{}.html",
+            &blake3::hash(text.as_bytes()).to_hex()[..8]
+        ));
+        std::fs::write(
+            &page,
+            crate::report::render(&input, crate::report::View::All),
+        )?;
+        eprintln_safe(&format!("page: {}", std::path::absolute(&page)?.display()));
+    }
+    let out = if json_out {
+        serde_json::to_string_pretty(&json!({
+            "query": {"text": text, "reference": reference.map(|k| k.0), "stages": s.ctx.params.stages},
+            "results": rows,
+        }))? + "\n"
+    } else {
+        table(&rows)
+    };
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eprintln_safe(s: &str) {
+    let _ = writeln!(std::io::stderr(), "{s}");
+}
+
+/// Runs `chat`: the first line describes the photo, each later line adds a "question? answer"
+/// turn (or any refinement); after each, the current top results are printed. An empty line or
+/// end of input ends the chat.
+pub async fn chat(t: SearchTarget) -> anyhow::Result<ExitCode> {
+    let s = open(&t)?;
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    let mut caption: Option<String> = None;
+    let mut turns: Vec<String> = Vec::new();
+    writeln!(
+        out,
+        "Describe the photo you are looking for (an empty line ends):"
+    )?;
+    out.flush()?;
+    for line in stdin.lock().lines() {
+        let line = line?;
+        let line = line.trim().to_string();
+        if line.is_empty() {
+            break;
+        }
+        match &caption {
+            None => caption = Some(line),
+            Some(_) => turns.push(line),
+        }
+        let query = Query {
+            id: "chat".into(),
+            reference: None,
+            instruction: Instruction::Dialogue {
+                caption: caption.clone().unwrap_or_default(),
+                turns: turns.clone(),
+            },
+            targets: vec![],
+            subset: None,
+            aspects: vec![],
+            shared_concept: None,
+        };
+        let record = crate::pipeline::query::run(&s.ctx, &query).await;
+        if record.status == Status::Failed {
+            writeln!(
+                out,
+                "that turn failed: {}",
+                record.error.clone().unwrap_or_default()
+            )?;
+        } else {
+            if let Some(d) = record
+                .rounds
+                .last()
+                .and_then(|r| r.s1.as_ref())
+                .and_then(|s1| s1.descriptions.first())
+            {
+                writeln!(out, "looking for: {d}")?;
+            }
+            write!(out, "{}", table(&results(&s, &record, t.top)))?;
+        }
+        writeln!(
+            out,
+            "Add a detail (\"is it indoors? no\"), or an empty line to stop:"
+        )?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
