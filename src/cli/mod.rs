@@ -158,18 +158,17 @@ pub enum PromptAction {
 
 /// The conventional dataset root under `data/`.
 pub fn default_root(dataset: DatasetName) -> PathBuf {
-    let folder = match dataset {
-        DatasetName::Cirr | DatasetName::CirrSubset => "CIRR",
-        DatasetName::Circo => "CIRCO",
-        DatasetName::FashioniqDress
-        | DatasetName::FashioniqShirt
-        | DatasetName::FashioniqToptee => "FashionIQ",
-        DatasetName::Flickr30k => "Flickr30K",
-        DatasetName::Mscoco => "MSCOCO",
-        DatasetName::Visdial => "VisDial",
-        DatasetName::Folder => ".",
-    };
-    PathBuf::from("data").join(folder)
+    PathBuf::from("data").join(dataset.conventional_folder())
+}
+
+/// The spec of a benchmark split named on the command line.
+fn spec_of(dataset: DatasetName, data: Option<PathBuf>, split: String) -> DatasetSpec {
+    DatasetSpec {
+        name: dataset,
+        root: data.unwrap_or_else(|| default_root(dataset)),
+        split,
+        image_ext: None,
+    }
 }
 
 fn print(text: &str) -> anyhow::Result<()> {
@@ -211,12 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             keep_reference,
         } => {
-            let spec = DatasetSpec {
-                name: dataset,
-                root: data.unwrap_or_else(|| default_root(dataset)),
-                split,
-                image_ext: None,
-            };
+            let spec = spec_of(dataset, data, split);
             let queries = datasets::load_queries(&spec)?;
             let preds = predictions::read(dataset, &file)?;
             let scored = protocol::score(
@@ -327,12 +321,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data,
             file,
         } => {
-            let spec = DatasetSpec {
-                name: dataset,
-                root: data.unwrap_or_else(|| default_root(dataset)),
-                split,
-                image_ext: None,
-            };
+            let spec = spec_of(dataset, data, split);
             let queries = datasets::load_queries(&spec)?;
             let bytes = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;

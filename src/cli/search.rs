@@ -15,7 +15,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde_json::json;
 
-use crate::config::{DatasetName, ExperimentConfig, PipelineParams, Role, ServersConfig, Stage};
+use crate::config::{DatasetName, ExperimentConfig, PipelineParams, ServersConfig, Stage};
 use crate::datasets::{self, DatasetSpec, ImageKey, Instruction, Query};
 use crate::index::{self, ImageDb};
 use crate::pipeline::context::Ctx;
@@ -129,28 +129,19 @@ fn open(t: &SearchTarget) -> anyhow::Result<Session> {
         image_ext: None,
     })?;
     let mut servers = servers;
-    servers.roles.retain(|r, _| match r {
-        Role::Verifier => params.stages.contains(&Stage::S2),
-        Role::Evaluator => params.stages.contains(&Stage::S3),
-        _ => true,
-    });
+    Ctx::needed_roles(&mut servers, &params.stages);
     let cache = Arc::new(Cache::open(&runs.join("cache.sqlite"), CacheMode::On)?);
     let clients = Clients::new(&servers, &servers_path)?.with_cache(cache);
-    let ctx = Ctx {
-        keep: 100.max(params.top_k + 1),
+    let ctx = Ctx::new(
         params,
-        dataset: DatasetName::Folder,
-        family: Family::General,
+        DatasetName::Folder,
         prompts,
-        reasoner: clients.get(Role::Reasoner)?.clone(),
-        verifier: clients.get(Role::Verifier).ok().cloned(),
-        evaluator: clients.get(Role::Evaluator).ok().cloned(),
-        embedder: clients.get(Role::Embedder)?.clone(),
+        &clients,
         db,
-        paths: gallery.into_iter().map(|g| (g.key, g.path)).collect(),
-        allowed: None,
-        progress: None,
-    };
+        gallery,
+        None,
+        None,
+    )?;
     Ok(Session { ctx, folder, runs })
 }
 

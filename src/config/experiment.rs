@@ -53,6 +53,21 @@ impl DatasetName {
         DatasetName::Folder,
     ];
 
+    /// The folder the dataset conventionally lives in under `data/` (the original's layout).
+    pub fn conventional_folder(self) -> &'static str {
+        match self {
+            DatasetName::Cirr | DatasetName::CirrSubset => "CIRR",
+            DatasetName::Circo => "CIRCO",
+            DatasetName::FashioniqDress
+            | DatasetName::FashioniqShirt
+            | DatasetName::FashioniqToptee => "FashionIQ",
+            DatasetName::Flickr30k => "Flickr30K",
+            DatasetName::Mscoco => "MSCOCO",
+            DatasetName::Visdial => "VisDial",
+            DatasetName::Folder => ".",
+        }
+    }
+
     /// The command-line spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -205,15 +205,8 @@ fn check_root(spec: &DatasetSpec) -> Result<(), DatasetError> {
         return Ok(());
     }
     let folder = match spec.name {
-        DatasetName::Cirr | DatasetName::CirrSubset => "CIRR",
-        DatasetName::Circo => "CIRCO",
-        DatasetName::FashioniqDress
-        | DatasetName::FashioniqShirt
-        | DatasetName::FashioniqToptee => "FashionIQ",
-        DatasetName::Flickr30k => "Flickr30K",
-        DatasetName::Mscoco => "MSCOCO",
-        DatasetName::Visdial => "VisDial",
         DatasetName::Folder => "your image folder",
+        other => other.conventional_folder(),
     };
     Err(DatasetError::MissingRoot {
         path: spec.root.clone(),

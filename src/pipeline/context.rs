@@ -56,6 +56,52 @@ impl Ctx {
 }
 
 impl Ctx {
+    /// The context of a run over `gallery`, with the clients of the roles its stages need.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each argument is a distinct part of a run, named at the call site"
+    )]
+    pub fn new(
+        params: PipelineParams,
+        dataset: DatasetName,
+        prompts: Arc<PromptSet>,
+        clients: &crate::serving::Clients,
+        db: Arc<ImageDb>,
+        gallery: Vec<crate::datasets::GalleryImage>,
+        allowed: Option<HashSet<ImageKey>>,
+        progress: Option<[indicatif::ProgressBar; 3]>,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(Ctx {
+            keep: 100.max(params.top_k + 1),
+            params,
+            dataset,
+            family: Family::for_dataset(dataset),
+            prompts,
+            reasoner: clients.get(Role::Reasoner)?.clone(),
+            verifier: clients.get(Role::Verifier).ok().cloned(),
+            evaluator: clients.get(Role::Evaluator).ok().cloned(),
+            embedder: clients.get(Role::Embedder)?.clone(),
+            db,
+            paths: gallery.into_iter().map(|g| (g.key, g.path)).collect(),
+            allowed,
+            progress,
+        })
+    }
+
+    /// The roles a run with these stages talks to (no captioner: galleries are indexed already).
+    pub fn needed_roles(
+        servers: &mut crate::config::ServersConfig,
+        stages: &[crate::config::Stage],
+    ) {
+        use crate::config::Stage;
+        servers.roles.retain(|r, _| match r {
+            Role::Reasoner | Role::Embedder => true,
+            Role::Verifier => stages.contains(&Stage::S2),
+            Role::Evaluator => stages.contains(&Stage::S3),
+            Role::Captioner => false,
+        });
+    }
+
     /// Whether the parity profile is on.
     pub fn parity(&self) -> bool {
         self.params.profile == Profile::Parity

@@ -295,12 +295,7 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
     let allowed = (db.len() != gallery_keys.len() || missing > 0).then(|| gallery_keys.clone());
 
     let mut servers = exp.servers.clone();
-    servers.roles.retain(|r, _| match r {
-        Role::Reasoner | Role::Embedder => true,
-        Role::Verifier => params.stages.contains(&Stage::S2),
-        Role::Evaluator => params.stages.contains(&Stage::S3),
-        Role::Captioner => false,
-    });
+    Ctx::needed_roles(&mut servers, &params.stages);
     let cache = Arc::new(Cache::open(&exp.runs_dir.join("cache.sqlite"), opts.cache)?);
     let clients = Clients::new(&servers, &exp.servers_path)?.with_cache(cache);
 
@@ -344,21 +339,16 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
         .filter(|q| !done_ids.contains(&q.id))
         .collect();
     let (progress, bar) = progress_bars(&todo, &params, opts.progress);
-    let ctx = Ctx {
-        keep: 100.max(params.top_k + 1),
-        params: params.clone(),
-        dataset: dataset.name,
-        family,
+    let ctx = Ctx::new(
+        params.clone(),
+        dataset.name,
         prompts,
-        reasoner: clients.get(Role::Reasoner)?.clone(),
-        verifier: clients.get(Role::Verifier).ok().cloned(),
-        evaluator: clients.get(Role::Evaluator).ok().cloned(),
-        embedder: clients.get(Role::Embedder)?.clone(),
+        &clients,
         db,
-        paths: gallery.into_iter().map(|g| (g.key, g.path)).collect(),
+        gallery,
         allowed,
         progress,
-    };
+    )?;
 
     let mut records: BTreeMap<String, QueryRecord> = finished
         .into_iter()
