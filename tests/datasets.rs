@@ -311,3 +311,44 @@ fn unknown_split_and_missing_root_say_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn a_missing_annotation_file_lists_where_it_was_looked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_cirr(dir.path());
+    std::fs::remove_file(dir.path().join("cap.rc2.val.json")).unwrap();
+    let err = load_queries(&spec(DatasetName::Cirr, dir.path().into(), "val"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("captions/cap.rc2.val.json") && err.contains("not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_csvs_name_the_file_and_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("test_1k_flickr.csv");
+    std::fs::write(&csv, "filename,captions\n1.jpg,\"[\"\"a\"\"]\"\n").unwrap();
+    let err = load_queries(&spec(DatasetName::Flickr30k, dir.path().into(), "test"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("test_1k_flickr.csv") && err.contains("`raw`"),
+        "{err}"
+    );
+    std::fs::write(&csv, "filename,raw\n1.jpg,\"[\"\"a\"\", \"\"b\n").unwrap();
+    let err = load_queries(&spec(DatasetName::Flickr30k, dir.path().into(), "test"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("test_1k_flickr.csv"), "{err}");
+    std::fs::write(&csv, "filename,raw\n../../etc/passwd,\"[\"\"a\"\"]\"\n").unwrap();
+    let err = load_queries(&spec(DatasetName::Flickr30k, dir.path().into(), "test"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("record 0") && err.contains("filename"),
+        "{err}"
+    );
+}

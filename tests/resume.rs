@@ -185,3 +185,62 @@ async fn a_reasoner_replica_dying_mid_run_loses_no_query() {
     assert!(served_by_dead > 0, "both replicas served before one died");
     assert_eq!(Env::metric(&report, "s3", "Recall@1"), 100.0, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_again_and_again_then_resumed_still_equals_an_uninterrupted_run() {
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    write_cirr(&env.data, &queries());
+    env.verifier
+        .set_delay(Route::Chat, Duration::from_millis(10));
+    let config = env.configs("cirr", "val", "queries_in_flight = 2", None);
+    env.index(&config).await;
+    let reference = env
+        .run(&config, &["--cache", "off", "--run-name", "reference"])
+        .await;
+    let expected = final_rankings(Path::new(reference["folder"].as_str().unwrap()));
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut folder: Option<PathBuf> = None;
+    for round in 0..3 {
+        let mut args = vec!["run", "--json", "--config", config.to_str().unwrap()];
+        let resume;
+        if let Some(f) = &folder {
+            resume = f.to_str().unwrap().to_string();
+            args.extend(["--resume", resume.as_str()]);
+        }
+        let mut child = env.command(&args).spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
+        child.kill().await.unwrap();
+        if folder.is_none() {
+            folder = std::fs::read_dir(env.path("runs/cirr/default"))
+                .ok()
+                .and_then(|mut d| d.next())
+                .map(|e| e.unwrap().path());
+        }
+        assert!(
+            folder.is_some(),
+            "seed {seed}: round {round} created the run folder"
+        );
+    }
+    let folder = folder.unwrap();
+    let report = env
+        .run(&config, &["--resume", folder.to_str().unwrap()])
+        .await;
+    assert!(
+        report["failed"].as_array().unwrap().is_empty(),
+        "seed {seed}: {report}"
+    );
+    assert_eq!(
+        final_rankings(&folder),
+        expected,
+        "seed {seed}: three kills at random moments change nothing"
+    );
+    let cache =
+        imagescope::serving::Cache::open(&env.path("runs/cache.sqlite"), Default::default())
+            .unwrap();
+    assert!(cache.integrity_ok(), "seed {seed}");
+}
