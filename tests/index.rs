@@ -197,7 +197,7 @@ async fn a_changed_caption_prompt_gets_a_new_database_and_the_old_one_is_refused
     let old_dir = first["dir"].as_str().unwrap().to_string();
 
     let prompts = s.dir.path().join("my-prompts");
-    copy_dir(
+    support::copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"),
         &prompts,
     );
@@ -328,18 +328,5 @@ async fn exact_search_equals_brute_force_over_the_stored_vectors() {
             .map(|r| r.0)
             .collect();
         assert_eq!(got, want, "query {seed}");
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let p = entry.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
     }
 }

@@ -155,7 +155,7 @@ async fn a_second_run_is_answered_from_the_cache_and_a_changed_template_resends_
 
     // One word changed in the evaluator's template: only evaluator requests are sent again.
     let prompts = env.path("prompts-edited");
-    copy_dir(
+    support::copy_dir(
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("prompts"),
         &prompts,
     );
@@ -276,17 +276,4 @@ async fn a_two_round_dialogue_carries_its_description_and_scores_cumulative_hits
         rounds[2]["reference_description"], rounds[1]["s1"]["descriptions"][0],
         "the description is carried"
     );
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let p = entry.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
 }

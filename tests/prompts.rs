@@ -2,8 +2,9 @@
 //! The prompt-iteration loop: edit a template, `cargo insta test`, `cargo insta review`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use imagescope::prompts::{Family, PromptKind, PromptSet};
 use serde_json::{Value, json};
@@ -76,24 +77,11 @@ fn the_evaluate_prompt_without_a_reference() {
     insta::assert_snapshot!("prompt__general__evaluate_without_reference", r.user);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let p = entry.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
 /// Changes one word of one template in a copy of the prompts and returns which renderings moved.
 fn changed_by(file: &str, from: &str, to: &str) -> Vec<String> {
     let original = render_all(&PromptSet::load(&PromptSet::bundled_dir()).unwrap());
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&PromptSet::bundled_dir(), dir.path());
+    support::copy_dir(&PromptSet::bundled_dir(), dir.path());
     let path = dir.path().join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains(from), "{file} has no {from:?}");

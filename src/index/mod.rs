@@ -222,8 +222,8 @@ impl ImageDb {
         let mut captions = HashMap::new();
         let mut order = Vec::new();
         let mut dims: Option<(usize, Option<usize>)> = None;
-        store.for_each_done(|idx, key, caption, image, cap| {
-            dims.get_or_insert((cap.len(), image.as_ref().map(Vec::len)));
+        store.for_each_done_meta(|idx, key, caption, caption_dim, image_dim| {
+            dims.get_or_insert((caption_dim, image_dim));
             order.push(idx);
             keys.insert(idx, key.clone());
             ids.insert(key.clone(), idx);

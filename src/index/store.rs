@@ -317,6 +317,36 @@ impl Store {
         Ok(())
     }
 
+    /// Calls `f(idx, key, caption, caption_dim, image_dim)` for every indexed image, in id order,
+    /// without reading the vectors themselves (opening a database needs only these).
+    pub fn for_each_done_meta(
+        &self,
+        mut f: impl FnMut(u64, ImageKey, String, usize, Option<usize>),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT idx, key, caption, length(caption_vec), length(image_vec) FROM images WHERE status = 'done' ORDER BY idx",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let idx: i64 = r.get(0).map_err(|e| self.err(e))?;
+            let key: String = r.get(1).map_err(|e| self.err(e))?;
+            let caption: Option<String> = r.get(2).map_err(|e| self.err(e))?;
+            let cap: Option<i64> = r.get(3).map_err(|e| self.err(e))?;
+            let img: Option<i64> = r.get(4).map_err(|e| self.err(e))?;
+            f(
+                idx as u64,
+                ImageKey(key),
+                caption.unwrap_or_default(),
+                cap.unwrap_or(0) as usize / 4,
+                img.map(|n| n as usize / 4),
+            );
+        }
+        Ok(())
+    }
+
     /// `PRAGMA integrity_check` answered "ok".
     pub fn integrity_ok(&self) -> Result<bool, StoreError> {
         let r: String = self
@@ -388,6 +418,10 @@ mod tests {
                 vec![0.0, 1.0]
             )]
         );
+        let mut meta = vec![];
+        s.for_each_done_meta(|_, k, c, cd, id| meta.push((k.0, c, cd, id)))
+            .unwrap();
+        assert_eq!(meta, vec![("k0".into(), "a cat".into(), 2, Some(2))]);
         assert!(s.integrity_ok().unwrap());
         assert_eq!(
             s.counts().unwrap(),

@@ -65,6 +65,18 @@ pub struct VerdictRecord {
     pub note: Option<String>,
 }
 
+impl VerdictRecord {
+    /// A request that produced no verdict, with the reason.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        VerdictRecord {
+            yes: None,
+            p_yes: None,
+            raw: reason.into(),
+            note: None,
+        }
+    }
+}
+
 /// Stage 2 of one round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct S2Record {

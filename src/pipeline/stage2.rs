@@ -139,15 +139,7 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
                     let image = match image {
                         Ok(i) => i,
                         Err(e) => {
-                            return (
-                                None,
-                                VerdictRecord {
-                                    yes: None,
-                                    p_yes: None,
-                                    raw: e,
-                                    note: None,
-                                },
-                            );
+                            return (None, VerdictRecord::failed(e));
                         }
                     };
                     let built = match image {
@@ -165,15 +157,7 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
                     let req = match built {
                         Ok(r) => r,
                         Err(e) => {
-                            return (
-                                None,
-                                VerdictRecord {
-                                    yes: None,
-                                    p_yes: None,
-                                    raw: e.to_string(),
-                                    note: None,
-                                },
-                            );
+                            return (None, VerdictRecord::failed(e.to_string()));
                         }
                     };
                     match verifier_client.chat(&req).await {
@@ -190,15 +174,7 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
                                 },
                             )
                         }
-                        Err(e) => (
-                            None,
-                            VerdictRecord {
-                                yes: None,
-                                p_yes: None,
-                                raw: e.to_string(),
-                                note: None,
-                            },
-                        ),
+                        Err(e) => (None, VerdictRecord::failed(e.to_string())),
                     }
                 }
             });

@@ -115,15 +115,7 @@ impl RoleClient {
                 }
             },
         };
-        let limiter = server.requests_per_second.map(|rps| {
-            let period = Duration::from_secs_f64(1.0 / rps).max(Duration::from_nanos(1));
-            let burst = std::num::NonZeroU32::new(server.burst.unwrap_or(1))
-                .unwrap_or(std::num::NonZeroU32::MIN);
-            let quota = Quota::with_period(period)
-                .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MAX))
-                .allow_burst(burst);
-            RateLimiter::direct(quota)
-        });
+        let limiter = build_limiter(server);
         let http = build_http(server).map_err(|e| ConfigError::Invalid {
             path: config_path.to_path_buf(),
             key: format!("roles.{role}"),

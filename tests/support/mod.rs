@@ -24,3 +24,17 @@ pub fn servers(role: Role, model: &str, endpoints: &[String], extra: &str) -> Se
     );
     ServersConfig::parse(&text, Path::new("test-servers.toml")).unwrap()
 }
+
+/// Copies a folder tree (a prompts folder, say) so a test can edit the copy.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let p = entry.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
