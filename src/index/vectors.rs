@@ -110,6 +110,29 @@ fn new_index(dim: usize, o: VectorOptions, n: usize) -> Result<Index, VectorErro
     Ok(index)
 }
 
+/// Adds rows on every core (usearch's `add` is thread-safe up to the reserved thread count). The
+/// HNSW graph then depends on thread timing; exact search does not look at the graph, and a saved
+/// index is loaded as it was built, so a database's rankings stay reproducible.
+fn add_parallel(index: &Index, rows: &[(u64, Vec<f32>)]) -> Result<(), VectorError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = rows.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .try_for_each(|(id, v)| index.add(*id, v).map_err(ue("add")))
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .map_err(|_| VectorError("an index build thread panicked".into()))?
+        })
+    })
+}
+
 /// Extra results fetched beyond k so that ties at the boundary still break by gallery order.
 const TIE_MARGIN: usize = 16;
 
@@ -131,20 +154,23 @@ impl Vectors {
         let image_dim = rows.first().and_then(|r| r.1.as_ref().map(Vec::len));
         let dim = caption_dim + image_dim.unwrap_or(0);
         let index = new_index(dim, options, n)?;
-        let mut ids = Vec::with_capacity(n);
-        let mut joined = Vec::with_capacity(dim);
-        for (id, image_vec, caption_vec) in rows {
-            if caption_vec.len() != caption_dim || image_vec.as_ref().map(Vec::len) != image_dim {
-                return Err(VectorError(format!(
-                    "row {id} has vectors of other dimensions than the first row"
-                )));
-            }
-            joined.clear();
-            joined.extend(image_vec.unwrap_or_default());
-            joined.extend(caption_vec);
-            index.add(id, &joined).map_err(ue("add"))?;
-            ids.push(id);
-        }
+        // Joined one row at a time, so the separate vectors are freed as the joined ones are made.
+        let joined: Vec<(u64, Vec<f32>)> = rows
+            .into_iter()
+            .map(|(id, image_vec, caption_vec)| {
+                if caption_vec.len() != caption_dim || image_vec.as_ref().map(Vec::len) != image_dim
+                {
+                    return Err(VectorError(format!(
+                        "row {id} has vectors of other dimensions than the first row"
+                    )));
+                }
+                let mut v = image_vec.unwrap_or_default();
+                v.extend(caption_vec);
+                Ok((id, v))
+            })
+            .collect::<Result<_, _>>()?;
+        add_parallel(&index, &joined)?;
+        let ids: Vec<u64> = joined.iter().map(|r| r.0).collect();
         Ok(Self::from_parts(
             index,
             image_dim.is_some(),
@@ -205,6 +231,17 @@ impl Vectors {
             options,
             ids,
         ))
+    }
+
+    /// Sets HNSW's search breadth (candidates kept while walking the graph; default 256). Larger
+    /// is slower and closer to exact. No effect on exact search.
+    pub fn set_ef_search(&self, ef: usize) {
+        self.index.change_expansion_search(ef.max(1));
+    }
+
+    /// Bytes usearch holds for the index (vectors and graph).
+    pub fn memory_bytes(&self) -> usize {
+        self.index.memory_usage()
     }
 
     /// Number of images.
