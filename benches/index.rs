@@ -227,12 +227,7 @@ type Vecs = Vec<Vec<f32>>;
 /// - `clustered`: a synthetic stand-in for CLIP's geometry: topics of about 50 images
 ///   (cos ≈ 0.6 between images of a topic), each caption near its image (cos ≈ 0.7), each query
 ///   near one gallery image (cos ≈ 0.55), as a target description is near its target.
-fn make_data(
-    kind: &str,
-    n: usize,
-    d: usize,
-    queries: usize,
-) -> (Vecs, Vecs, Vecs) {
+fn make_data(kind: &str, n: usize, d: usize, queries: usize) -> (Vecs, Vecs, Vecs) {
     if kind == "uniform" {
         return (
             unit_vectors(n, d, 1),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use imagescope::datasets::ImageKey;
 use imagescope::index::ImageDb;
 use imagescope::index::store::Store;
+use imagescope::index::vectors::{Quantization, SearchMode, VectorOptions};
 use serde_json::Value;
 use support::fake_server::{FakeServer, Route};
 use support::world::World;
@@ -329,4 +330,50 @@ async fn exact_search_equals_brute_force_over_the_stored_vectors() {
             .collect();
         assert_eq!(got, want, "query {seed}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_to_hnsw_rebuilds_the_vector_index_and_switching_back_rebuilds_again() {
+    let s = setup(300, 0).await;
+    s.embedder
+        .set_embed_responder(support::fake_server::fake_vector);
+    let config = servers_toml(&s, "");
+    let (code, report, err) = index(&s, &config, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let dir = PathBuf::from(report["dir"].as_str().unwrap());
+    let exact = ImageDb::open(&dir, Default::default()).unwrap();
+    let hnsw_options = VectorOptions {
+        mode: SearchMode::Hnsw,
+        quantization: Quantization::F32,
+    };
+    let hnsw = ImageDb::open(&dir, hnsw_options).unwrap();
+    let built = std::fs::read_to_string(dir.join("built.json")).unwrap();
+    assert!(built.contains("\"hnsw\""), "{built}");
+    // Even with a search breadth above the gallery size HNSW is approximate: pruning can leave a
+    // node no other node links to (this test found one at 300 images). So: high recall, not equality.
+    hnsw.set_ef_search(1000);
+    let mut hits = 0;
+    for seed in 0..5u64 {
+        let q = imagescope::roles::embedder::unit(support::fake_server::fake_vector(
+            &serde_json::json!(seed),
+            32,
+        ))
+        .unwrap();
+        let keys = |db: &ImageDb| -> Vec<ImageKey> {
+            db.search(&q, 0.15, 50, None)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.0)
+                .collect()
+        };
+        let want = keys(&exact);
+        let got = keys(&hnsw);
+        assert_eq!(got.len(), 50);
+        hits += got.iter().filter(|k| want.contains(k)).count();
+    }
+    assert!(hits >= 225, "recall@50 of HNSW against exact: {hits}/250");
+    // Opening with exact options again rebuilds back rather than searching the HNSW graph.
+    drop(ImageDb::open(&dir, Default::default()).unwrap());
+    let built = std::fs::read_to_string(dir.join("built.json")).unwrap();
+    assert!(built.contains("\"exact\""), "{built}");
 }

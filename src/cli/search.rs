@@ -15,7 +15,9 @@ use std::sync::Arc;
 use clap::Args;
 use serde_json::json;
 
-use crate::config::{DatasetName, ExperimentConfig, PipelineParams, ServersConfig, Stage};
+use crate::config::{
+    DatasetName, ExperimentConfig, IndexSection, PipelineParams, ServersConfig, Stage,
+};
 use crate::datasets::{self, DatasetSpec, ImageKey, Instruction, Query};
 use crate::index::{self, ImageDb};
 use crate::pipeline::context::Ctx;
@@ -56,13 +58,14 @@ struct Session {
 }
 
 fn open(t: &SearchTarget) -> anyhow::Result<Session> {
-    let (servers, servers_path, prompts_dir, db_root, runs, mut params): (
+    let (servers, servers_path, prompts_dir, db_root, runs, mut params, index_options): (
         ServersConfig,
         PathBuf,
         PathBuf,
         PathBuf,
         PathBuf,
         PipelineParams,
+        IndexSection,
     ) = if crate::config::is_servers_file(&t.config)? {
         let defaults = PipelineParams::defaults();
         (
@@ -72,6 +75,7 @@ fn open(t: &SearchTarget) -> anyhow::Result<Session> {
             PathBuf::from("data/image_db"),
             PathBuf::from("runs"),
             defaults,
+            IndexSection::default(),
         )
     } else {
         let exp = ExperimentConfig::load(&t.config)?;
@@ -82,6 +86,7 @@ fn open(t: &SearchTarget) -> anyhow::Result<Session> {
             exp.image_db_root,
             exp.runs_dir,
             exp.pipeline,
+            exp.index,
         )
     };
     if !t.stages.contains(&Stage::S1) {
@@ -121,7 +126,8 @@ fn open(t: &SearchTarget) -> anyhow::Result<Session> {
             }
         );
     }
-    let db = Arc::new(ImageDb::open(&dir, Default::default())?);
+    let db = Arc::new(ImageDb::open(&dir, index_options.vector_options())?);
+    db.set_ef_search(index_options.ef_search);
     let gallery = datasets::load_gallery(&DatasetSpec {
         name: DatasetName::Folder,
         root: folder.clone(),

@@ -3,7 +3,8 @@
 //! Swapping a model backend means pointing `servers` at another file; nothing else changes. The
 //! `profile` picks a coherent set of defaults (`parity` reproduces the original code's behaviour,
 //! `default` uses the official protocols and robust parsing); any single parameter can still be set
-//! explicitly, and the resolved values are what a run folder records.
+//! explicitly, and the resolved values are what a run folder records. The `[index]` table says how
+//! stage 1 searches the image database (exact by default; HNSW, f16 and i8 as options).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, ServersConfig};
+use crate::index::vectors::{Quantization, SearchMode, VectorOptions};
 
 /// Benchmark (or user gallery) a run works on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -237,6 +239,63 @@ pub struct PipelineParams {
     pub normalize_expected_answers: bool,
 }
 
+/// The `[index]` table: how stage 1 searches the image database.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexSection {
+    /// `exact` (default: the original's brute-force scores) or `hnsw` (graph search).
+    #[serde(default)]
+    pub search: SearchMode,
+    /// `f32` (default), `f16`, or `i8` (exact search only).
+    #[serde(default)]
+    pub quantization: Quantization,
+    /// HNSW's search breadth (BENCHMARKS.md has its recall and speed at 123k images).
+    #[serde(default = "default_ef_search")]
+    pub ef_search: usize,
+}
+
+fn default_ef_search() -> usize {
+    256
+}
+
+impl Default for IndexSection {
+    fn default() -> Self {
+        IndexSection {
+            search: SearchMode::Exact,
+            quantization: Quantization::F32,
+            ef_search: default_ef_search(),
+        }
+    }
+}
+
+impl IndexSection {
+    /// What the vector index is built with (a change rebuilds it; `ef_search` does not).
+    pub fn vector_options(&self) -> VectorOptions {
+        VectorOptions {
+            mode: self.search,
+            quantization: self.quantization,
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: format!("index.{key}"),
+            message: message.into(),
+        };
+        if self.search == SearchMode::Hnsw && self.quantization == Quantization::I8 {
+            return Err(bad(
+                "quantization",
+                "\"i8\" works with search = \"exact\" only; use \"f16\" or \"f32\" with HNSW",
+            ));
+        }
+        if self.ef_search == 0 {
+            return Err(bad("ef_search", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawExperiment {
@@ -249,6 +308,8 @@ struct RawExperiment {
     dataset: DatasetSection,
     #[serde(default)]
     pipeline: PipelineSection,
+    #[serde(default)]
+    index: IndexSection,
 }
 
 /// A loaded, validated experiment with every path resolved.
@@ -276,6 +337,8 @@ pub struct ExperimentConfig {
     pub dataset: DatasetSection,
     /// Resolved pipeline parameters.
     pub pipeline: PipelineParams,
+    /// How the image database is searched.
+    pub index: IndexSection,
 }
 
 impl ExperimentConfig {
@@ -304,6 +367,7 @@ impl ExperimentConfig {
             });
         }
         let pipeline = resolve_pipeline(raw.pipeline, path)?;
+        raw.index.validate(path)?;
         Ok(ExperimentConfig {
             path: path.to_path_buf(),
             servers_path,
@@ -322,6 +386,7 @@ impl ExperimentConfig {
             captions: raw.captions.map(|c| join_clean(base, &c)),
             dataset,
             pipeline,
+            index: raw.index,
         })
     }
 }
@@ -483,6 +548,34 @@ mod tests {
                 .unwrap_err()
                 .contains("cirr-subset")
         );
+    }
+
+    fn index(text: &str) -> Result<IndexSection, ConfigError> {
+        let section: IndexSection = super::super::parse_toml(text, Path::new("exp.toml"))?;
+        section.validate(Path::new("exp.toml"))?;
+        Ok(section)
+    }
+
+    #[test]
+    fn index_table_defaults_to_exact_f32_and_refuses_hnsw_with_i8() {
+        assert_eq!(index("").unwrap(), IndexSection::default());
+        assert_eq!(IndexSection::default().search, SearchMode::Exact);
+        let h = index("search = \"hnsw\"\nquantization = \"f16\"\nef_search = 512").unwrap();
+        assert_eq!(
+            (h.search, h.quantization, h.ef_search),
+            (SearchMode::Hnsw, Quantization::F16, 512)
+        );
+        let err = index("search = \"hnsw\"\nquantization = \"i8\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("index.quantization") && err.contains("exact"),
+            "{err}"
+        );
+        let err = index("ef_search = 0").unwrap_err().to_string();
+        assert!(err.contains("index.ef_search"), "{err}");
+        let err = index("search = \"annoy\"").unwrap_err().to_string();
+        assert!(err.contains("exact") && err.contains("hnsw"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,8 @@ mod servers;
 use std::path::{Path, PathBuf};
 
 pub use experiment::{
-    DatasetName, DatasetSection, EvaluatorParse, ExperimentConfig, PipelineParams, Profile,
-    RerankMode, Stage, VerifierMode,
+    DatasetName, DatasetSection, EvaluatorParse, ExperimentConfig, IndexSection, PipelineParams,
+    Profile, RerankMode, Stage, VerifierMode,
 };
 pub use servers::{
     ApiFlavour, EmbedShape, Grounding, ImageTransport, ResponseSchema, RetryPolicy, Role,

@@ -274,6 +274,11 @@ impl ImageDb {
         self.fingerprint.as_ref()
     }
 
+    /// Sets HNSW's search breadth (no effect on exact search).
+    pub fn set_ef_search(&self, ef: usize) {
+        self.vectors.set_ef_search(ef);
+    }
+
     /// Indexed images.
     pub fn len(&self) -> usize {
         self.vectors.len()

@@ -39,7 +39,7 @@ pub struct Ctx {
     /// Gallery key → file.
     pub paths: HashMap<ImageKey, PathBuf>,
     /// The split's gallery when the database holds more images than it.
-    pub allowed: Option<HashSet<ImageKey>>,
+    pub allowed: Option<Arc<HashSet<ImageKey>>>,
     /// Ranking length kept per stage.
     pub keep: usize,
     /// Progress bars of stages 1, 2 and 3 (rounds done), when drawn.
@@ -83,7 +83,7 @@ impl Ctx {
             embedder: clients.get(Role::Embedder)?.clone(),
             db,
             paths: gallery.into_iter().map(|g| (g.key, g.path)).collect(),
-            allowed,
+            allowed: allowed.map(Arc::new),
             progress,
         })
     }

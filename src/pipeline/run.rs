@@ -20,7 +20,8 @@ use futures::StreamExt as _;
 use serde::Serialize;
 
 use crate::config::{
-    DatasetName, DatasetSection, ExperimentConfig, PipelineParams, Role, ServersConfig, Stage,
+    DatasetName, DatasetSection, ExperimentConfig, IndexSection, PipelineParams, Role,
+    ServersConfig, Stage,
 };
 use crate::datasets::{self, DatasetSpec, ImageKey, Query};
 use crate::index::{self, ImageDb};
@@ -109,6 +110,7 @@ struct Resolved<'a> {
     pipeline: &'a PipelineParams,
     prompts: String,
     image_db: String,
+    index: &'a IndexSection,
     servers: &'a ServersConfig,
 }
 
@@ -144,7 +146,8 @@ fn open_db(
             exp.path.display()
         )));
     }
-    let db = ImageDb::open(&dir, Default::default())?;
+    let db = ImageDb::open(&dir, exp.index.vector_options())?;
+    db.set_ef_search(exp.index.ef_search);
     let embedder = exp.servers.role(Role::Embedder, &exp.servers_path)?;
     if let Some(fp) = db.fingerprint()
         && (fp.embedder.model != embedder.model || fp.embedder.normalize != embedder.normalize)
@@ -304,6 +307,7 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
         pipeline: &params,
         prompts: exp.prompts_dir.display().to_string(),
         image_db: db.dir().display().to_string(),
+        index: &exp.index,
         servers: &servers,
     };
     let resolved_toml = toml::to_string(&resolved).map_err(|e| RunError::Other(e.to_string()))?;

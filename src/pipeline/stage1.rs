@@ -3,6 +3,7 @@
 //! the image database ranks the gallery by the fused score (1 − τ)·cos(t, v) + τ·cos(t, c).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::config::{DatasetName, Role};
 use crate::datasets::ImageKey;
@@ -120,12 +121,15 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, tally: &mut Tally) -> Result<S1R
         ),
         _ => None,
     };
-    let allowed = subset.as_ref().or(ctx.allowed.as_ref());
     let exclude = ctx.params.exclude_reference && subset.is_none();
     let k = ctx.keep + usize::from(exclude && input.reference.is_some());
-    let hits = ctx
-        .db
-        .search(&query, ctx.params.tau as f32, k, allowed)
+    let allowed = subset.map(Arc::new).or_else(|| ctx.allowed.clone());
+    // A search over a large gallery is tens of milliseconds of CPU (BENCHMARKS.md): it runs on the
+    // blocking pool so that it never stalls the task that drives every other query.
+    let (db, tau) = (ctx.db.clone(), ctx.params.tau as f32);
+    let hits = tokio::task::spawn_blocking(move || db.search(&query, tau, k, allowed.as_deref()))
+        .await
+        .map_err(|e| format!("the gallery search crashed: {e}"))?
         .map_err(|e| e.to_string())?;
     let (ranking, scores): (Vec<ImageKey>, Vec<f32>) = hits
         .into_iter()
