@@ -4,7 +4,7 @@
 //!
 //! ```bash
 //! python3 -m venv .venv-bench && .venv-bench/bin/pip install -r benches/requirements.txt
-//! cargo bench --bench client_overhead        # IMAGESCOPE_BENCH_REQUESTS=2000 by default
+//! cargo bench --bench client_overhead        # IMAGESCOPE_BENCH_REQUESTS=10000 by default; about 2 minutes
 //! ```
 //!
 //! A zero-latency server (this same program started again with `IMAGESCOPE_BENCH_SERVER=1`, a
@@ -198,7 +198,7 @@ fn main() {
     let n: usize = std::env::var("IMAGESCOPE_BENCH_REQUESTS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(10_000);
     let mut server = Command::new(std::env::current_exe().unwrap())
         .env("IMAGESCOPE_BENCH_SERVER", "1")
         .stdout(Stdio::piped())

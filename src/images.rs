@@ -113,8 +113,37 @@ impl EncodedImage {
 
     /// `data:<mime>;base64,<bytes>`.
     pub fn data_url(&self) -> String {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.bytes);
-        format!("data:{};base64,{}", self.mime, b64)
+        // One allocation of the final size; the image is encoded straight into it.
+        let mut url =
+            String::with_capacity(self.mime.len() + 13 + self.bytes.len().div_ceil(3) * 4);
+        url.push_str("data:");
+        url.push_str(self.mime);
+        url.push_str(";base64,");
+        base64::engine::general_purpose::STANDARD.encode_string(&self.bytes, &mut url);
+        url
+    }
+
+    /// Appends `data:<mime>;base64,<bytes>` to `out`.
+    pub fn write_data_url(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"data:");
+        out.extend_from_slice(self.mime.as_bytes());
+        out.extend_from_slice(b";base64,");
+        let start = out.len();
+        out.resize(start + self.bytes.len().div_ceil(3) * 4, 0);
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(&self.bytes, &mut out[start..])
+            .unwrap_or(0);
+        out.truncate(start + written);
+    }
+
+    /// Encoded size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether there are no bytes (never, for an image made by `from_bytes`).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
     }
 
     /// Placeholder used where the bytes must not appear (snapshots, cache keys, dry runs).

@@ -162,9 +162,11 @@ fn placeholders_never_carry_image_bytes_but_sent_bodies_do() {
         &req,
         &server(Role::Captioner),
         ImageRendering::Send(Default::default()),
-    )
-    .to_string();
-    assert!(sent.contains(&img.data_url()));
+    );
+    // A body built for sending marks where each image goes; its bytes carry the data URL.
+    assert!(!sent.to_string().contains("base64"));
+    let bytes = String::from_utf8(wire::encode_body(&sent, req.images())).unwrap();
+    assert!(bytes.contains(&img.data_url()));
 }
 
 #[test]

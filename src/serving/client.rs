@@ -172,9 +172,11 @@ impl RoleClient {
     pub async fn chat(&self, req: &ChatRequest) -> Result<Reply<ChatAnswer>, ServingError> {
         let s = &self.inner.server;
         let body = wire::chat_body(req, s, ImageRendering::Send(s.image_transport));
+        let payload = bytes::Bytes::from(wire::encode_body(&body, req.images()));
+        drop(body);
         let key = self.cache_key(|| wire::chat_body(req, s, ImageRendering::Hash));
         let reply = self
-            .call("/chat/completions", &body, key, |text| {
+            .call("/chat/completions", payload, key, |text| {
                 let answer = wire::parse_chat(text)?;
                 self.check_model(answer.model.as_deref())?;
                 Ok(answer)
@@ -208,7 +210,12 @@ impl RoleClient {
         };
         let calls = bodies.iter().zip(keyed).map(|(body, key)| {
             let expected = count_inputs(body);
-            self.call("/embeddings", body, key, move |text| {
+            let images = inputs.iter().filter_map(|i| match i {
+                EmbedInput::Image(img) => Some(img),
+                EmbedInput::Text(_) => None,
+            });
+            let payload = bytes::Bytes::from(wire::encode_body(body, images));
+            self.call("/embeddings", payload, key, move |text| {
                 let a = wire::parse_embeddings(text, expected, s.dimension)?;
                 self.check_model(a.model.as_deref())?;
                 Ok(a.vectors)
@@ -315,7 +322,7 @@ impl RoleClient {
     async fn call<T>(
         &self,
         path: &str,
-        body: &Value,
+        payload: bytes::Bytes,
         cache_key: Option<String>,
         validate: impl Fn(&str) -> Result<T, ErrorKind>,
     ) -> Result<Reply<T>, ServingError> {
@@ -338,7 +345,6 @@ impl RoleClient {
             });
         }
         let policy = &inner.server.retry;
-        let payload = bytes::Bytes::from(serde_json::to_vec(body).unwrap_or_default());
         let started = Instant::now();
         let mut errors: Vec<ErrorKind> = Vec::new();
         let mut delays = Vec::new();

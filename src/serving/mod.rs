@@ -1,6 +1,7 @@
 //! Everything that speaks HTTP to model servers, and nothing else does.
 //!
 //! - `wire`: request bodies and validated readers of answers and error envelopes;
+//! - `inline`: image data URLs written straight into the request bytes;
 //! - `errors`: typed failures that keep role, endpoint, status and the server's message;
 //! - `retry`: the pure backoff arithmetic;
 //! - `endpoints`: replicas, per-endpoint in-flight limits, setting unwell replicas aside;
@@ -16,6 +17,7 @@ pub mod cache;
 mod client;
 mod endpoints;
 mod errors;
+mod inline;
 mod retry;
 mod stats;
 pub mod wire;

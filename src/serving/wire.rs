@@ -13,6 +13,8 @@ use crate::config::{EmbedShape, ImageTransport, RoleServer};
 use crate::images::EncodedImage;
 
 use super::errors::ErrorKind;
+pub use super::inline::encode_body;
+use super::inline::inline_marker;
 
 /// Who speaks a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,19 @@ pub struct ChatRequest {
     pub extra: Map<String, Value>,
 }
 
+impl ChatRequest {
+    /// Every image in the request, in message order.
+    pub fn images(&self) -> impl Iterator<Item = &EncodedImage> {
+        self.messages
+            .iter()
+            .flat_map(|m| &m.parts)
+            .filter_map(|p| match p {
+                Part::Image(img) => Some(img),
+                Part::Text(_) => None,
+            })
+    }
+}
+
 /// How images are written into a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageRendering {
@@ -83,9 +98,9 @@ fn image_url(img: &EncodedImage, how: ImageRendering) -> String {
     match how {
         ImageRendering::Send(ImageTransport::LocalPath) => match img.path() {
             Some(p) => format!("file://{}", p.display()),
-            None => img.data_url(),
+            None => inline_marker(img),
         },
-        ImageRendering::Send(ImageTransport::DataUrl) => img.data_url(),
+        ImageRendering::Send(ImageTransport::DataUrl) => inline_marker(img),
         ImageRendering::Placeholder => img.placeholder(),
         ImageRendering::Hash => format!("blake3:{}", img.hash()),
     }
@@ -114,7 +129,8 @@ fn message_json(m: &Message, how: ImageRendering) -> Value {
     json!({"role": role, "content": parts})
 }
 
-/// The full JSON body of a chat request to `server`.
+/// The full JSON body of a chat request to `server`. Built with `ImageRendering::Send`, its image
+/// URLs are markers: `encode_body` turns it into the bytes to send.
 pub fn chat_body(req: &ChatRequest, server: &RoleServer, how: ImageRendering) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(server.model));
