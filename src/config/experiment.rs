@@ -223,7 +223,8 @@ pub struct PipelineParams {
     pub alpha: usize,
     /// Stages to run.
     pub stages: Vec<Stage>,
-    /// Queries being worked on at once.
+    /// Queries being worked on at once (default 128). Enough to keep the busiest server full:
+    /// at least its slots × a query's latency ÷ the slot-seconds one query uses there (Little's law).
     pub queries_in_flight: usize,
     /// Times an unusable reasoner answer is re-asked with the parse error (0 = the original).
     pub reask: u32,
@@ -418,7 +419,7 @@ impl PipelineParams {
                 top_k: 20,
                 alpha: 3,
                 stages: vec![Stage::S1, Stage::S2, Stage::S3],
-                queries_in_flight: 32,
+                queries_in_flight: 128,
                 reask: 2,
                 verifier_mode: VerifierMode::Substring,
                 evaluator_parse: EvaluatorParse::Tolerant,
@@ -446,7 +447,7 @@ fn resolve_pipeline(p: PipelineSection, path: &Path) -> Result<PipelineParams, C
         stages: p
             .stages
             .unwrap_or_else(|| vec![Stage::S1, Stage::S2, Stage::S3]),
-        queries_in_flight: p.queries_in_flight.unwrap_or(32),
+        queries_in_flight: p.queries_in_flight.unwrap_or(128),
         reask: p.reask.unwrap_or(if parity { 0 } else { 2 }),
         verifier_mode: p.verifier_mode.unwrap_or(VerifierMode::Substring),
         evaluator_parse: p.evaluator_parse.unwrap_or(if parity {
