@@ -373,3 +373,79 @@ async fn wrong_model_name_in_answers_is_an_error() {
     let err = c.chat(&hello()).await.unwrap_err();
     assert!(matches!(err.kind, ErrorKind::WrongModel { .. }), "{err}");
 }
+
+/// Sends `text` as order `order` (or outside any order) once the previous sends are waiting.
+async fn ordered(c: &RoleClient, order: Option<usize>, text: &str) {
+    let req = ChatRequest {
+        messages: vec![Message::text(Speaker::User, text)],
+        ..Default::default()
+    };
+    let r = match order {
+        Some(o) => imagescope::serving::in_order(o, c.chat(&req)).await,
+        None => c.chat(&req).await,
+    };
+    assert!(r.is_ok(), "{r:?}");
+}
+
+fn arrival_texts(fake: &FakeServer) -> Vec<String> {
+    fake.requests()
+        .iter()
+        .map(|r| {
+            r.body["messages"][0]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_requests_of_earlier_work_go_first_and_the_rest_keep_arrival_order() {
+    let fake = FakeServer::start("m", 4).await;
+    fake.set_delay(Route::Chat, Duration::from_millis(300));
+    let c = client(
+        Role::Reasoner,
+        "m",
+        &[fake.base_url()],
+        "max_in_flight = 1\n",
+    );
+    // "a" holds the only slot for 300 ms; the others queue behind it 20 ms apart, latest order
+    // first. They must reach the server by order, not by arrival.
+    let sends = async {
+        let waits = [
+            (Some(5), "a"),
+            (Some(9), "b"),
+            (Some(7), "c"),
+            (Some(1), "d"),
+        ];
+        futures::future::join_all(waits.iter().enumerate().map(|(i, (o, t))| {
+            let c = &c;
+            async move {
+                tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+                ordered(c, *o, t).await;
+            }
+        }))
+        .await;
+    };
+    sends.await;
+    assert_eq!(arrival_texts(&fake), ["a", "d", "c", "b"]);
+
+    // Outside `in_order` the limit is first come, first served.
+    let fake = FakeServer::start("m", 4).await;
+    fake.set_delay(Route::Chat, Duration::from_millis(300));
+    let c = client(
+        Role::Reasoner,
+        "m",
+        &[fake.base_url()],
+        "max_in_flight = 1\n",
+    );
+    futures::future::join_all(["a", "b", "c", "d"].iter().enumerate().map(|(i, t)| {
+        let c = &c;
+        async move {
+            tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+            ordered(c, None, t).await;
+        }
+    }))
+    .await;
+    assert_eq!(arrival_texts(&fake), ["a", "b", "c", "d"]);
+}
