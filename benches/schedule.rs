@@ -10,8 +10,7 @@
 //!
 //! A CIRCO-shaped workload goes through the real `serving::RoleClient` (its limits = the servers'
 //! `max_num_seqs`) twice: pipelined, each query running its steps as soon as their inputs are ready
-//! with `queries_in_flight` queries at a time and earlier queries first at every limit (how
-//! `imagescope run` schedules; optionally also with first-come-first-served limits), and
+//! with `queries_in_flight` queries at a time (how `imagescope run` schedules), and
 //! stage-synchronous, every query finishing a step before any query starts the next (how the
 //! original runs). Reported: wall time, the lower bound (the busiest server's total work divided by
 //! its slots), efficiency = bound / wall, and the speed-up; then the same with two verifier replicas.
@@ -54,9 +53,6 @@ struct Workload {
     queries: usize,
     /// Each value is one pipelined run.
     queries_in_flight: Vec<usize>,
-    /// Each value is one more pipelined run with first-come-first-served limits (no `in_order`).
-    #[serde(default)]
-    fifo_queries_in_flight: Vec<usize>,
     reasoner_prompt_tokens: usize,
     descriptions: usize,
     propositions: usize,
@@ -206,20 +202,11 @@ async fn step(c: &Clients, w: &Workload, q: usize, s: usize) {
 
 const STEPS: usize = 5;
 
-/// `ordered`: each query runs inside `serving::in_order` (as `imagescope run` does), so earlier
-/// queries' requests wait ahead of later ones; otherwise every limit is first come, first served.
-async fn pipelined(c: &Clients, w: &Workload, in_flight: usize, ordered: bool) {
+async fn pipelined(c: &Clients, w: &Workload, in_flight: usize) {
     futures::stream::iter(0..w.queries)
         .map(|q| async move {
-            let work = async move {
-                for s in 0..STEPS {
-                    step(c, w, q, s).await;
-                }
-            };
-            if ordered {
-                imagescope::serving::in_order(q, work).await;
-            } else {
-                work.await;
+            for s in 0..STEPS {
+                step(c, w, q, s).await;
             }
         })
         .buffer_unordered(in_flight)
@@ -362,26 +349,18 @@ async fn main() {
         "| schedule | verifier replicas | wall s | bound s (busiest server) | efficiency = bound / wall | bound + fill + drain s | efficiency against it |\n|---|---|---|---|---|---|---|"
     );
     for replicas in [1, 2] {
-        // (label, queries in flight (0 = stage-synchronous), ordered)
-        let mut runs: Vec<(String, usize, bool)> = w
+        let mut runs: Vec<(String, f64)> = w
             .queries_in_flight
             .iter()
-            .map(|n| (format!("pipelined, {n} queries in flight"), *n, true))
+            .map(|n| (format!("pipelined, {n} queries in flight"), *n as f64))
             .collect();
-        runs.extend(w.fifo_queries_in_flight.iter().map(|n| {
-            (
-                format!("pipelined, {n} queries in flight, first-come-first-served limits"),
-                *n,
-                false,
-            )
-        }));
-        runs.push(("stage-synchronous (the original)".into(), 0, false));
+        runs.push(("stage-synchronous (the original)".into(), 0.0));
         let mut walls = vec![];
-        for (name, in_flight, ordered) in runs {
+        for (name, in_flight) in runs {
             let (clients, sims) = setup(&settings, replicas).await;
             let t = Instant::now();
-            if in_flight > 0 {
-                pipelined(&clients, w, in_flight, ordered).await;
+            if in_flight > 0.0 {
+                pipelined(&clients, w, in_flight as usize).await;
             } else {
                 synchronous(&clients, w).await;
             }

@@ -360,9 +360,8 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
         .map(|r| (r.id.clone(), r))
         .collect();
     let ctx_ref = &ctx;
-    // Earlier queries go first wherever requests wait for a server slot (`serving::in_order`).
-    let mut stream = futures::stream::iter(todo.into_iter().enumerate())
-        .map(|(i, q)| crate::serving::in_order(i, query::run(ctx_ref, q)))
+    let mut stream = futures::stream::iter(todo)
+        .map(|q| query::run(ctx_ref, q))
         .buffer_unordered(params.queries_in_flight);
     let mut interrupted = false;
     let ctrl_c = tokio::signal::ctrl_c();

@@ -5,17 +5,12 @@
 //! assigned (waiting for a permit or in flight); ties go to the lowest index after a rotating
 //! offset, so equal replicas share load evenly. When every endpoint is set aside, the one whose
 //! cooldown ends first is tried anyway, so requests fail (and retry) instead of hanging.
-//!
-//! Waiting for an in-flight slot is ordered by priority, then arrival: work started earlier (see
-//! `in_order`) goes first. In a pipelined run this lets a query that is further along overtake
-//! queries that have just started, so the slowest server is reached sooner and queries finish in
-//! the order they began (BENCHMARKS.md, "Scheduling").
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use priority_semaphore::{Permit, Priority, PrioritySemaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::RetryPolicy;
@@ -34,7 +29,7 @@ struct Health {
 pub struct Endpoint {
     /// Base URL including the API prefix, without a trailing slash.
     pub base: String,
-    permits: Arc<PrioritySemaphore>,
+    permits: Arc<Semaphore>,
     assigned: AtomicUsize,
     health: Mutex<Health>,
 }
@@ -43,7 +38,7 @@ impl Endpoint {
     fn new(base: &str, max_in_flight: usize) -> Self {
         Endpoint {
             base: base.trim_end_matches('/').to_string(),
-            permits: Arc::new(PrioritySemaphore::new(max_in_flight)),
+            permits: Arc::new(Semaphore::new(max_in_flight)),
             assigned: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
         }
@@ -86,34 +81,19 @@ impl<'a> Assignment<'a> {
         self.endpoint
     }
 
-    /// Waits for a free in-flight slot on this endpoint; waiting requests of work started earlier
-    /// (`in_order`) go first, the rest in arrival order.
+    /// Waits for a free in-flight slot on this endpoint.
     #[expect(
         clippy::expect_used,
         reason = "the semaphore is owned by the endpoint and never closed"
     )]
-    pub async fn permit(&self) -> Permit {
+    pub async fn permit(&self) -> OwnedSemaphorePermit {
         self.endpoint
             .permits
-            .acquire(current_priority())
+            .clone()
+            .acquire_owned()
             .await
             .expect("endpoint semaphore is never closed")
     }
-}
-
-tokio::task_local! {
-    static PRIORITY: Priority;
-}
-
-/// Runs `work` (one query, say) so that its requests wait ahead of those of work with a larger
-/// `order` at every endpoint's in-flight limit. Work outside `in_order` waits behind all of it.
-pub async fn in_order<F: std::future::Future>(order: usize, work: F) -> F::Output {
-    let priority = Priority::MAX - Priority::try_from(order).unwrap_or(Priority::MAX);
-    PRIORITY.scope(priority, work).await
-}
-
-fn current_priority() -> Priority {
-    PRIORITY.try_with(|p| *p).unwrap_or(Priority::MIN)
 }
 
 impl Endpoints {
