@@ -34,12 +34,7 @@ fn rss_mib() -> f64 {
 fn unit_vectors(n: usize, d: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut rng = fastrand::Rng::with_seed(seed);
     (0..n)
-        .map(|_| {
-            let mut v: Vec<f32> = (0..d).map(|_| rng.f32() - 0.5).collect();
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.iter_mut().for_each(|x| *x /= norm);
-            v
-        })
+        .map(|_| normalize((0..d).map(|_| rng.f32() - 0.5).collect()))
         .collect()
 }
 

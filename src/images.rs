@@ -113,14 +113,10 @@ impl EncodedImage {
 
     /// `data:<mime>;base64,<bytes>`.
     pub fn data_url(&self) -> String {
-        // One allocation of the final size; the image is encoded straight into it.
-        let mut url =
-            String::with_capacity(self.mime.len() + 13 + self.bytes.len().div_ceil(3) * 4);
-        url.push_str("data:");
-        url.push_str(self.mime);
-        url.push_str(";base64,");
-        base64::engine::general_purpose::STANDARD.encode_string(&self.bytes, &mut url);
-        url
+        let mut url = Vec::new();
+        self.write_data_url(&mut url);
+        // Only ASCII was written (the MIME type and base64).
+        String::from_utf8(url).unwrap_or_default()
     }
 
     /// Appends `data:<mime>;base64,<bytes>` to `out`.

@@ -289,16 +289,31 @@ async fn captions_from_a_file_and_a_text_only_embedder_make_a_caption_only_datab
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exact_search_equals_brute_force_over_the_stored_vectors() {
-    let s = setup(300, 0).await;
-    // A noisy embedder, so scores are spread out rather than tied.
+/// A database of `n` images indexed with a noisy embedder, so scores are spread out rather than
+/// tied. The setup (servers, folders) must outlive the database's use.
+async fn noisy_database(n: usize) -> (Setup, PathBuf) {
+    let s = setup(n, 0).await;
     s.embedder
         .set_embed_responder(support::fake_server::fake_vector);
     let config = servers_toml(&s, "");
     let (code, report, err) = index(&s, &config, &[]).await;
     assert_eq!(code, 0, "{err}");
     let dir = PathBuf::from(report["dir"].as_str().unwrap());
+    (s, dir)
+}
+
+/// A unit query vector from the fake embedder's 32-dimensional space.
+fn query(seed: u64) -> Vec<f32> {
+    imagescope::roles::embedder::unit(support::fake_server::fake_vector(
+        &serde_json::json!(seed),
+        32,
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_search_equals_brute_force_over_the_stored_vectors() {
+    let (_s, dir) = noisy_database(300).await;
     let db = ImageDb::open(&dir, Default::default()).unwrap();
     let store = Store::open(&dir.join("store.sqlite")).unwrap();
     let mut rows = vec![];
@@ -306,11 +321,7 @@ async fn exact_search_equals_brute_force_over_the_stored_vectors() {
         .for_each_done(|_, k, _, i, c| rows.push((k, i.unwrap(), c)))
         .unwrap();
     for seed in 0..5u64 {
-        let q = imagescope::roles::embedder::unit(support::fake_server::fake_vector(
-            &serde_json::json!(seed),
-            32,
-        ))
-        .unwrap();
+        let q = query(seed);
         let scores: Vec<f32> = rows
             .iter()
             .map(|(_, i, c)| {
@@ -334,13 +345,7 @@ async fn exact_search_equals_brute_force_over_the_stored_vectors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_to_hnsw_rebuilds_the_vector_index_and_switching_back_rebuilds_again() {
-    let s = setup(300, 0).await;
-    s.embedder
-        .set_embed_responder(support::fake_server::fake_vector);
-    let config = servers_toml(&s, "");
-    let (code, report, err) = index(&s, &config, &[]).await;
-    assert_eq!(code, 0, "{err}");
-    let dir = PathBuf::from(report["dir"].as_str().unwrap());
+    let (_s, dir) = noisy_database(300).await;
     let exact = ImageDb::open(&dir, Default::default()).unwrap();
     let hnsw_options = VectorOptions {
         mode: SearchMode::Hnsw,
@@ -354,11 +359,7 @@ async fn switching_to_hnsw_rebuilds_the_vector_index_and_switching_back_rebuilds
     hnsw.set_ef_search(1000);
     let mut hits = 0;
     for seed in 0..5u64 {
-        let q = imagescope::roles::embedder::unit(support::fake_server::fake_vector(
-            &serde_json::json!(seed),
-            32,
-        ))
-        .unwrap();
+        let q = query(seed);
         let keys = |db: &ImageDb| -> Vec<ImageKey> {
             db.search(&q, 0.15, 50, None)
                 .unwrap()

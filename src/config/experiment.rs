@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, ServersConfig};
-use crate::index::vectors::{Quantization, SearchMode, VectorOptions};
+use crate::index::vectors::{DEFAULT_EF_SEARCH, Quantization, SearchMode, VectorOptions};
 
 /// Benchmark (or user gallery) a run works on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -256,7 +256,7 @@ pub struct IndexSection {
 }
 
 fn default_ef_search() -> usize {
-    256
+    DEFAULT_EF_SEARCH
 }
 
 impl Default for IndexSection {

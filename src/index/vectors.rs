@@ -77,11 +77,14 @@ pub struct Vectors {
     position: std::collections::HashMap<u64, usize>,
 }
 
+/// HNSW's default search breadth (the `[index] ef_search` default).
+pub const DEFAULT_EF_SEARCH: usize = 256;
+
 fn index_options(dim: usize, o: VectorOptions) -> IndexOptions {
     let (connectivity, expansion_add, expansion_search) = match o.mode {
         // The graph is never walked in exact mode; keep its construction cheap.
         SearchMode::Exact => (4, 8, 8),
-        SearchMode::Hnsw => (32, 128, 256),
+        SearchMode::Hnsw => (32, 128, DEFAULT_EF_SEARCH),
     };
     IndexOptions {
         dimensions: dim,
@@ -233,7 +236,8 @@ impl Vectors {
         ))
     }
 
-    /// Sets HNSW's search breadth (candidates kept while walking the graph; default 256). Larger
+    /// Sets HNSW's search breadth (candidates kept while walking the graph; default
+    /// `DEFAULT_EF_SEARCH`). Larger
     /// is slower and closer to exact. No effect on exact search.
     pub fn set_ef_search(&self, ef: usize) {
         self.index.change_expansion_search(ef.max(1));
