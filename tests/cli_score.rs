@@ -1,5 +1,5 @@
 //! `imagescope score` and `imagescope check-submission` as a user runs them, on the official
-//! example files in `../shared/data-samples`.
+//! example files vendored in `tests/fixtures/benchmarks`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use serde_json::Value;
 
 fn samples(sub: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data-samples")
+        .join("tests/fixtures/benchmarks")
         .join(sub)
 }
 

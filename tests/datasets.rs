@@ -1,5 +1,5 @@
-//! Loaders and metrics on the real annotation files in `../shared/data-samples` (read in place) and
-//! on small hand-made fixtures in `tests/fixtures/`, checked against official figures and by hand.
+//! Loaders and metrics on the real annotation files vendored in `tests/fixtures/benchmarks` (see its
+//! `SOURCES.md`) and on small hand-made fixtures in `tests/fixtures/`, checked against official figures and by hand.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 fn samples(sub: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data-samples")
+        .join("tests/fixtures/benchmarks")
         .join(sub)
 }
 

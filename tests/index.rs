@@ -378,3 +378,80 @@ async fn switching_to_hnsw_rebuilds_the_vector_index_and_switching_back_rebuilds
     let built = std::fs::read_to_string(dir.join("built.json")).unwrap();
     assert!(built.contains("\"exact\""), "{built}");
 }
+
+/// A version-1 `.npy` file: little-endian float32 (`<f4`) or fixed-width unicode (`<U..`) data.
+fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+#[test]
+fn index_import_prints_json_like_the_other_index_forms() {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(
+        src.path().join("image_caption.json"),
+        r#"{"a.jpg": "a red bus", "b.jpg": "a cat"}"#,
+    )
+    .unwrap();
+    let v = src.path().join("CLIP-ViT-L-14");
+    std::fs::create_dir_all(&v).unwrap();
+    let names: Vec<u8> = ["a.jpg", "b.jpg"]
+        .iter()
+        .flat_map(|n| {
+            let mut u: Vec<u8> = n.chars().flat_map(|c| (c as u32).to_le_bytes()).collect();
+            u.resize(8 * 4, 0);
+            u
+        })
+        .collect();
+    std::fs::write(v.join("image_name_list.npy"), npy("<U8", "(2,)", &names)).unwrap();
+    let m: Vec<u8> = [1.0f32, 0.0, 0.0, 1.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    for f in ["image_embedding.npy", "image_caption_emebdding.npy"] {
+        std::fs::write(v.join(f), npy("<f4", "(2, 2)", &m)).unwrap();
+    }
+    let db = tempfile::tempdir().unwrap();
+    // `--json` anywhere after `import`.
+    for (i, args) in [
+        vec!["index", "import", "SRC", "--dataset", "circo", "--json"],
+        vec!["index", "import", "--json", "SRC", "--dataset", "circo"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let root = db.path().join(i.to_string());
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imagescope"))
+            .args(args.iter().map(|a| {
+                if *a == "SRC" {
+                    src.path().as_os_str()
+                } else {
+                    std::ffi::OsStr::new(a)
+                }
+            }))
+            .arg("--image-db")
+            .arg(&root)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        assert_eq!(
+            (v["images"].as_u64(), v["dimension"].as_u64()),
+            (Some(2), Some(2)),
+            "{v}"
+        );
+    }
+}

@@ -50,6 +50,12 @@ async fn cirr_runs_through_three_stages_with_metrics_after_each() {
         );
     }
     assert!(folder.join("prompts/general/reason.user.j2").exists());
+    // `run --json` and the run folder's metrics.json share one shape.
+    let metrics_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["metrics"], metrics_file);
+    assert!(metrics_file["s2"]["Recall@5"].is_number(), "{metrics_file}");
     let journal = Env::journal(&folder);
     assert_eq!(journal.len(), 4);
     let q101 = journal.iter().find(|r| r["id"] == "101").unwrap();

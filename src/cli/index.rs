@@ -44,8 +44,8 @@ pub struct IndexCmd {
     /// Prompt templates folder (with a servers file; an experiment file names its own).
     #[arg(long, default_value = "prompts")]
     pub prompts: PathBuf,
-    /// Print the report as JSON.
-    #[arg(long)]
+    /// Print the report as JSON (also after `import`).
+    #[arg(long, global = true)]
     pub json: bool,
 }
 

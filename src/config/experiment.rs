@@ -121,6 +121,17 @@ pub enum Stage {
     S3,
 }
 
+impl Stage {
+    /// The stage's name in files and on the command line: `s1`, `s2`, `s3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::S1 => "s1",
+            Stage::S2 => "s2",
+            Stage::S3 => "s3",
+        }
+    }
+}
+
 impl std::str::FromStr for Stage {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -66,7 +66,9 @@ pub struct RunReport {
     pub resumed: usize,
     /// Failed queries with their reasons.
     pub failed: Vec<(String, String)>,
-    /// Metrics after each stage.
+    /// Metrics after each stage; serialised as `{"s1": {"R@1": 12.5, ...}, ...}`, the shape of
+    /// the run folder's `metrics.json`.
+    #[serde(serialize_with = "serialize_stage_metrics")]
     pub metrics: Vec<(Stage, Vec<(String, f64)>)>,
     /// Traffic per role.
     pub roles: BTreeMap<String, StatsSnapshot>,
@@ -190,6 +192,33 @@ pub fn predictions(records: &[QueryRecord], stage: Stage, dialogue: bool) -> Pre
     p
 }
 
+/// Metrics after each stage as one JSON object, `{"s1": {"R@1": 12.5, ...}, "s2": ...}`: the one
+/// shape of `run --json` and of the run folder's `metrics.json`. Metric names keep the protocol's
+/// order.
+pub fn stage_metrics_object(metrics: &[(Stage, Vec<(String, f64)>)]) -> serde_json::Value {
+    let stages: serde_json::Map<String, serde_json::Value> = metrics
+        .iter()
+        .map(|(stage, m)| {
+            let values: serde_json::Map<String, serde_json::Value> = m
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                .collect();
+            (
+                stage.as_str().to_string(),
+                serde_json::Value::Object(values),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(stages)
+}
+
+fn serialize_stage_metrics<S: serde::Serializer>(
+    metrics: &[(Stage, Vec<(String, f64)>)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    stage_metrics_object(metrics).serialize(serializer)
+}
+
 fn table(metrics: &[(Stage, Vec<(String, f64)>)]) -> String {
     let Some((_, first)) = metrics.first() else {
         return "no metrics (no ground truth on this split)\n".into();
@@ -197,7 +226,7 @@ fn table(metrics: &[(Stage, Vec<(String, f64)>)]) -> String {
     let width = first.iter().map(|(n, _)| n.len()).max().unwrap_or(6).max(6);
     let mut out = format!("{:<width$}", "metric");
     for (stage, _) in metrics {
-        out.push_str(&format!("  {:>8}", format!("{stage:?}").to_lowercase()));
+        out.push_str(&format!("  {:>8}", stage.as_str()));
     }
     out.push('\n');
     for (i, (name, _)) in first.iter().enumerate() {
@@ -414,7 +443,7 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
             Err(protocol::ScoreError::NoGroundTruth { .. }) => {}
             Err(e) => return Err(RunError::Other(e.to_string())),
         }
-        let name = format!("{stage:?}").to_lowercase();
+        let name = stage.as_str();
         let pairs = || {
             queries
                 .iter()
@@ -441,20 +470,7 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
             submissions.push(folder.path().join(file));
         }
     }
-    let metrics_json: BTreeMap<String, serde_json::Value> = metrics
-        .iter()
-        .map(|(s, m)| {
-            let obj: serde_json::Map<String, serde_json::Value> = m
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
-                .collect();
-            (
-                format!("{s:?}").to_lowercase(),
-                serde_json::Value::Object(obj),
-            )
-        })
-        .collect();
-    folder.write_json("metrics.json", &metrics_json)?;
+    folder.write_json("metrics.json", &stage_metrics_object(&metrics))?;
     folder.write_text("metrics.txt", &table(&metrics))?;
 
     let mut fallbacks: BTreeMap<String, usize> = BTreeMap::new();

@@ -180,20 +180,11 @@ impl Env {
             .collect()
     }
 
-    /// A metric of one stage in a run report.
+    /// A metric of one stage in a run report (`{"metrics": {"s1": {"R@1": ...}}}`).
     pub fn metric(report: &Value, stage: &str, name: &str) -> f64 {
-        let stages = report["metrics"].as_array().unwrap();
-        let s = stages
-            .iter()
-            .find(|s| s[0] == stage)
-            .unwrap_or_else(|| panic!("no {stage}: {report}"));
-        s[1].as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m[0] == name)
-            .unwrap_or_else(|| panic!("no {name}: {report}"))[1]
+        report["metrics"][stage][name]
             .as_f64()
-            .unwrap()
+            .unwrap_or_else(|| panic!("no {stage} {name}: {report}"))
     }
 }
 
