@@ -1,6 +1,8 @@
 //! The GPU launch recipes agree with the servers file: `launch/up.sh --dry-run` prints one
 //! `vllm serve` command per role, and each command's model, port and concurrency must be what
-//! `configs/servers/vllm.toml` expects (and the docker compose file says the same).
+//! `configs/servers/vllm.toml` expects (and the docker compose file says the same). The vLLM CPU
+//! stack runs the same recipes: its commands differ from the GPU ones only by the overrides
+//! `launch/vllm-cpu/up.sh` documents.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,9 +21,14 @@ struct Cmd {
 }
 
 fn dry_run() -> Vec<Cmd> {
+    dry_run_of("launch/up.sh")
+}
+
+fn dry_run_of(script: &str) -> Vec<Cmd> {
     let out = std::process::Command::new("bash")
-        .arg(root().join("launch/up.sh"))
+        .arg(root().join(script))
         .arg("--dry-run")
+        .env("IMAGESCOPE_VLLM_CPU_HOME", "/opt/vllm-cpu")
         .output()
         .unwrap();
     assert!(
@@ -40,11 +47,7 @@ fn dry_run() -> Vec<Cmd> {
             let gpus = words[0]
                 .trim_start_matches("CUDA_VISIBLE_DEVICES=")
                 .to_string();
-            assert_eq!(
-                (words[1].as_str(), words[2].as_str()),
-                ("vllm", "serve"),
-                "{line}"
-            );
+            assert!(words[1].ends_with("vllm") && words[2] == "serve", "{line}");
             let mut flags = HashMap::new();
             let mut i = 4;
             while i < words.len() {
@@ -135,6 +138,32 @@ fn the_compose_file_matches_the_scripts() {
             service.contains(&seqs) && service.contains(&port),
             "{}: {seqs} {port}",
             cmd.model
+        );
+    }
+}
+
+#[test]
+fn the_cpu_stack_runs_the_gpu_recipes_with_only_documented_overrides() {
+    let gpu = dry_run();
+    let cpu = dry_run_of("launch/vllm-cpu/up.sh");
+    assert_eq!(cpu.len(), 5);
+    let served = ServersConfig::load(&root().join("configs/servers/vllm-cpu.toml")).unwrap();
+    for (g, c) in gpu.iter().zip(&cpu) {
+        let role = c.flags["--served-model-name"].clone();
+        assert_eq!(c.model, format!("/opt/vllm-cpu/models/{role}"));
+        assert_eq!(served.roles[&role.parse::<Role>().unwrap()].model, role);
+        let mut expected = g.flags.clone();
+        expected.remove("--gpu-memory-utilization"); // a GPU setting, dropped on CPU
+        expected.insert("--host".into(), "127.0.0.1".into());
+        expected.insert("--served-model-name".into(), role.clone());
+        expected.insert("--enforce-eager".into(), String::new());
+        let got: BTreeMap<_, _> = c.flags.iter().collect();
+        let want: BTreeMap<_, _> = expected.iter().collect();
+        assert_eq!(got, want, "{role}");
+        assert_eq!(
+            served.roles[&role.parse::<Role>().unwrap()].endpoints[0],
+            format!("http://127.0.0.1:{}/v1", c.flags["--port"]),
+            "{role}"
         );
     }
 }

@@ -280,18 +280,22 @@ fn messy_answers_are_parsed_or_rejected_as_documented() {
 }
 
 #[test]
-fn logprob_mode_reads_p_yes_from_a_vllm_shaped_answer() {
-    // The fixture follows vLLM's documented chat logprobs schema (serving.md §A1.5).
-    let text =
-        std::fs::read_to_string(root().join("tests/fixtures/vllm_logprobs_response.json")).unwrap();
+fn logprob_mode_reads_p_yes_from_a_recorded_vllm_answer() {
+    // Recorded from vLLM 0.32 serving SmolLM2-135M-Instruct ("Answer yes or no: is the sky
+    // blue?"): the first token's top 5 are No -0.5932, Yes -1.8432, no -3.2182, yes -3.3432, The.
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/vllm/chat_logprobs.json")).unwrap(),
+    )
+    .unwrap();
+    let text = record["body"].as_str().unwrap().to_string();
     let answer = wire::parse_chat(&text).unwrap();
     let v = verifier::decide(&answer, VerifierMode::Logprob);
     let (yes, no) = (
-        (-0.2231f64).exp() + (-3.9120f64).exp() + (-5.2983f64).exp(),
-        (-1.8971f64).exp() + (-7.6009f64).exp(),
+        (-1.843_209_4f64).exp() + (-3.343_209_3f64).exp(),
+        (-0.593_209_4f64).exp() + (-3.218_209_3f64).exp(),
     );
-    assert!((v.p_yes.unwrap() - yes / (yes + no)).abs() < 1e-9, "{v:?}");
-    assert!(v.yes && v.note.is_none());
+    assert!((v.p_yes.unwrap() - yes / (yes + no)).abs() < 1e-6, "{v:?}");
+    assert!(!v.yes && v.note.is_none(), "{v:?}");
 
     // A server that ignores `logprobs`: the first word decides, and the verdict says so.
     let mut plain: Value = serde_json::from_str(&text).unwrap();
@@ -303,7 +307,10 @@ fn logprob_mode_reads_p_yes_from_a_vllm_shaped_answer() {
         &wire::parse_chat(&plain.to_string()).unwrap(),
         VerifierMode::Logprob,
     );
-    assert!(v.yes && v.p_yes.is_none());
+    assert!(
+        !v.yes && v.p_yes.is_none(),
+        "the first word, \"No.\", decides"
+    );
     assert!(v.note.unwrap().contains("no logprobs"));
 }
 

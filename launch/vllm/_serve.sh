@@ -2,11 +2,35 @@
 # Shared by the role scripts: runs (or, with DRY_RUN=1, prints) one `vllm serve` command on the
 # GPUs in $GPUS, logging to runs/servers/<role>.log with its pid in runs/servers/<role>.pid.
 # Usage: _serve.sh ROLE GPUS MODEL [vllm flags...]
+#
+# The role scripts are the one source of each server's flags. The CPU stack
+# (launch/vllm-cpu/up.sh) runs these same scripts with these variables set; on GPUs leave them unset:
+#   IMAGESCOPE_VLLM_BIN          the vllm executable (default: `vllm` on PATH)
+#   IMAGESCOPE_VLLM_MODEL        a local model folder to serve instead of the hub id
+#   IMAGESCOPE_VLLM_SERVED_NAME  the name clients use for it (--served-model-name)
+#   IMAGESCOPE_VLLM_DROP_FLAGS   GPU-only flags to leave out, space-separated (each is dropped with its value)
+#   IMAGESCOPE_VLLM_EXTRA_FLAGS  flags to add (space-separated)
 set -euo pipefail
 role=$1 gpus=$2 model=$3
 shift 3
 root=$(cd "$(dirname "$0")/../.." && pwd)
-cmd=(vllm serve "$model" --host "${VLLM_HOST:-0.0.0.0}" --generation-config vllm "$@")
+flags=()
+drop=" ${IMAGESCOPE_VLLM_DROP_FLAGS:-} "
+while [ $# -gt 0 ]; do
+  if [[ "$drop" == *" $1 "* ]]; then
+    shift 2
+    continue
+  fi
+  flags+=("$1")
+  shift
+done
+if [ -n "${IMAGESCOPE_VLLM_MODEL:-}" ]; then
+  flags+=(--served-model-name "${IMAGESCOPE_VLLM_SERVED_NAME:-$model}")
+  model=$IMAGESCOPE_VLLM_MODEL
+fi
+# shellcheck disable=SC2206  # deliberate word splitting of the extra flags
+[ -n "${IMAGESCOPE_VLLM_EXTRA_FLAGS:-}" ] && flags+=(${IMAGESCOPE_VLLM_EXTRA_FLAGS})
+cmd=("${IMAGESCOPE_VLLM_BIN:-vllm}" serve "$model" --host "${IMAGESCOPE_VLLM_HOST:-0.0.0.0}" --generation-config vllm "${flags[@]}")
 if [ "${DRY_RUN:-0}" = 1 ]; then
   printf 'CUDA_VISIBLE_DEVICES=%s' "$gpus"
   printf ' %q' "${cmd[@]}"

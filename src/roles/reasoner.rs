@@ -78,12 +78,21 @@ fn pairs(second: serde_json::Value) -> serde_json::Value {
     })
 }
 
+/// `schema` with item-count bounds. Every list in a schema is bounded: constrained decoding lets a
+/// small model repeat an item until `max_tokens` otherwise (seen with SmolLM2 on vLLM, which wrote
+/// edits until the answer was cut and never reached the descriptions).
+fn bounded(mut schema: serde_json::Value, min: usize, max: usize) -> serde_json::Value {
+    schema["minItems"] = serde_json::json!(min);
+    schema["maxItems"] = serde_json::json!(max);
+    schema
+}
+
 /// The JSON schema of a stage-1 answer.
 pub fn reasoning_schema() -> serde_json::Value {
     serde_json::json!({
         "type": "object",
         "properties": {
-            "edits": pairs(serde_json::json!({"type": "string"})),
+            "edits": bounded(pairs(serde_json::json!({"type": "string"})), 0, 8),
             "descriptions": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
         },
         "required": ["edits", "descriptions"],
@@ -92,13 +101,11 @@ pub fn reasoning_schema() -> serde_json::Value {
 
 /// The JSON schema of a stage-2a answer.
 pub fn propositions_schema() -> serde_json::Value {
-    let mut questions = pairs(serde_json::json!({"enum": ["True", "False"]}));
-    questions["minItems"] = serde_json::json!(1);
-    questions["maxItems"] = serde_json::json!(6);
+    let questions = bounded(pairs(serde_json::json!({"enum": ["True", "False"]})), 1, 6);
     serde_json::json!({
         "type": "object",
         "properties": {
-            "statements": {"type": "array", "items": {"type": "string"}},
+            "statements": {"type": "array", "items": {"type": "string"}, "maxItems": 10},
             "questions": questions,
         },
         "required": ["statements", "questions"],

@@ -24,12 +24,10 @@ use crate::config::{ApiFlavour, ConfigError, Role, RoleServer};
 
 use super::cache::{self, Cache};
 use super::endpoints::{Endpoint, Endpoints};
-use super::errors::{ErrorKind, HttpClass, ServingError};
+use super::errors::{ErrorKind, ServingError};
 use super::retry::{backoff_delay, parse_retry_after};
 use super::stats::RoleStats;
-use super::wire::{
-    self, ChatAnswer, ChatRequest, EmbedInput, ImageRendering, is_context_length, parse_error_body,
-};
+use super::wire::{self, ChatAnswer, ChatRequest, EmbedInput, ImageRendering};
 
 /// Answers larger than this are refused rather than read into memory.
 const MAX_BODY_BYTES: usize = 32 << 20;
@@ -176,7 +174,7 @@ impl RoleClient {
         drop(body);
         let key = self.cache_key(|| wire::chat_body(req, s, ImageRendering::Hash));
         let reply = self
-            .call("/chat/completions", payload, key, |text| {
+            .call("/chat/completions", payload, key, greedy(req, s), |text| {
                 let answer = wire::parse_chat(text)?;
                 self.check_model(answer.model.as_deref())?;
                 Ok(answer)
@@ -215,7 +213,7 @@ impl RoleClient {
                 EmbedInput::Text(_) => None,
             });
             let payload = bytes::Bytes::from(wire::encode_body(body, images));
-            self.call("/embeddings", payload, key, move |text| {
+            self.call("/embeddings", payload, key, true, move |text| {
                 let a = wire::parse_embeddings(text, expected, s.dimension)?;
                 self.check_model(a.model.as_deref())?;
                 Ok(a.vectors)
@@ -324,6 +322,7 @@ impl RoleClient {
         path: &str,
         payload: bytes::Bytes,
         cache_key: Option<String>,
+        deterministic: bool,
         validate: impl Fn(&str) -> Result<T, ErrorKind>,
     ) -> Result<Reply<T>, ServingError> {
         let inner = &self.inner;
@@ -393,7 +392,10 @@ impl RoleClient {
                         inner.endpoints.mark_failed(index, policy);
                         inner.stats.record_set_aside();
                     }
-                    if !kind.is_retryable() || attempt > policy.max_retries {
+                    let may_change = kind.may_change(deterministic)
+                        && (!matches!(kind, ErrorKind::WrongModel { .. })
+                            || inner.endpoints.has_other_available(index));
+                    if !may_change || attempt > policy.max_retries {
                         inner.stats.record_failure();
                         tracing::warn!(role = %inner.role, endpoint = %ep.base, attempts = attempt, error = %kind, "request failed");
                         return Err(self.error(ep.base.clone(), attempt, kind, errors));
@@ -444,18 +446,7 @@ impl RoleClient {
                 .and_then(parse_retry_after);
             let text = read_capped(resp).await.map_err(|k| (k, None))?;
             if !(200..300).contains(&status) {
-                let msg = parse_error_body(&text);
-                let class = HttpClass::from_status(status, is_context_length(&msg));
-                return Err((
-                    ErrorKind::Http {
-                        status,
-                        class,
-                        message: msg.message,
-                        code: msg.code,
-                        body: wire::excerpt(&text),
-                    },
-                    retry_after,
-                ));
+                return Err((wire::http_error(status, &text), retry_after));
             }
             Ok(text)
         };
@@ -478,6 +469,12 @@ fn build_limiter(server: &RoleServer) -> Option<DefaultDirectRateLimiter> {
     })
 }
 
+/// Whether a chat request samples greedily (temperature 0), so that a healthy server gives the
+/// same answer to every attempt.
+fn greedy(req: &ChatRequest, server: &RoleServer) -> bool {
+    req.temperature.or(server.sampling.temperature) == Some(0.0)
+}
+
 fn count_inputs(body: &Value) -> usize {
     body.get("input")
         .and_then(Value::as_array)
@@ -490,9 +487,8 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<String, ErrorKind> {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
                 if buf.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err(ErrorKind::InvalidResponse {
-                        reason: format!("answer larger than {} MiB", MAX_BODY_BYTES >> 20),
-                        body: wire::excerpt(&String::from_utf8_lossy(&buf)),
+                    return Err(ErrorKind::Oversize {
+                        limit: MAX_BODY_BYTES,
                     });
                 }
                 buf.extend_from_slice(&chunk);

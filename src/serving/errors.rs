@@ -46,6 +46,11 @@ pub enum ErrorKind {
         /// Model named in the answer.
         got: String,
     },
+    /// The answer is larger than the client accepts.
+    Oversize {
+        /// The cap, in bytes.
+        limit: usize,
+    },
     /// An embedding of the wrong length.
     WrongDimension {
         /// Configured dimension.
@@ -72,17 +77,28 @@ pub enum HttpClass {
     RequestTimeout,
     /// 429: slow down.
     RateLimited,
-    /// 5xx.
+    /// A 5xx that says the server could not load an image the request points at (vLLM: a `file://`
+    /// URL without `--allowed-local-media-path`, an unreachable image URL). The same request fails
+    /// the same way again, so it is never retried.
+    MediaLoad,
+    /// Any other 5xx.
     Server,
     /// Any other status.
     Other,
 }
 
 impl HttpClass {
-    /// Classifies a status; `context_length` says whether the message reads as a context overflow.
+    /// Classifies a status; `context_length` says whether the message reads as a context overflow,
+    /// `media_load` whether it says an image could not be loaded.
     pub fn from_status(status: u16, context_length: bool) -> Self {
+        Self::classify(status, context_length, false)
+    }
+
+    /// [`HttpClass::from_status`] with the image-loading reading of a 5xx message.
+    pub fn classify(status: u16, context_length: bool, media_load: bool) -> Self {
         match status {
             400 | 413 | 422 if context_length => HttpClass::ContextLength,
+            500..=599 if media_load => HttpClass::MediaLoad,
             400 | 422 => HttpClass::BadRequest,
             401 | 403 => HttpClass::Auth,
             404 => HttpClass::NotFound,
@@ -95,25 +111,37 @@ impl HttpClass {
 }
 
 impl ErrorKind {
-    /// Worth another attempt: connection errors, timeouts, 5xx, 408, 429 and malformed answers.
-    /// Never other 4xx: a prompt too long or a bad request fails the same way every time.
+    /// Worth another attempt of a request that may be answered differently: connection errors,
+    /// timeouts, 5xx, 408, 429, malformed answers, an empty answer, a wrong model (another replica
+    /// may serve the right one). Never other 4xx: a prompt too long or a bad request fails the same
+    /// way every time; nor an image the server cannot load, an oversize answer or a wrong dimension.
     pub fn is_retryable(&self) -> bool {
+        self.may_change(false)
+    }
+
+    /// Whether another attempt can answer differently. A `deterministic` request (greedy
+    /// sampling, or an embedding) gets the same empty answer from a healthy server every time, so
+    /// an empty answer is not retried then.
+    pub fn may_change(&self, deterministic: bool) -> bool {
         match self {
             ErrorKind::Connect(_)
             | ErrorKind::Timeout(_)
             | ErrorKind::InvalidResponse { .. }
-            | ErrorKind::EmptyContent { .. }
-            | ErrorKind::WrongModel { .. }
-            | ErrorKind::WrongDimension { .. } => true,
+            | ErrorKind::WrongModel { .. } => true,
+            ErrorKind::EmptyContent { .. } => !deterministic,
             ErrorKind::Http { class, .. } => matches!(
                 class,
                 HttpClass::Server | HttpClass::RequestTimeout | HttpClass::RateLimited
             ),
-            ErrorKind::Unsupported(_) => false,
+            ErrorKind::Oversize { .. }
+            | ErrorKind::WrongDimension { .. }
+            | ErrorKind::Unsupported(_) => false,
         }
     }
 
-    /// The endpoint itself looks unwell, so a replica should be set aside for a while.
+    /// The endpoint itself looks unwell, so a replica should be set aside for a while. Answers
+    /// that are well-formed but unwanted (empty, wrong dimension, oversize, a 4xx, an image it
+    /// cannot load) say the server is alive and do not count against it.
     pub fn is_endpoint_fault(&self) -> bool {
         match self {
             ErrorKind::Connect(_) | ErrorKind::Timeout(_) | ErrorKind::WrongModel { .. } => true,
@@ -130,12 +158,14 @@ impl ErrorKind {
             ErrorKind::Timeout(_) => "timeout".into(),
             ErrorKind::Http { status, class, .. } => match class {
                 HttpClass::ContextLength => "context-length".into(),
+                HttpClass::MediaLoad => "media-load".into(),
                 _ => format!("http-{status}"),
             },
             ErrorKind::InvalidResponse { .. } => "invalid-response".into(),
             ErrorKind::EmptyContent { .. } => "empty-content".into(),
             ErrorKind::WrongModel { .. } => "wrong-model".into(),
             ErrorKind::WrongDimension { .. } => "wrong-dimension".into(),
+            ErrorKind::Oversize { .. } => "oversize".into(),
             ErrorKind::Unsupported(_) => "unsupported".into(),
         }
     }
@@ -158,6 +188,9 @@ impl fmt::Display for ErrorKind {
                     HttpClass::ContextLength => " (prompt exceeds the model's context length)",
                     HttpClass::Auth => " (check the API key variable)",
                     HttpClass::NotFound => " (check the endpoint URL and model name)",
+                    HttpClass::MediaLoad => {
+                        " (the server could not load the image; with image_transport = \"local-path\" start vLLM with --allowed-local-media-path, or use \"data-url\")"
+                    }
                     HttpClass::RateLimited => " (rate limited)",
                     _ => "",
                 };
@@ -179,6 +212,9 @@ impl fmt::Display for ErrorKind {
                     f,
                     "embedding has {got} dimensions, configured dimension is {expected}"
                 )
+            }
+            ErrorKind::Oversize { limit } => {
+                write!(f, "answer larger than {} MiB", limit >> 20)
             }
             ErrorKind::Unsupported(m) => write!(f, "unsupported request: {m}"),
         }
@@ -248,6 +284,43 @@ mod tests {
         }
         assert!(!http(400, true).is_retryable());
         assert!(ErrorKind::Connect("refused".into()).is_retryable());
+    }
+
+    #[test]
+    fn what_cannot_change_is_not_retried_nor_held_against_the_endpoint() {
+        let empty = ErrorKind::EmptyContent {
+            finish_reason: Some("Length".into()),
+        };
+        assert!(
+            empty.may_change(false),
+            "sampled: another draw may say something"
+        );
+        assert!(
+            !empty.may_change(true),
+            "greedy: the same empty answer again"
+        );
+        assert!(!empty.is_endpoint_fault());
+        for k in [
+            ErrorKind::WrongDimension {
+                expected: 768,
+                got: 64,
+            },
+            ErrorKind::Oversize { limit: 64 << 20 },
+            ErrorKind::Http {
+                status: 500,
+                class: HttpClass::classify(500, false, true),
+                message: "Cannot load local files without `--allowed-local-media-path`.".into(),
+                code: None,
+                body: String::new(),
+            },
+        ] {
+            assert!(!k.may_change(false) && !k.may_change(true), "{k}");
+            assert!(!k.is_endpoint_fault(), "{k}");
+        }
+        let media = HttpClass::classify(500, false, true);
+        assert_eq!(media, HttpClass::MediaLoad);
+        assert_eq!(HttpClass::classify(500, false, false), HttpClass::Server);
+        assert_eq!(HttpClass::classify(400, false, true), HttpClass::BadRequest);
     }
 
     #[test]

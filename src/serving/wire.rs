@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::config::{EmbedShape, ImageTransport, RoleServer};
 use crate::images::EncodedImage;
 
-use super::errors::ErrorKind;
+use super::errors::{ErrorKind, HttpClass};
 pub use super::inline::encode_body;
 use super::inline::inline_marker;
 
@@ -96,10 +96,12 @@ pub enum ImageRendering {
 
 fn image_url(img: &EncodedImage, how: ImageRendering) -> String {
     match how {
-        ImageRendering::Send(ImageTransport::LocalPath) => match img.path() {
-            Some(p) => format!("file://{}", p.display()),
-            None => inline_marker(img),
-        },
+        ImageRendering::Send(ImageTransport::LocalPath) => {
+            match img.path().and_then(|p| url::Url::from_file_path(p).ok()) {
+                Some(u) => u.into(),
+                None => inline_marker(img),
+            }
+        }
         ImageRendering::Send(ImageTransport::DataUrl) => inline_marker(img),
         ImageRendering::Placeholder => img.placeholder(),
         ImageRendering::Hash => format!("blake3:{}", img.hash()),
@@ -192,11 +194,12 @@ pub fn embed_bodies(
         EmbedShape::VllmMessages => Ok(inputs
             .iter()
             .map(|input| {
-                let part = match input {
-                    EmbedInput::Text(t) => json!({"type": "text", "text": t}),
-                    EmbedInput::Image(img) => {
-                        json!({"type": "image_url", "image_url": {"url": image_url(img, how)}})
-                    }
+                let (part, text) = match input {
+                    EmbedInput::Text(t) => (json!({"type": "text", "text": t}), true),
+                    EmbedInput::Image(img) => (
+                        json!({"type": "image_url", "image_url": {"url": image_url(img, how)}}),
+                        false,
+                    ),
                 };
                 let mut m = Map::new();
                 m.insert("model".into(), json!(server.model));
@@ -205,6 +208,12 @@ pub fn embed_bodies(
                     json!([{"role": "user", "content": [part]}]),
                 );
                 m.insert("encoding_format".into(), json!("float"));
+                if text {
+                    // CLIP reads 77 tokens. The original truncates longer text (open_clip's
+                    // tokenizer); vLLM refuses it with a 400 unless asked to truncate to the
+                    // model's length (-1).
+                    m.insert("truncate_prompt_tokens".into(), json!(-1));
+                }
                 with_extra(m)
             })
             .collect()),
@@ -499,6 +508,20 @@ pub fn parse_error_body(body: &str) -> ServerMessage {
     }
 }
 
+/// The typed error of a non-2xx answer: status, class (context length, image loading, ...), the
+/// server's own message and code, and a body excerpt.
+pub fn http_error(status: u16, body: &str) -> ErrorKind {
+    let msg = parse_error_body(body);
+    let class = HttpClass::classify(status, is_context_length(&msg), is_media_load(&msg));
+    ErrorKind::Http {
+        status,
+        class,
+        message: msg.message,
+        code: msg.code,
+        body: excerpt(body),
+    }
+}
+
 /// True when a server message says the prompt does not fit the model's context.
 pub fn is_context_length(msg: &ServerMessage) -> bool {
     let m = msg.message.to_lowercase();
@@ -510,6 +533,23 @@ pub fn is_context_length(msg: &ServerMessage) -> bool {
         || (m.contains("must be <=") && m.contains("tokens"))
         || m.contains("prompt is too long")
         || m.contains("too many tokens")
+        // vLLM, multimodal prompts: "The decoder prompt (length N) is longer than the maximum
+        // model length of M"; and "max_tokens=N cannot be greater than max_model_len=M".
+        || m.contains("maximum model length")
+        || m.contains("max_model_len=")
+        // vLLM, when the prompt leaves no room to answer: it derives max_tokens = 0.
+        || m.contains("max_tokens must be at least 1, got 0")
+}
+
+/// True when a server's 5xx message says it could not load an image the request points at
+/// (vLLM 0.32: "Cannot load local files without `--allowed-local-media-path`.", or an image URL it
+/// cannot connect to).
+pub fn is_media_load(msg: &ServerMessage) -> bool {
+    let m = &msg.message;
+    m.contains("allowed-local-media-path")
+        || m.contains("Cannot load local files")
+        || m.contains("Failed to load image")
+        || m.contains("Cannot connect to host")
 }
 
 /// At most 2,000 characters of a body, for error records.
