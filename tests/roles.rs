@@ -195,8 +195,8 @@ fn outcome(case: &Case) -> (String, Value) {
     let answer = |text: &str| {
         wire::parse_chat(&json!({"choices": [{"message": {"content": text}}]}).to_string()).unwrap()
     };
-    let parse = |fenced_only, normalize| PropositionParse {
-        fenced_only,
+    let parse = |original, normalize| PropositionParse {
+        original,
         normalize,
     };
     let ok_or_fail = |r: Result<Value, String>| match r {

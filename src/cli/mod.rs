@@ -217,7 +217,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dataset,
                 &queries,
                 &preds,
-                protocol::ScoreOptions { keep_reference },
+                protocol::ScoreOptions {
+                    keep_reference,
+                    original_ks: false,
+                },
             )?;
             if !scored.missing.is_empty() {
                 tracing::warn!(

@@ -233,7 +233,7 @@ pub async fn try_it(a: &PromptArgs) -> anyhow::Result<Value> {
                         serde_json::to_value(reasoner::parse_propositions(
                             &raw,
                             PropositionParse {
-                                fenced_only: false,
+                                original: false,
                                 normalize: true,
                             },
                         ))?

@@ -25,6 +25,9 @@ use super::{average_precision_at, bri, cumulative_hits, first_hit, recall_at};
 pub struct ScoreOptions {
     /// CIRR: leave the reference image in the ranking (ImageScope's behaviour).
     pub keep_reference: bool,
+    /// CIRR: report the original code's Recall list, @1/2/3/5/10/20/50/100, instead of the
+    /// benchmark's @1/5/10/50 (the parity profile).
+    pub original_ks: bool,
 }
 
 /// Metric values (percentages, except BRI) in a fixed order, and bookkeeping.
@@ -76,6 +79,14 @@ pub enum ScoreError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// The K values each protocol reports (CIRR: the original code's longer list with `original_ks`).
+pub fn ks_for(dataset: DatasetName, opts: ScoreOptions) -> &'static [usize] {
+    match dataset {
+        DatasetName::Cirr if opts.original_ks => &[1, 2, 3, 5, 10, 20, 50, 100],
+        _ => ks(dataset),
+    }
 }
 
 /// The K values each protocol reports.
@@ -198,7 +209,7 @@ pub fn score(
             scored.metrics.push((format!("mAP@{k}"), mean(v)));
         }
     }
-    for &k in ks(dataset) {
+    for &k in ks_for(dataset, opts) {
         scored.metrics.push((name(k), recall_at(&ranks, k)));
     }
     let mut aspects: Vec<_> = aspect_ap10.into_iter().collect();
@@ -333,11 +344,23 @@ mod tests {
             &p,
             ScoreOptions {
                 keep_reference: true,
+                original_ks: true,
             },
         )
         .unwrap();
         assert_eq!(parity.get("Recall@1"), Some(0.0));
-        assert_eq!(parity.get("Recall@5"), Some(100.0));
+        assert_eq!(parity.get("Recall@2"), Some(100.0));
+        let names: Vec<&str> = parity.metrics.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [1, 2, 3, 5, 10, 20, 50, 100].map(|k| format!("Recall@{k}")),
+            "the original's list"
+        );
+        let official_names: Vec<&str> = official.metrics.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            official_names,
+            ["Recall@1", "Recall@5", "Recall@10", "Recall@50"]
+        );
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct RunReport {
     pub submissions: Vec<PathBuf>,
     /// Stopped by Ctrl-C.
     pub interrupted: bool,
+    /// What a reader of the numbers must know (the parity profile's CIRR val cap, ...).
+    pub notes: Vec<String>,
 }
 
 /// A run that could not start or finish.
@@ -309,6 +311,10 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
         image_ext: dataset.image_ext.clone(),
     };
     let mut queries: Vec<Query> = datasets::load_queries(&spec)?;
+    let mut notes = Vec::new();
+    if let Some(note) = parity_cap(&mut queries, dataset.name, &dataset.split, params.profile) {
+        notes.push(note);
+    }
     if let Some(n) = dataset.limit {
         queries.truncate(n);
     }
@@ -431,6 +437,7 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
     let dialogue = dataset.name == DatasetName::Visdial;
     let score_opts = ScoreOptions {
         keep_reference: !params.exclude_reference,
+        original_ks: params.profile == crate::config::Profile::Parity,
     };
     let mut metrics: Vec<(Stage, Vec<(String, f64)>)> = Vec::new();
     let mut submissions = Vec::new();
@@ -504,6 +511,7 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
         fallbacks,
         submissions,
         interrupted,
+        notes,
     };
     folder.write_json("summary.json", &report)?;
     match crate::report::from_run_folder(folder.path()).and_then(|input| {
@@ -519,9 +527,35 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
     Ok(report)
 }
 
+/// The original code's data loader keeps only the first 2,400 CIRR val queries (of 4,181, "only
+/// for testing"); the parity profile does the same and says so. Returns the note.
+pub fn parity_cap(
+    queries: &mut Vec<Query>,
+    dataset: DatasetName,
+    split: &str,
+    profile: crate::config::Profile,
+) -> Option<String> {
+    const CIRR_VAL_CAP: usize = 2400;
+    let cirr = matches!(dataset, DatasetName::Cirr | DatasetName::CirrSubset);
+    if profile != crate::config::Profile::Parity || !cirr || split != "val" {
+        return None;
+    }
+    let all = queries.len();
+    if all <= CIRR_VAL_CAP {
+        return None;
+    }
+    queries.truncate(CIRR_VAL_CAP);
+    Some(format!(
+        "parity profile: CIRR val cut to its first {CIRR_VAL_CAP} of {all} queries, as the original's data loader does; use profile = \"default\" for the full split"
+    ))
+}
+
 /// The human-readable end-of-run summary.
 pub fn render(report: &RunReport, config: &std::path::Path) -> String {
     let mut out = String::new();
+    for n in &report.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
     out.push_str(&table(&report.metrics));
     out.push_str(&format!(
         "\n{} queries ({} finished earlier), {} failed\n",

@@ -57,6 +57,15 @@ async fn reason(
         ));
     }
     let ri = input.reason_input();
+    let reference = ri.reference_description.clone();
+    let parity = ctx.parity();
+    let parse = move |text: &str| {
+        if parity {
+            reasoner::parse_reasoning_as_original(text, &reference)
+        } else {
+            reasoner::parse_reasoning(text)
+        }
+    };
     let req = reasoner::reason_request(
         &ctx.prompts,
         ctx.family,
@@ -70,7 +79,7 @@ async fn reason(
         ctx.family,
         req,
         ctx.params.reask,
-        reasoner::parse_reasoning,
+        parse,
     )
     .await
     {

@@ -58,7 +58,7 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
         return unchanged(s1, vec![], "no verifier configured".into());
     };
     let how = PropositionParse {
-        fenced_only: ctx.parity(),
+        original: ctx.parity(),
         normalize: ctx.params.normalize_expected_answers,
     };
     let req = match reasoner::propositions_request(
@@ -171,6 +171,24 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
                                     p_yes: v.p_yes,
                                     raw: crate::roles::cut(&reply.value.content, 500),
                                     note: v.note,
+                                },
+                            )
+                        }
+                        // The original reads an empty answer as "no" (no "yes" in it).
+                        Err(e)
+                            if ctx.parity()
+                                && matches!(
+                                    e.kind,
+                                    crate::serving::ErrorKind::EmptyContent { .. }
+                                ) =>
+                        {
+                            (
+                                None,
+                                VerdictRecord {
+                                    yes: Some(false),
+                                    p_yes: None,
+                                    raw: String::new(),
+                                    note: Some("empty answer, read as no (parity)".into()),
                                 },
                             )
                         }

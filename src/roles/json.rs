@@ -8,7 +8,14 @@
 //! candidate that yields an object the caller accepts wins. Nesting deeper than 64 levels is
 //! refused before any parser sees it, and a panic inside the repair library is caught and reported
 //! as a parse failure.
+//!
+//! The `parity` profile reads answers as the original code did instead (`original_*` below): only
+//! the first ```` ```json ```` block, or failing that the first `{` up to the first `}` (so nested
+//! JSON is cut short), repaired and parsed once.
 
+use std::sync::LazyLock;
+
+use regex::Regex;
 use serde_json::{Map, Value};
 
 const MAX_DEPTH: usize = 64;
@@ -212,6 +219,43 @@ pub fn extract_object(
     first_object.ok_or(last_error)
 }
 
+static ORIGINAL_FENCE: LazyLock<Regex> = LazyLock::new(|| {
+    #[expect(clippy::expect_used, reason = "a constant pattern")]
+    Regex::new(r"```json\s*([\s\S]*?)\s*```").expect("valid pattern")
+});
+static ORIGINAL_BRACES: LazyLock<Regex> = LazyLock::new(|| {
+    #[expect(clippy::expect_used, reason = "a constant pattern")]
+    Regex::new(r"(\{[\s\S]*?\})").expect("valid pattern")
+});
+
+/// The original's stage-2a search: the body of the first ```` ```json ```` block that is closed.
+pub fn original_fenced(text: &str) -> Option<&str> {
+    ORIGINAL_FENCE
+        .captures(text)
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str())
+}
+
+/// The original's stage-1 search: the first ```` ```json ```` block, else the first `{` up to the
+/// first `}` after it (non-greedy: an object with a nested object is cut at the inner `}`).
+pub fn original_fenced_or_braces(text: &str) -> Option<&str> {
+    original_fenced(text).or_else(|| {
+        ORIGINAL_BRACES
+            .captures(text)
+            .and_then(|c| c.get(1))
+            .map(|m| m.as_str())
+    })
+}
+
+/// Repairs and parses `body` once, as the original did (`json_repair` then `json.loads`); anything
+/// but an object is a failure (where the original crashed).
+pub fn parse_original(body: &str) -> Result<Map<String, Value>, String> {
+    match parse_candidate(body)? {
+        (Value::Object(o), _) => Ok(o),
+        (other, _) => Err(format!("expected a JSON object, found {}", kind_of(&other))),
+    }
+}
+
 fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -253,6 +297,24 @@ mod tests {
         let t = format!("{}{}", "{\"a\":".repeat(1000), "}".repeat(1000));
         let err = extract_object(&t, false, any).unwrap_err();
         assert!(err.contains("nested"), "{err}");
+    }
+
+    #[test]
+    fn the_original_search_takes_the_first_block_or_stops_at_the_first_brace() {
+        let two = "```json\n{\"a\": 1}\n```\nand\n```json\n{\"b\": 2}\n```";
+        assert_eq!(original_fenced(two), Some("{\"a\": 1}"));
+        let nested = r#"Answer: {"edits": [{"type": "Addition"}], "descriptions": ["x"]}"#;
+        assert_eq!(
+            original_fenced_or_braces(nested),
+            Some(r#"{"edits": [{"type": "Addition"}"#)
+        );
+        assert_eq!(
+            original_fenced("```json\n{\"a\": 1}"),
+            None,
+            "an unclosed block"
+        );
+        assert_eq!(original_fenced_or_braces("no json"), None);
+        assert!(parse_original("[1, 2]").is_err());
     }
 
     #[test]

@@ -13,7 +13,9 @@ use crate::config::ResponseSchema;
 use crate::prompts::{Family, PromptError, PromptKind, PromptSet};
 use crate::serving::{ChatRequest, Message, Speaker};
 
-use super::json::{Extracted, extract_object};
+use super::json::{
+    Extracted, extract_object, original_fenced, original_fenced_or_braces, parse_original,
+};
 use super::{ParseFailure, cut, request_from};
 
 /// Most target descriptions kept from one answer.
@@ -222,8 +224,55 @@ fn edits_of(v: Option<&Value>) -> Vec<Edit> {
         .collect()
 }
 
+/// Parses a stage-1 answer exactly as the original code did (the `parity` profile):
+/// - the JSON is the first ```` ```json ```` block, else the first `{` up to the first `}`;
+/// - every description is kept as written, blank ones included and without a cap;
+/// - when the descriptions are missing or empty, the model's edits are kept and the search uses
+///   `reference_description` (the original's rule);
+/// - only `[type, text]` pairs count as edits.
+///
+/// No JSON at all, or JSON that is not an object, is a failure (the original falls back to a dummy
+/// edit, or crashes); the caller then applies the parity fallback.
+pub fn parse_reasoning_as_original(
+    answer: &str,
+    reference_description: &str,
+) -> Result<Reasoning, ParseFailure> {
+    let body = original_fenced_or_braces(answer)
+        .ok_or_else(|| ParseFailure::new("no ```json block and no {...} span", answer))?;
+    let object = parse_original(body).map_err(|e| ParseFailure::new(e, answer))?;
+    let mut descriptions: Vec<String> = match first_key(&object, &DESCRIPTION_KEYS) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => vec![],
+    };
+    if descriptions.is_empty() {
+        descriptions.push(reference_description.to_string());
+    }
+    let edits = match first_key(&object, &EDIT_KEYS) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|item| match item {
+                Value::Array(pair) if pair.len() == 2 => Some(Edit {
+                    kind: text_of(&pair[0])?,
+                    text: text_of(&pair[1])?,
+                }),
+                _ => None,
+            })
+            .collect(),
+        _ => vec![],
+    };
+    Ok(Reasoning {
+        edits,
+        descriptions,
+    })
+}
+
 /// Parses a stage-1 answer. Missing or empty descriptions are a failure (the caller re-asks, then
-/// falls back); missing edits are not (stage 2 then works from the instruction alone).
+/// falls back); missing edits are not (stage 2 then works from the instruction alone). Blank
+/// descriptions are dropped and at most `MAX_DESCRIPTIONS` kept.
 pub fn parse_reasoning(answer: &str) -> Result<Reasoning, ParseFailure> {
     let Extracted { object, .. } =
         extract_object(answer, false, |m| first_key(m, &DESCRIPTION_KEYS).is_some())
@@ -252,8 +301,10 @@ pub fn parse_reasoning(answer: &str) -> Result<Reasoning, ParseFailure> {
 /// How stage-2a answers are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PropositionParse {
-    /// Accept only a fenced ```` ```json ```` block (the original).
-    pub fenced_only: bool,
+    /// The original's rule (`parity`): only the first closed ```` ```json ```` block, every
+    /// `[question, answer]` pair kept (no cap). Otherwise any JSON in the answer, at most
+    /// `MAX_PROPOSITIONS`.
+    pub original: bool,
     /// Read true/yes variants as yes (otherwise only the exact string "True"/"False").
     pub normalize: bool,
 }
@@ -291,10 +342,15 @@ pub fn parse_propositions(
     answer: &str,
     how: PropositionParse,
 ) -> Result<Vec<Proposition>, ParseFailure> {
-    let Extracted { object, .. } = extract_object(answer, how.fenced_only, |m| {
-        first_key(m, &QUESTION_KEYS).is_some()
-    })
-    .map_err(|e| ParseFailure::new(e, answer))?;
+    let object = if how.original {
+        let body = original_fenced(answer)
+            .ok_or_else(|| ParseFailure::new("no ```json block in the answer", answer))?;
+        parse_original(body).map_err(|e| ParseFailure::new(e, answer))?
+    } else {
+        extract_object(answer, false, |m| first_key(m, &QUESTION_KEYS).is_some())
+            .map_err(|e| ParseFailure::new(e, answer))?
+            .object
+    };
     let Some(Value::Array(items)) = first_key(&object, &QUESTION_KEYS) else {
         return Err(ParseFailure::new(
             "the JSON has no \"questions\" list",
@@ -306,7 +362,7 @@ pub fn parse_propositions(
         .filter_map(|item| {
             let (q, a) = match item {
                 Value::Array(pair) if pair.len() == 2 => (&pair[0], &pair[1]),
-                Value::Object(o) => (
+                Value::Object(o) if !how.original => (
                     first_key(o, &["question", "q"])?,
                     first_key(o, &["answer", "expected", "a"])?,
                 ),
@@ -317,7 +373,11 @@ pub fn parse_propositions(
                 expected: expected_of(a, how.normalize),
             })
         })
-        .take(MAX_PROPOSITIONS)
+        .take(if how.original {
+            usize::MAX
+        } else {
+            MAX_PROPOSITIONS
+        })
         .collect();
     if props.is_empty() {
         return Err(ParseFailure::new(
