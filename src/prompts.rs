@@ -293,14 +293,35 @@ impl PromptSet {
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<(), PromptError> {
+    collect_from(root, dir, out, &mut Vec::new())
+}
+
+/// `collect` with the canonical folders being walked, so a symlink that leads back into one of
+/// them (a loop) is an error instead of an endless descent.
+fn collect_from(
+    root: &Path,
+    dir: &Path,
+    out: &mut BTreeMap<String, String>,
+    walking: &mut Vec<PathBuf>,
+) -> Result<(), PromptError> {
     let io = |path: &Path, source| PromptError::Io {
         path: path.to_path_buf(),
         source,
     };
+    let canonical = dir.canonicalize().map_err(|e| io(dir, e))?;
+    if walking.contains(&canonical) {
+        return Err(io(
+            dir,
+            std::io::Error::other(
+                "a symbolic link leads back into a folder that contains it (a loop); remove the link",
+            ),
+        ));
+    }
+    walking.push(canonical);
     for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
         let path = entry.map_err(|e| io(dir, e))?.path();
         if path.is_dir() {
-            collect(root, &path, out)?;
+            collect_from(root, &path, out, walking)?;
         } else if path.extension().is_some_and(|e| e == "j2") {
             let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
             let rel = path.strip_prefix(root).unwrap_or(&path);
@@ -312,6 +333,7 @@ fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Resul
             out.insert(name, text);
         }
     }
+    walking.pop();
     Ok(())
 }
 
@@ -327,6 +349,16 @@ mod tests {
             std::fs::write(p, text).unwrap();
         }
         PromptSet::load(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn a_symlink_loop_under_the_prompts_folder_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("general")).unwrap();
+        std::fs::write(dir.path().join("general/caption.user.j2"), "Describe.").unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("general/again")).unwrap();
+        let err = PromptSet::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("loop") && err.contains("again"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,16 @@ use crate::datasets::{self, DatasetSpec};
 use crate::metrics::{predictions, protocol};
 use crate::runs::submission;
 
+/// `doctor --timeout` as a duration: a positive number of seconds up to a day.
+fn doctor_timeout(secs: f64) -> anyhow::Result<Duration> {
+    let max = crate::config::MAX_TIMEOUT_SECS;
+    if secs.is_finite() && secs > 0.0 && secs <= max {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        anyhow::bail!("--timeout {secs}: give a positive number of seconds, at most {max}")
+    }
+}
+
 /// Language-guided image retrieval (ImageScope) as a client of OpenAI-compatible model servers.
 #[derive(Debug, Parser)]
 #[command(name = "imagescope", version, about)]
@@ -188,8 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !(timeout.is_finite() && timeout > 0.0) {
                 anyhow::bail!("--timeout must be a positive number of seconds, got {timeout}");
             }
-            let reports =
-                crate::doctor::run(&servers, &path, Duration::from_secs_f64(timeout)).await?;
+            let reports = crate::doctor::run(&servers, &path, doctor_timeout(timeout)?).await?;
             let text = if json {
                 serde_json::to_string_pretty(&reports)? + "\n"
             } else {

@@ -15,8 +15,8 @@ pub use experiment::{
     Profile, RerankMode, Stage, VerifierMode,
 };
 pub use servers::{
-    ApiFlavour, EmbedShape, Grounding, ImageTransport, ResponseSchema, RetryPolicy, Role,
-    RoleServer, Sampling, ServersConfig,
+    ApiFlavour, EmbedShape, Grounding, ImageTransport, MAX_TIMEOUT_SECS, ResponseSchema,
+    RetryPolicy, Role, RoleServer, Sampling, ServersConfig,
 };
 
 /// A configuration problem, always naming the file and, where there is one, the key.

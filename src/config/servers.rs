@@ -15,6 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
+/// The longest per-attempt time limit accepted, in seconds (a day).
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+/// The slowest accepted rate limit: one request per 1,000 s.
+const MIN_RATE: f64 = 0.001;
+/// The fastest accepted rate limit.
+const MAX_RATE: f64 = 1_000_000.0;
+
 /// One of the five model roles of the method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -302,7 +309,22 @@ impl ServersConfig {
                 return Err(bad(k("endpoints"), "needs at least one base URL".into()));
             }
             for e in &s.endpoints {
-                let ok = reqwest::Url::parse(e)
+                let parsed = reqwest::Url::parse(e).ok();
+                if let Some(u) = parsed
+                    .as_ref()
+                    .filter(|u| !u.username().is_empty() || u.password().is_some())
+                {
+                    let mut shown = u.clone();
+                    let _ = shown.set_username("");
+                    let _ = shown.set_password(None);
+                    return Err(bad(
+                        k("endpoints"),
+                        format!(
+                            "{shown} carries a user name or password in the URL, which would end up in logs and run folders; remove it and put the NAME of an environment variable holding the key in api_key_env"
+                        ),
+                    ));
+                }
+                let ok = parsed
                     .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
                     .unwrap_or(false);
                 if !ok {
@@ -330,11 +352,13 @@ impl ServersConfig {
                 return Err(bad(k("max_in_flight"), "must be at least 1".into()));
             }
             if let Some(r) = s.requests_per_second
-                && !(r.is_finite() && r > 0.0)
+                && !(r.is_finite() && (MIN_RATE..=MAX_RATE).contains(&r))
             {
                 return Err(bad(
                     k("requests_per_second"),
-                    format!("{r} is not a positive number; leave it out for no rate limit"),
+                    format!(
+                        "{r} is outside {MIN_RATE}..={MAX_RATE} requests per second; leave it out for no rate limit"
+                    ),
                 ));
             }
             if s.image_max_side.is_some_and(|m| m < 16) {
@@ -346,10 +370,15 @@ impl ServersConfig {
             if s.burst == Some(0) {
                 return Err(bad(k("burst"), "must be at least 1".into()));
             }
-            if !(s.timeout_secs.is_finite() && s.timeout_secs > 0.0) {
+            if !(s.timeout_secs.is_finite()
+                && s.timeout_secs > 0.0
+                && s.timeout_secs <= MAX_TIMEOUT_SECS)
+            {
                 return Err(bad(
                     k("timeout_secs"),
-                    "must be a positive number of seconds".into(),
+                    format!(
+                        "must be a positive number of seconds, at most {MAX_TIMEOUT_SECS} (a day)"
+                    ),
                 ));
             }
             if let Some(t) = s.sampling.temperature

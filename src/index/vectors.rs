@@ -75,6 +75,52 @@ pub struct Vectors {
     /// Row ids in gallery order; `position[id]` is the inverse.
     ids: Vec<u64>,
     position: std::collections::HashMap<u64, usize>,
+    /// One slot per thread context reserved in usearch: more concurrent searches than contexts
+    /// is undefined there, and up to `queries_in_flight` stage-1 searches can run at once.
+    slots: Slots,
+}
+
+/// A counting semaphore for blocking threads (searches run on tokio's blocking pool).
+#[derive(Debug)]
+struct Slots {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Slots {
+    fn new(n: usize) -> Self {
+        Slots {
+            free: std::sync::Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            while *free == 0 {
+                free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+            }
+            *free -= 1;
+        }
+        struct Release<'a>(&'a Slots);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                self.0.freed.notify_one();
+            }
+        }
+        let _release = Release(self);
+        f()
+    }
+}
+
+/// Thread contexts reserved in every usearch index: four per core, at least eight.
+fn thread_contexts() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2)
+        * 4
 }
 
 /// HNSW's default search breadth (the `[index] ef_search` default).
@@ -103,12 +149,8 @@ fn index_options(dim: usize, o: VectorOptions) -> IndexOptions {
 
 fn new_index(dim: usize, o: VectorOptions, n: usize) -> Result<Index, VectorError> {
     let index = Index::new(&index_options(dim, o)).map_err(ue("create"))?;
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2)
-        * 4;
     index
-        .reserve_capacity_and_threads(n.max(1), threads)
+        .reserve_capacity_and_threads(n.max(1), thread_contexts())
         .map_err(ue("reserve"))?;
     Ok(index)
 }
@@ -198,6 +240,7 @@ impl Vectors {
             options,
             ids,
             position,
+            slots: Slots::new(thread_contexts()),
         }
     }
 
@@ -320,11 +363,13 @@ impl Vectors {
             _ => {
                 let excluded = allowed.map_or(0, |a| self.ids.len().saturating_sub(a.len()));
                 let want = (k + TIE_MARGIN + excluded).min(self.ids.len());
-                let m = match self.options.mode {
-                    SearchMode::Exact => self.index.exact_search(&q, want),
-                    SearchMode::Hnsw => self.index.search(&q, want),
-                }
-                .map_err(ue("search"))?;
+                let m = self
+                    .slots
+                    .run(|| match self.options.mode {
+                        SearchMode::Exact => self.index.exact_search(&q, want),
+                        SearchMode::Hnsw => self.index.search(&q, want),
+                    })
+                    .map_err(ue("search"))?;
                 m.keys
                     .iter()
                     .zip(&m.distances)
@@ -394,6 +439,38 @@ mod tests {
             .into_iter()
             .map(|p| rows[p].0)
             .collect()
+    }
+
+    #[test]
+    fn many_more_concurrent_searches_than_thread_contexts_on_a_loaded_index() {
+        let rows: Vec<_> = (0..400u64)
+            .map(|i| (i + 1, Some(unit(i, 16)), unit(i + 7_000, 16)))
+            .collect();
+        let built = Vectors::build(rows.clone(), VectorOptions::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        built.save(dir.path()).unwrap();
+        let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        let v = Vectors::load(dir.path(), VectorOptions::default(), ids, 16, Some(16)).unwrap();
+        let queries: Vec<Vec<f32>> = (0..256u64).map(|s| unit(s + 90_000, 16)).collect();
+        let expected: Vec<Vec<u64>> = queries.iter().map(|q| brute(&rows, q, 0.15, 10)).collect();
+        assert!(256 > thread_contexts());
+        let got: Vec<Vec<u64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = queries
+                .iter()
+                .map(|q| {
+                    let v = &v;
+                    s.spawn(move || {
+                        v.search(q, 0.15, 10, None)
+                            .unwrap()
+                            .into_iter()
+                            .map(|(id, _)| id)
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(got, expected);
     }
 
     #[test]

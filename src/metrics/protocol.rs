@@ -8,7 +8,7 @@
 //! | `circo` | `mAP@5/10/25/50`, `Recall@5/10/25/50`, `semantic_mAP@10/<aspect>` | as predicted; duplicates refused |
 //! | `fashioniq-*` | `R@10`, `R@50` | as predicted (the reference is not removed) |
 //! | `flickr30k`, `mscoco` | `R@1/5/10` | as predicted |
-//! | `visdial` | `Hits@K/roundR` (cumulative), `BRI` | per round |
+//! | `visdial` | `Hits@K/roundR` (cumulative), `BRI@N` (N = ranking depth) | per round |
 //!
 //! A query without a prediction counts as a miss and is listed in `Scored::missing`.
 
@@ -277,9 +277,11 @@ fn score_dialogues(
             scored.metrics.push((format!("Hits@{k}/round{r}"), h));
         }
     }
-    // A target not in a list of n ranks at n + 1, i.e. 0-based rank n.
+    // A target not in a list of n ranks at n + 1, i.e. 0-based rank n. Rankings cut at depth n
+    // (a run keeps the top 100 of a 50,000-image search space) make that an optimistic bound, not
+    // the literature's BRI over the whole gallery, so the name carries the depth: `BRI@100`.
     if let Some(b) = bri(&ranks, longest) {
-        scored.metrics.push(("BRI".into(), b));
+        scored.metrics.push((format!("BRI@{longest}"), b));
     }
     Ok(scored)
 }

@@ -55,7 +55,23 @@ fn now_rfc3339() -> String {
 
 impl RunFolder {
     /// Creates a new folder `runs_dir/<dataset>/<run_name>/<timestamp>[-n]`.
+    /// A run name is one plain folder name: letters, digits, `.`, `_` and `-`, not starting with
+    /// `.` (so it cannot climb out of the runs folder or hide).
     pub fn create(runs_dir: &Path, dataset: &str, run_name: &str) -> Result<Self, FolderError> {
+        let plain = !run_name.is_empty()
+            && run_name.len() <= 100
+            && !run_name.starts_with('.')
+            && run_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !plain {
+            return Err(FolderError {
+                path: runs_dir.join(dataset),
+                message: format!(
+                    "run name {run_name:?} is not a plain folder name; use letters, digits, '.', '_' and '-' (not starting with '.'), e.g. --run-name tau-0.2"
+                ),
+            });
+        }
         let parent = runs_dir.join(dataset).join(run_name);
         let err = |path: &Path, e: std::io::Error| FolderError {
             path: path.to_path_buf(),

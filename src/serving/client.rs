@@ -360,7 +360,6 @@ impl RoleClient {
             let sent = Instant::now();
             let outcome = self.attempt(ep, path, payload.clone()).await;
             drop(permit);
-            drop(assignment);
             let result =
                 outcome.and_then(|text| validate(&text).map(|v| (v, text)).map_err(|k| (k, None)));
             attempt += 1;
@@ -412,6 +411,9 @@ impl RoleClient {
                     inner.stats.record_retry();
                     errors.push(kind);
                     delays.push(delay);
+                    // Held until the outcome is marked, so a probe's flag is settled by the mark;
+                    // released before the backoff, so a sleeping retry does not count as load.
+                    drop(assignment);
                     tokio::time::sleep(delay).await;
                 }
             }

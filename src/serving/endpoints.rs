@@ -67,11 +67,19 @@ pub struct Assignment<'a> {
     endpoint: &'a Endpoint,
     /// Index of the endpoint in the role's list.
     pub index: usize,
+    /// This is the one probe of a recovering endpoint.
+    probe: bool,
 }
 
 impl Drop for Assignment<'_> {
     fn drop(&mut self) {
         self.endpoint.assigned.fetch_sub(1, Ordering::Relaxed);
+        // A probe dropped before its outcome was marked (its request was cancelled, e.g. a
+        // sibling failed inside `try_join_all`) must not leave the endpoint waiting forever for
+        // a probe that will never report: the next assignment probes again.
+        if self.probe {
+            self.endpoint.health().probing = false;
+        }
     }
 }
 
@@ -124,7 +132,10 @@ impl Endpoints {
             let mut h = self.list[i].health();
             if h.down_until.is_some_and(|t| t <= now) && !h.probing {
                 h.probing = true;
-                return self.claim(i);
+                drop(h);
+                let mut a = self.claim(i);
+                a.probe = true;
+                return a;
             }
         }
         let mut best: Option<(usize, usize)> = None;
@@ -155,7 +166,11 @@ impl Endpoints {
     fn claim(&self, index: usize) -> Assignment<'_> {
         let endpoint = &self.list[index];
         endpoint.assigned.fetch_add(1, Ordering::Relaxed);
-        Assignment { endpoint, index }
+        Assignment {
+            endpoint,
+            index,
+            probe: false,
+        }
     }
 
     /// Records a success: the endpoint is healthy again.
@@ -212,6 +227,23 @@ mod tests {
         drop(a);
         let c = e.assign();
         assert_ne!(c.index, b.index);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_does_not_lock_the_endpoint_out() {
+        let e = eps(2);
+        let p = RetryPolicy {
+            replica_cooldown_ms: 1000,
+            ..RetryPolicy::default()
+        };
+        e.mark_failed(0, &p);
+        tokio::time::advance(std::time::Duration::from_millis(1001)).await;
+        let probe = e.assign();
+        assert_eq!(probe.index, 0);
+        assert_eq!(e.assign().index, 1, "one probe at a time");
+        // The probe's request is dropped before it reports (cancelled).
+        drop(probe);
+        assert_eq!(e.assign().index, 0, "the endpoint is probed again");
     }
 
     #[tokio::test(start_paused = true)]
