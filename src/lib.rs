@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod prompts;
 pub mod ranking;
+pub mod record;
 pub mod report;
 pub mod roles;
 pub mod runs;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Stage;
 use crate::datasets::ImageKey;
-use crate::pipeline::record::{QueryRecord, RoundRecord, Status};
+use crate::record::{QueryRecord, RoundRecord, Status};
 
 /// Most queries on one page.
 pub const PAGE: usize = 300;
@@ -366,7 +366,7 @@ pub fn render(input: &ReportInput, view: View) -> String {
             esc(r.error.as_deref().unwrap_or(""))
         );
     }
-    let fallbacks: Vec<(&QueryRecord, &crate::pipeline::record::Fallback)> = input
+    let fallbacks: Vec<(&QueryRecord, &crate::record::Fallback)> = input
         .records
         .iter()
         .flat_map(|r| r.fallbacks.iter().map(move |f| (r, f)))

@@ -54,3 +54,127 @@ fn source_files_stay_under_900_lines() {
         "split these files by responsibility: {long:?}"
     );
 }
+
+/// Which top-level modules of `src/` each module refers to (`crate::<module>` anywhere in its
+/// files, tests included).
+fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if name == "lib" || name == "main" {
+            continue;
+        }
+        let mut files = Vec::new();
+        if path.is_dir() {
+            rust_files(&path, &mut files);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path.clone());
+        } else {
+            continue;
+        }
+        let mut deps = std::collections::BTreeSet::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (i, _) in text.match_indices("crate::") {
+                let rest = &text[i + "crate::".len()..];
+                let module: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !module.is_empty() && module != name {
+                    deps.insert(module);
+                }
+            }
+        }
+        graph.insert(name, deps);
+    }
+    graph
+}
+
+#[test]
+fn modules_depend_one_way_with_no_cycles() {
+    let graph = module_graph();
+    assert!(graph.contains_key("config") && graph.contains_key("pipeline"));
+    // Lower layers must not reach up. Each (module, modules it may never use).
+    let forbidden: &[(&str, &[&str])] = &[
+        ("config", &["*"]),
+        ("images", &["*"]),
+        ("ranking", &["*"]),
+        ("logging", &["*"]),
+        (
+            "serving",
+            &[
+                "datasets", "roles", "pipeline", "index", "metrics", "runs", "report", "record",
+                "cli",
+            ],
+        ),
+        (
+            "roles",
+            &[
+                "datasets", "pipeline", "index", "metrics", "runs", "report", "record", "cli",
+            ],
+        ),
+        (
+            "datasets",
+            &[
+                "serving", "roles", "pipeline", "index", "metrics", "runs", "report", "record",
+                "cli",
+            ],
+        ),
+        (
+            "metrics",
+            &[
+                "serving", "roles", "pipeline", "index", "runs", "report", "record", "cli",
+            ],
+        ),
+        ("record", &["pipeline", "runs", "report", "cli", "index"]),
+        ("runs", &["pipeline", "report", "cli", "serving"]),
+        ("report", &["pipeline", "runs", "cli", "serving"]),
+        (
+            "index",
+            &["pipeline", "runs", "report", "record", "cli", "metrics"],
+        ),
+        ("pipeline", &["report", "cli"]),
+    ];
+    let mut wrong = Vec::new();
+    for (module, never) in forbidden {
+        for dep in graph.get(*module).into_iter().flatten() {
+            if never.contains(&"*") || never.contains(&dep.as_str()) {
+                wrong.push(format!("{module} uses {dep}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "layering broken: {wrong:?}");
+    // And no cycle anywhere: depth-first search for a back edge.
+    fn visit<'a>(
+        m: &'a str,
+        graph: &'a std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        stack: &mut Vec<&'a str>,
+        done: &mut std::collections::BTreeSet<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = stack.iter().position(|x| *x == m) {
+            let mut cycle: Vec<String> = stack[at..].iter().map(|s| s.to_string()).collect();
+            cycle.push(m.to_string());
+            return Some(cycle);
+        }
+        if !done.insert(m) {
+            return None;
+        }
+        stack.push(m);
+        for d in graph.get(m).into_iter().flatten() {
+            if let Some(c) = visit(d, graph, stack, done) {
+                return Some(c);
+            }
+        }
+        stack.pop();
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for m in graph.keys() {
+        if let Some(cycle) = visit(m, &graph, &mut Vec::new(), &mut done) {
+            panic!("import cycle: {}", cycle.join(" -> "));
+        }
+    }
+}

@@ -307,6 +307,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 progress: !json,
             };
             let report = crate::pipeline::run::run(&exp, opts).await?;
+            // The HTML pages are made from the folder as written; a failure there loses no result.
+            if let Err(e) = crate::report::from_run_folder(&report.folder).and_then(|input| {
+                crate::report::write_all(&input, &report.folder).map_err(|e| {
+                    crate::report::ReportError {
+                        dir: report.folder.clone(),
+                        message: e.to_string(),
+                    }
+                })
+            }) {
+                tracing::warn!("{e}");
+            }
             let text = if json {
                 serde_json::to_string_pretty(&report)? + "\n"
             } else {

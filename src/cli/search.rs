@@ -21,8 +21,8 @@ use crate::config::{
 use crate::datasets::{self, DatasetSpec, ImageKey, Instruction, Query};
 use crate::index::{self, ImageDb};
 use crate::pipeline::context::Ctx;
-use crate::pipeline::record::{QueryRecord, Status};
 use crate::prompts::{Family, PromptSet};
+use crate::record::{QueryRecord, Status};
 use crate::serving::{Cache, CacheMode, Clients};
 
 /// Where to search and with what.

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::index_options::{DEFAULT_EF_SEARCH, Quantization, SearchMode, VectorOptions};
 use super::{ConfigError, ServersConfig};
-use crate::index::vectors::{DEFAULT_EF_SEARCH, Quantization, SearchMode, VectorOptions};
 
 /// Benchmark (or user gallery) a run works on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

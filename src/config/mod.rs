@@ -6,6 +6,7 @@
 //! an experiment file are resolved against that file's folder.
 
 mod experiment;
+mod index_options;
 mod servers;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ pub use experiment::{
     DatasetName, DatasetSection, EvaluatorParse, ExperimentConfig, IndexSection, PipelineParams,
     Profile, RerankMode, Stage, VerifierMode,
 };
+pub use index_options::{DEFAULT_EF_SEARCH, Quantization, SearchMode, VectorOptions};
 pub use servers::{
     ApiFlavour, EmbedShape, Grounding, ImageTransport, MAX_TIMEOUT_SECS, ResponseSchema,
     RetryPolicy, Role, RoleServer, Sampling, ServersConfig,

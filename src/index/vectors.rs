@@ -21,38 +21,7 @@ use std::path::Path;
 
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-/// How searches run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SearchMode {
-    /// Brute force over every vector.
-    #[default]
-    Exact,
-    /// HNSW graph candidates, rescored exactly.
-    Hnsw,
-}
-
-/// How vectors are stored in the indexes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Quantization {
-    /// 32-bit floats.
-    #[default]
-    F32,
-    /// 16-bit floats.
-    F16,
-    /// 8-bit integers (exact mode only).
-    I8,
-}
-
-/// Index settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-pub struct VectorOptions {
-    /// Search mode.
-    pub mode: SearchMode,
-    /// Storage precision.
-    pub quantization: Quantization,
-}
+pub use crate::config::{DEFAULT_EF_SEARCH, Quantization, SearchMode, VectorOptions};
 
 /// A usearch failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -122,9 +91,6 @@ fn thread_contexts() -> usize {
         .max(2)
         * 4
 }
-
-/// HNSW's default search breadth (the `[index] ef_search` default).
-pub const DEFAULT_EF_SEARCH: usize = 256;
 
 fn index_options(dim: usize, o: VectorOptions) -> IndexOptions {
     let (connectivity, expansion_add, expansion_search) = match o.mode {

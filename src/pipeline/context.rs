@@ -14,7 +14,7 @@ use crate::prompts::{Family, PromptSet};
 use crate::serving::{CallMeta, RoleClient, Usage};
 
 use super::ask::Exchange;
-use super::record::Fallback;
+use crate::record::Fallback;
 
 /// Shared, read-only context of a run.
 pub struct Ctx {

@@ -4,14 +4,12 @@
 //! - `ask`: a request, its parse and the re-asks;
 //! - `stage1`, `stage2`, `stage3`: the method's stages, written once for every task;
 //! - `query`: one query (or dialogue) through its rounds and stages;
-//! - `record`: what is recorded per query;
 //! - `context`: shared context and per-query counters;
 //! - `run`: the orchestrator (`imagescope run`).
 
 pub mod ask;
 pub mod context;
 pub mod query;
-pub mod record;
 pub mod run;
 pub mod stage1;
 pub mod stage2;

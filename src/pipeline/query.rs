@@ -12,9 +12,9 @@ use crate::datasets::{Instruction, Query};
 use crate::roles::reasoner::BLANK_REFERENCE;
 
 use super::context::{Ctx, Tally};
-use super::record::{QueryRecord, RoundRecord, Status};
 use super::stage1::{self, RoundInput};
 use super::{stage2, stage3};
+use crate::record::{QueryRecord, RoundRecord, Status};
 
 fn add_ms(t: &mut BTreeMap<String, u64>, stage: &str, since: Instant) {
     *t.entry(stage.into()).or_default() += since.elapsed().as_millis() as u64;

@@ -11,6 +11,8 @@
 //! 6. stream the queries through their stages, at most `queries_in_flight` at once, appending each
 //!    finished query to the journal; Ctrl-C stops taking new results and says how to resume;
 //! 7. score every stage, write metrics, submissions (test splits) and a per-role summary.
+//!
+//! The HTML report is written by the `run` command from the finished folder (`report`), not here.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -34,7 +36,7 @@ use crate::serving::{Cache, CacheMode, Clients, StatsSnapshot};
 
 use super::context::Ctx;
 use super::query;
-use super::record::{QueryRecord, Status};
+use crate::record::{QueryRecord, Status};
 
 /// Command-line choices of a run.
 #[derive(Debug, Clone)]
@@ -514,15 +516,6 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
         notes,
     };
     folder.write_json("summary.json", &report)?;
-    match crate::report::from_run_folder(folder.path()).and_then(|input| {
-        crate::report::write_all(&input, folder.path()).map_err(|e| crate::report::ReportError {
-            dir: folder.path().to_path_buf(),
-            message: e.to_string(),
-        })
-    }) {
-        Ok(_) => {}
-        Err(e) => tracing::warn!("{e}"),
-    }
     tracing::info!(interrupted, "run finished");
     Ok(report)
 }

@@ -13,7 +13,7 @@ use crate::roles::reasoner::{self, ReasonInput, Reasoning};
 
 use super::ask::{Asked, ask};
 use super::context::{Ctx, Tally};
-use super::record::S1Record;
+use crate::record::S1Record;
 
 /// What one round of one query asks.
 #[derive(Debug, Clone)]

@@ -10,8 +10,8 @@ use crate::roles::verifier;
 
 use super::ask::{Asked, ask};
 use super::context::{Ctx, Tally};
-use super::record::{S1Record, S2Record, VerdictRecord};
 use super::stage1::RoundInput;
+use crate::record::{S1Record, S2Record, VerdictRecord};
 
 /// What the verifier judges a candidate from.
 #[derive(Clone)]

@@ -8,8 +8,8 @@ use crate::datasets::ImageKey;
 use crate::roles::evaluator;
 
 use super::context::{Ctx, Tally};
-use super::record::{DecisionRecord, S3Record};
 use super::stage1::RoundInput;
+use crate::record::{DecisionRecord, S3Record};
 
 async fn judge(
     ctx: &Ctx,

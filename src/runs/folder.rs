@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::record::QueryRecord;
+use crate::record::QueryRecord;
 
 /// `run.json`: what a run folder belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
