@@ -168,6 +168,11 @@ pub struct QueryRecord {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The kind of failure, for counting: a serving error's label (`context-length`, `connect`,
+    /// `timeout`, `http-500`, `media-load`, `empty-content`, ...) or the pipeline's own
+    /// (`prompt`, `embedding`, `search`, `reference-missing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_kind: Option<String>,
     /// Reference image.
     pub reference: Option<ImageKey>,
     /// Ground truth.
@@ -193,5 +198,40 @@ impl QueryRecord {
     /// The final round's ranking after `stage`.
     pub fn ranking_after(&self, stage: Stage) -> Option<&[ImageKey]> {
         self.rounds.last().and_then(|r| r.ranking_after(stage))
+    }
+}
+
+/// Why a query stopped: a kind to count failures by, and the message with the evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Short label (see `QueryRecord::failure_kind`).
+    pub kind: String,
+    /// What happened, with role, endpoint and the server's words where there were any.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure of the pipeline itself.
+    pub fn new(kind: &str, message: impl std::fmt::Display) -> Self {
+        Failure {
+            kind: kind.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// A model server's failure, labelled by its typed kind.
+    pub fn serving(e: &crate::serving::ServingError) -> Self {
+        Failure {
+            kind: e.kind.label(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The same failure with a prefix saying where it happened.
+    pub fn context(self, at: &str) -> Self {
+        Failure {
+            kind: self.kind,
+            message: format!("{at}: {}", self.message),
+        }
     }
 }

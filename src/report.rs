@@ -357,12 +357,27 @@ pub fn render(input: &ReportInput, view: View) -> String {
         .iter()
         .filter(|r| r.status == Status::Failed)
         .collect();
-    let _ = write!(out, "<h2>Failed queries ({})</h2><ul>", failed.len());
+    let _ = write!(out, "<h2>Failed queries ({})</h2>", failed.len());
+    let mut by_kind: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for r in &failed {
+        *by_kind
+            .entry(r.failure_kind.as_deref().unwrap_or("other"))
+            .or_default() += 1;
+    }
+    if !by_kind.is_empty() {
+        let kinds: Vec<String> = by_kind
+            .iter()
+            .map(|(k, n)| format!("{} {n}", esc(k)))
+            .collect();
+        let _ = write!(out, "<p>by kind: {}</p>", kinds.join(", "));
+    }
+    out.push_str("<ul>");
     for r in &failed {
         let _ = write!(
             out,
-            "<li><a href=\"#q{0}\">{0}</a>: {1}</li>",
+            "<li><a href=\"#q{0}\">{0}</a> [{1}]: {2}</li>",
             esc(&r.id),
+            esc(r.failure_kind.as_deref().unwrap_or("other")),
             esc(r.error.as_deref().unwrap_or(""))
         );
     }

@@ -89,6 +89,11 @@ async fn scripted_server_faults_during_a_run_are_survived_and_counted() {
         "{report}"
     );
     assert_eq!(
+        report["failures_by_kind"],
+        serde_json::json!({"wrong-dimension": 1}),
+        "failures are counted by typed kind"
+    );
+    assert_eq!(
         Env::metric(&report, "s3", "Recall@1"),
         75.0,
         "the other three answers are the same: {report}"
@@ -129,8 +134,15 @@ async fn a_query_whose_server_keeps_failing_is_recorded_as_failed_and_the_run_go
         failed[0][1].as_str().unwrap().contains("HTTP 500"),
         "{report}"
     );
+    assert_eq!(
+        report["failures_by_kind"],
+        serde_json::json!({"http-500": 1})
+    );
     let folder = PathBuf::from(report["folder"].as_str().unwrap());
-    assert_eq!(Env::journal(&folder).len(), 4, "every query has a record");
+    let journal = Env::journal(&folder);
+    assert_eq!(journal.len(), 4, "every query has a record");
+    let failed_record = journal.iter().find(|r| r["status"] == "failed").unwrap();
+    assert_eq!(failed_record["failure_kind"], "http-500");
     assert_eq!(
         Env::metric(&report, "s1", "Recall@10"),
         75.0,

@@ -14,7 +14,7 @@ use crate::roles::reasoner::BLANK_REFERENCE;
 use super::context::{Ctx, Tally};
 use super::stage1::{self, RoundInput};
 use super::{stage2, stage3};
-use crate::record::{QueryRecord, RoundRecord, Status};
+use crate::record::{Failure, QueryRecord, RoundRecord, Status};
 
 fn add_ms(t: &mut BTreeMap<String, u64>, stage: &str, since: Instant) {
     *t.entry(stage.into()).or_default() += since.elapsed().as_millis() as u64;
@@ -25,7 +25,7 @@ async fn run_round(
     input: &RoundInput,
     tally: &mut Tally,
     timings: &mut BTreeMap<String, u64>,
-) -> Result<RoundRecord, (String, RoundRecord)> {
+) -> Result<RoundRecord, (Failure, RoundRecord)> {
     let mut record = RoundRecord {
         round: input.round,
         instruction: input.instruction.clone(),
@@ -37,7 +37,7 @@ async fn run_round(
     let t = Instant::now();
     let s1 = match stage1::run(ctx, input, tally).await {
         Ok(s) => s,
-        Err(e) => return Err((format!("stage 1: {e}"), record)),
+        Err(e) => return Err((e.context("stage 1"), record)),
     };
     add_ms(timings, "s1", t);
     ctx.tick(0);
@@ -75,8 +75,11 @@ pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
                 Some(r) => match ctx.db.caption(r) {
                     Some(c) => c.trim().to_string(),
                     None => {
-                        error = Some(format!(
-                            "the reference image {r} is not in the image database (it failed to index?)"
+                        error = Some(Failure::new(
+                            "reference-missing",
+                            format!(
+                                "the reference image {r} is not in the image database (it failed to index?)"
+                            ),
                         ));
                         String::new()
                     }
@@ -159,7 +162,8 @@ pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
         } else {
             Status::Done
         },
-        error,
+        failure_kind: error.as_ref().map(|f| f.kind.clone()),
+        error: error.map(|f| f.message),
         reference: q.reference.clone(),
         targets: q.targets.clone(),
         rounds,

@@ -68,6 +68,8 @@ pub struct RunReport {
     pub resumed: usize,
     /// Failed queries with their reasons.
     pub failed: Vec<(String, String)>,
+    /// Failed queries counted by kind (`context-length`, `connect`, `media-load`, ...).
+    pub failures_by_kind: BTreeMap<String, usize>,
     /// Metrics after each stage; serialised as `{"s1": {"R@1": 12.5, ...}, ...}`, the shape of
     /// the run folder's `metrics.json`.
     #[serde(serialize_with = "serialize_stage_metrics")]
@@ -499,6 +501,11 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
                 .map(|q| (q.id.clone(), "no record".into())),
         )
         .collect();
+    let mut failures_by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    for r in ordered.iter().filter(|r| r.status == Status::Failed) {
+        let kind = r.failure_kind.clone().unwrap_or_else(|| "other".into());
+        *failures_by_kind.entry(kind).or_default() += 1;
+    }
     let roles: BTreeMap<String, StatsSnapshot> = clients
         .all()
         .map(|c| (c.role().to_string(), c.stats().snapshot()))
@@ -508,6 +515,7 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
         queries: queries.len(),
         resumed,
         failed,
+        failures_by_kind,
         metrics,
         roles,
         fallbacks,
@@ -556,6 +564,14 @@ pub fn render(report: &RunReport, config: &std::path::Path) -> String {
         report.resumed,
         report.failed.len()
     ));
+    if !report.failures_by_kind.is_empty() {
+        let kinds: Vec<String> = report
+            .failures_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        out.push_str(&format!("  failed by kind: {}\n", kinds.join(", ")));
+    }
     for (id, e) in report.failed.iter().take(20) {
         out.push_str(&format!("  failed {id}: {e}\n"));
     }

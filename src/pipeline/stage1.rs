@@ -13,7 +13,7 @@ use crate::roles::reasoner::{self, ReasonInput, Reasoning};
 
 use super::ask::{Asked, ask};
 use super::context::{Ctx, Tally};
-use crate::record::S1Record;
+use crate::record::{Failure, S1Record};
 
 /// What one round of one query asks.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ async fn reason(
     ctx: &Ctx,
     input: &RoundInput,
     tally: &mut Tally,
-) -> Result<(Reasoning, Vec<String>), String> {
+) -> Result<(Reasoning, Vec<String>), Failure> {
     if input.caption_only {
         return Ok((
             Reasoning {
@@ -72,7 +72,7 @@ async fn reason(
         &ri,
         ctx.reasoner.server().response_schema,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Failure::new("prompt", e))?;
     match ask(
         &ctx.reasoner,
         &ctx.prompts,
@@ -102,23 +102,27 @@ async fn reason(
         }
         Err((e, ex)) => {
             tally.exchange(Role::Reasoner, &ex);
-            Err(e.to_string())
+            Err(Failure::serving(&e))
         }
     }
 }
 
 /// Runs stage 1 for one round.
-pub async fn run(ctx: &Ctx, input: &RoundInput, tally: &mut Tally) -> Result<S1Record, String> {
+pub async fn run(ctx: &Ctx, input: &RoundInput, tally: &mut Tally) -> Result<S1Record, Failure> {
     let (reasoning, answers) = reason(ctx, input, tally).await?;
     let reply = ctx
         .embedder
         .embed(&embedder::texts(&reasoning.descriptions))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::serving(&e))?;
     tally.call(Role::Embedder, &reply.meta, None);
     let vectors: Vec<Vec<f32>> = reply.value.into_iter().filter_map(embedder::unit).collect();
-    let query = mean_query(&vectors)
-        .ok_or("the embedder returned no usable vector for the descriptions")?;
+    let query = mean_query(&vectors).ok_or_else(|| {
+        Failure::new(
+            "embedding",
+            "the embedder returned no usable vector for the descriptions",
+        )
+    })?;
 
     let subset: Option<HashSet<ImageKey>> = match (ctx.dataset, &input.subset) {
         (DatasetName::CirrSubset, Some(members)) => Some(
@@ -138,8 +142,8 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, tally: &mut Tally) -> Result<S1R
     let (db, tau) = (ctx.db.clone(), ctx.params.tau as f32);
     let hits = tokio::task::spawn_blocking(move || db.search(&query, tau, k, allowed.as_deref()))
         .await
-        .map_err(|e| format!("the gallery search crashed: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::new("search", format!("the gallery search crashed: {e}")))?
+        .map_err(|e| Failure::new("search", e))?;
     let (ranking, scores): (Vec<ImageKey>, Vec<f32>) = hits
         .into_iter()
         .filter(|(key, _)| !(exclude && Some(key) == input.reference.as_ref()))
