@@ -373,3 +373,54 @@ async fn wrong_model_name_in_answers_is_an_error() {
     let err = c.chat(&hello()).await.unwrap_err();
     assert!(matches!(err.kind, ErrorKind::WrongModel { .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_built_only_when_a_slot_is_free() {
+    let fake = FakeServer::start("m", 4).await;
+    fake.set_delay(Route::Chat, Duration::from_millis(20));
+    // A noisy 256×256 PNG of about 200 KB: its base64 dominates each request body.
+    let mut png = image::RgbImage::new(256, 256);
+    for (i, p) in png.pixels_mut().enumerate() {
+        *p = image::Rgb([(i * 7) as u8, (i * 13) as u8, (i * 29 % 251) as u8]);
+    }
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(png)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let img = EncodedImage::from_bytes(bytes, "noise.png").unwrap();
+    let req = ChatRequest {
+        messages: vec![Message {
+            speaker: Speaker::User,
+            parts: vec![Part::Text("Is there a dog?".into()), Part::Image(img)],
+        }],
+        ..Default::default()
+    };
+    let one = {
+        let c = client(
+            Role::Verifier,
+            "m",
+            &[fake.base_url()],
+            "max_in_flight = 2\n",
+        );
+        c.chat(&req).await.unwrap();
+        c.stats().snapshot().peak_body_bytes
+    };
+    assert!(one > 100_000, "one body holds the base64 image: {one}");
+    // Forty requests queue behind two slots: at most two bodies exist at any moment.
+    let c = client(
+        Role::Verifier,
+        "m",
+        &[fake.base_url()],
+        "max_in_flight = 2\n",
+    );
+    let results = futures::future::join_all((0..40).map(|_| c.chat(&req))).await;
+    assert!(results.iter().all(Result::is_ok));
+    let peak = c.stats().snapshot().peak_body_bytes;
+    assert!(
+        peak <= 2 * one,
+        "peak {peak} bytes held, one body is {one}: bodies were built before a slot was free"
+    );
+}

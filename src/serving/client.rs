@@ -169,12 +169,15 @@ impl RoleClient {
     /// Sends a chat request and validates the answer.
     pub async fn chat(&self, req: &ChatRequest) -> Result<Reply<ChatAnswer>, ServingError> {
         let s = &self.inner.server;
-        let body = wire::chat_body(req, s, ImageRendering::Send(s.image_transport));
-        let payload = bytes::Bytes::from(wire::encode_body(&body, req.images()));
-        drop(body);
+        // Built only when an in-flight slot is free (see `call`), so waiting requests hold no
+        // base64 image bodies.
+        let build = || {
+            let body = wire::chat_body(req, s, ImageRendering::Send(s.image_transport));
+            bytes::Bytes::from(wire::encode_body(&body, req.images()))
+        };
         let key = self.cache_key(|| wire::chat_body(req, s, ImageRendering::Hash));
         let reply = self
-            .call("/chat/completions", payload, key, greedy(req, s), |text| {
+            .call("/chat/completions", build, key, greedy(req, s), |text| {
                 let answer = wire::parse_chat(text)?;
                 self.check_model(answer.model.as_deref())?;
                 Ok(answer)
@@ -212,8 +215,9 @@ impl RoleClient {
                 EmbedInput::Image(img) => Some(img),
                 EmbedInput::Text(_) => None,
             });
-            let payload = bytes::Bytes::from(wire::encode_body(body, images));
-            self.call("/embeddings", payload, key, true, move |text| {
+            let images: Vec<_> = images.collect();
+            let build = move || bytes::Bytes::from(wire::encode_body(body, images.iter().copied()));
+            self.call("/embeddings", build, key, true, move |text| {
                 let a = wire::parse_embeddings(text, expected, s.dimension)?;
                 self.check_model(a.model.as_deref())?;
                 Ok(a.vectors)
@@ -317,10 +321,12 @@ impl RoleClient {
         }
     }
 
+    /// One request with its retries. `build` makes the body; it is called once an in-flight slot
+    /// (and the rate limiter) admits an attempt, and the body is dropped when the attempt ends.
     async fn call<T>(
         &self,
         path: &str,
-        payload: bytes::Bytes,
+        build: impl Fn() -> bytes::Bytes,
         cache_key: Option<String>,
         deterministic: bool,
         validate: impl Fn(&str) -> Result<T, ErrorKind>,
@@ -357,8 +363,11 @@ impl RoleClient {
                 limiter.until_ready().await;
             }
             inner.stats.record_attempt();
+            let payload = build();
+            let held = inner.stats.hold_body(payload.len());
             let sent = Instant::now();
-            let outcome = self.attempt(ep, path, payload.clone()).await;
+            let outcome = self.attempt(ep, path, payload).await;
+            drop(held);
             drop(permit);
             let result =
                 outcome.and_then(|text| validate(&text).map(|v| (v, text)).map_err(|k| (k, None)));

@@ -21,6 +21,22 @@ pub struct RoleStats {
     completion_tokens: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     latencies_ms: Mutex<Vec<f32>>,
+    body_bytes: AtomicU64,
+    peak_body_bytes: AtomicU64,
+}
+
+/// Request-body bytes held while one attempt is in flight; released on drop.
+pub(crate) struct HeldBody<'a> {
+    stats: &'a RoleStats,
+    bytes: u64,
+}
+
+impl Drop for HeldBody<'_> {
+    fn drop(&mut self) {
+        self.stats
+            .body_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// A point-in-time copy of the counters.
@@ -48,6 +64,10 @@ pub struct StatsSnapshot {
     pub latency_p50_ms: Option<f32>,
     /// 95th percentile latency of successful attempts, milliseconds.
     pub latency_p95_ms: Option<f32>,
+    /// The most request-body bytes held at once. Bodies (with images base64-encoded) are built
+    /// only once an in-flight slot is free, so this stays near `max_in_flight` bodies however long
+    /// the queue of waiting requests is.
+    pub peak_body_bytes: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,6 +100,13 @@ impl RoleStats {
         self.completion_tokens
             .fetch_add(completion, Ordering::Relaxed);
     }
+    /// Counts `bytes` of request body as held until the returned guard drops.
+    pub(crate) fn hold_body(&self, bytes: usize) -> HeldBody<'_> {
+        let bytes = bytes as u64;
+        let now = self.body_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak_body_bytes.fetch_max(now, Ordering::Relaxed);
+        HeldBody { stats: self, bytes }
+    }
     pub(crate) fn record_error(&self, kind: &ErrorKind) {
         *lock(&self.errors).entry(kind.label()).or_default() += 1;
     }
@@ -107,6 +134,7 @@ impl RoleStats {
             errors: lock(&self.errors).clone(),
             latency_p50_ms: pct(0.5),
             latency_p95_ms: pct(0.95),
+            peak_body_bytes: self.peak_body_bytes.load(Ordering::Relaxed),
         }
     }
 }
