@@ -1,12 +1,19 @@
 //! Rankings from scores, with deterministic ties: higher score first, then gallery order (lower
-//! index first); NaN scores sort last. Concurrency never changes a ranking.
+//! index first); NaN scores sort last. Concurrency never changes a ranking. `rank_order` is the
+//! one rule; the image database's search (`index::vectors`) sorts its hits with it too.
 
 use std::cmp::Ordering;
+
+/// The order of two scored items: higher score first, NaN after every number, then lower
+/// gallery position first.
+pub fn rank_order(a: (f32, usize), b: (f32, usize)) -> Ordering {
+    compare(a.0, b.0).then(a.1.cmp(&b.1))
+}
 
 /// Gallery indices ordered by descending score; ties keep gallery order; NaN last.
 pub fn order_by_score(scores: &[f32]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| compare(scores[a], scores[b]).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| rank_order((scores[a], a), (scores[b], b)));
     idx
 }
 
@@ -17,7 +24,7 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
         return Vec::new();
     }
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    let cmp = |a: &usize, b: &usize| compare(scores[*a], scores[*b]).then(a.cmp(b));
+    let cmp = |a: &usize, b: &usize| rank_order((scores[*a], *a), (scores[*b], *b));
     if k < idx.len() {
         idx.select_nth_unstable_by(k - 1, cmp);
         idx.truncate(k);

@@ -278,6 +278,17 @@ fn malformed_record_names_file_index_and_field() {
         err.contains("cap.rc2.val.json") && err.contains("record 7") && err.contains("caption"),
         "{err}"
     );
+    // A wrong type deep inside a record is named by its path.
+    recs[7]["caption"] = "fine".into();
+    recs[9]["img_set"]["members"][2] = 42.into();
+    std::fs::write(&path, serde_json::to_vec(&recs).unwrap()).unwrap();
+    let err = load_queries(&spec(DatasetName::Cirr, dir.path().into(), "val"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("record 9") && err.contains("img_set.members[2]"),
+        "{err}"
+    );
 }
 
 #[test]

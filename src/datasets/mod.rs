@@ -274,19 +274,16 @@ pub(crate) fn records<T: serde::de::DeserializeOwned>(
         .into_iter()
         .enumerate()
         .map(|(index, v)| {
-            serde_json::from_value(v).map_err(|e| {
-                let msg = e.to_string();
-                let field = msg
-                    .split('`')
-                    .nth(1)
-                    .filter(|_| msg.contains("field"))
-                    .unwrap_or("(record)")
-                    .to_string();
+            serde_path_to_error::deserialize(v).map_err(|e| {
+                // The path to the value that failed (`img_set.members[2]`); a missing field is
+                // reported at its parent, so the record itself ("." ) is named then, and the
+                // message names the field.
+                let at = e.path().to_string();
                 DatasetError::Record {
                     path: path.to_path_buf(),
                     index,
-                    field,
-                    message: msg,
+                    field: if at == "." { "(record)".into() } else { at },
+                    message: e.into_inner().to_string(),
                 }
             })
         })

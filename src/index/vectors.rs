@@ -352,11 +352,7 @@ impl Vectors {
     fn cmp(&self, a: &(u64, f32), b: &(u64, f32)) -> std::cmp::Ordering {
         let pa = self.position.get(&a.0).copied().unwrap_or(usize::MAX);
         let pb = self.position.get(&b.0).copied().unwrap_or(usize::MAX);
-        match (a.1.is_nan(), b.1.is_nan()) {
-            (true, false) => std::cmp::Ordering::Greater,
-            (false, true) => std::cmp::Ordering::Less,
-            _ => b.1.total_cmp(&a.1).then(pa.cmp(&pb)),
-        }
+        crate::ranking::rank_order((a.1, pa), (b.1, pb))
     }
 }
 

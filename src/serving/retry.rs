@@ -28,11 +28,25 @@ pub fn backoff_delay(
     Duration::from_secs_f64((cap / 2.0 + cap / 2.0 * unit) / 1000.0)
 }
 
-/// Parses a `Retry-After` header given in seconds (integer or decimal). HTTP dates are not
-/// parsed; the caller then falls back to exponential backoff.
+/// Parses a `Retry-After` header: seconds (integer or decimal), or an HTTP date (by `httpdate`),
+/// read as the time left until then (zero for a date in the past). Anything else is `None`, and the
+/// caller falls back to exponential backoff.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let secs: f64 = value.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+    parse_retry_after_at(value, std::time::SystemTime::now())
+}
+
+fn parse_retry_after_at(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(86_400)),
+    )
 }
 
 /// How long a failed replica is set aside: the cooldown doubled per consecutive failure, at most
@@ -85,8 +99,15 @@ mod tests {
     fn retry_after_parsing() {
         assert_eq!(parse_retry_after("3600"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        let date = "Wed, 21 Oct 2015 07:28:00 GMT";
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:27:30 GMT").unwrap();
+        assert_eq!(
+            parse_retry_after_at(date, now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(parse_retry_after(date), Some(Duration::ZERO), "in the past");
         assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]
