@@ -8,15 +8,16 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use imagescope::config::{Role, ServersConfig};
 use imagescope::pipeline::ask::{Asked, ask};
 use imagescope::prompts::{Family, PromptSet};
 use imagescope::roles::reasoner::{self, ReasonInput};
 use imagescope::serving::{ChatRequest, EmbedInput, Message, RoleClient, Speaker};
+use support::proxy;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -146,61 +147,13 @@ async fn live_overlong_prompt_is_a_context_length_error_and_not_retried() {
     assert_eq!(err.attempts, 1, "a prompt too long is never retried");
 }
 
-/// A counting proxy in front of the real server: how many requests were in flight at once.
-async fn counting_proxy(upstream: String) -> (String, Arc<AtomicUsize>) {
-    use axum::body::Bytes;
-    use axum::extract::State;
-    use axum::http::HeaderMap;
-    let max = Arc::new(AtomicUsize::new(0));
-    let now = Arc::new(AtomicUsize::new(0));
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "a test proxy, not model traffic of imagescope"
-    )]
-    let http = reqwest::Client::new();
-    let state = (upstream, http, now, max.clone());
-    async fn forward(
-        State((up, http, now, max)): State<(
-            String,
-            reqwest::Client,
-            Arc<AtomicUsize>,
-            Arc<AtomicUsize>,
-        )>,
-        _h: HeaderMap,
-        body: Bytes,
-    ) -> (axum::http::StatusCode, String) {
-        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-        max.fetch_max(n, Ordering::SeqCst);
-        let r = http
-            .post(format!("{up}/chat/completions"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap();
-        let text = r.text().await.unwrap();
-        now.fetch_sub(1, Ordering::SeqCst);
-        (status, text)
-    }
-    let app = axum::Router::new()
-        .route("/v1/chat/completions", axum::routing::post(forward))
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}/v1"), max)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the CPU stack: ./launch/cpu/up.sh"]
 async fn live_concurrency_limit_holds_against_a_real_server() {
     let cfg = cpu();
     let mut server = cfg.roles[&Role::Verifier].clone();
-    let (proxy, max) = counting_proxy(server.endpoints[0].trim_end_matches('/').to_string()).await;
-    server.endpoints = vec![proxy];
+    let (through, seen) = proxy::start(server.endpoints[0].clone()).await;
+    server.endpoints = vec![through];
     server.max_in_flight = 2;
     let c = RoleClient::new(Role::Verifier, &server, Path::new("cpu.toml")).unwrap();
     let reqs: Vec<ChatRequest> = (0..10)
@@ -215,7 +168,7 @@ async fn live_concurrency_limit_holds_against_a_real_server() {
     let results = futures::future::join_all(reqs.iter().map(|r| c.chat(r))).await;
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(
-        max.load(Ordering::SeqCst),
+        seen.lock().unwrap().max_in_flight,
         2,
         "the limit is reached and never exceeded"
     );

@@ -16,6 +16,8 @@
 //! are random, so their answers are noise and recall is not checked.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,7 @@ use imagescope::serving::{
     Speaker, wire,
 };
 use serde_json::Value;
+use support::proxy;
 
 const NEEDS: &str = "needs the vLLM CPU stack: launch/vllm-cpu/setup.sh && launch/vllm-cpu/up.sh";
 
@@ -116,73 +119,13 @@ async fn vllm_doctor_passes_for_all_five_roles_with_image_round_trips() {
     assert!(table.contains("all 5 endpoint(s) healthy"), "{table}");
 }
 
-/// A proxy in front of a real server that counts requests per path and those carrying an image.
-#[derive(Default)]
-struct Seen {
-    requests: usize,
-    with_image: usize,
-}
-
-async fn recording_proxy(upstream: String) -> (String, Arc<Mutex<Seen>>) {
-    use axum::body::Bytes;
-    use axum::extract::{Path as UrlPath, State};
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "a test proxy, not model traffic of imagescope"
-    )]
-    let http = reqwest::Client::new();
-    type St = (String, reqwest::Client, Arc<Mutex<Seen>>);
-    async fn forward(
-        State((up, http, seen)): State<St>,
-        UrlPath(rest): UrlPath<String>,
-        body: Bytes,
-    ) -> (axum::http::StatusCode, String) {
-        {
-            let mut s = seen.lock().unwrap();
-            s.requests += 1;
-            if memchr::memmem::find(&body, b"data:image/").is_some() {
-                s.with_image += 1;
-            }
-        }
-        let r = http
-            .post(format!("{up}/{rest}"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap();
-        (status, r.text().await.unwrap())
-    }
-    async fn get(
-        State((up, http, _)): State<St>,
-        UrlPath(rest): UrlPath<String>,
-    ) -> (axum::http::StatusCode, String) {
-        let r = http.get(format!("{up}/{rest}")).send().await.unwrap();
-        let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap();
-        (status, r.text().await.unwrap())
-    }
-    let app = axum::Router::new()
-        .route("/v1/{*rest}", axum::routing::post(forward).get(get))
-        // The evaluator's composite of two photos is a few MB of base64; axum's default is 2 MB.
-        .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state((upstream, http, seen.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}/v1"), seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the vLLM CPU stack: launch/vllm-cpu/up.sh"]
 async fn vllm_index_then_run_all_stages_with_every_role_on_vllm() {
     let dir = tempfile::tempdir().unwrap();
     // Every role behind a recording proxy, so the test sees what reached each server.
     let mut text = std::fs::read_to_string(root().join("configs/servers/vllm-cpu.toml")).unwrap();
-    let mut seen: BTreeMap<&str, Arc<Mutex<Seen>>> = BTreeMap::new();
+    let mut seen: BTreeMap<&str, Arc<Mutex<proxy::Seen>>> = BTreeMap::new();
     for (role, port) in [
         ("captioner", 8001),
         ("reasoner", 8002),
@@ -191,8 +134,8 @@ async fn vllm_index_then_run_all_stages_with_every_role_on_vllm() {
         ("embedder", 8005),
     ] {
         let real = format!("http://127.0.0.1:{port}/v1");
-        let (proxy, s) = recording_proxy(real.clone()).await;
-        text = text.replace(&format!("\"{real}\""), &format!("\"{proxy}\""));
+        let (through, s) = proxy::start(real.clone()).await;
+        text = text.replace(&format!("\"{real}\""), &format!("\"{through}\""));
         seen.insert(role, s);
     }
     std::fs::write(dir.path().join("servers.toml"), text).unwrap();

@@ -4,6 +4,7 @@
 
 pub mod env;
 pub mod fake_server;
+pub mod proxy;
 pub mod world;
 
 use std::path::Path;
