@@ -283,3 +283,68 @@ async fn a_two_round_dialogue_carries_its_description_and_scores_cumulative_hits
         "the description is carried"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_variant_runs_on_chosen_queries_and_resends_only_what_it_changes() {
+    let (env, config) = cirr_env().await;
+    env.run(&config, &[]).await;
+    let evaluator_before = env.evaluator.count(Route::Chat);
+    let prompts = env.path("variant");
+    support::copy_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("prompts"),
+        &prompts,
+    );
+    let f = prompts.join("general/evaluate.user.j2");
+    std::fs::write(
+        &f,
+        std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("short explanation", "brief explanation"),
+    )
+    .unwrap();
+    let variant = env
+        .run(
+            &config,
+            &[
+                "--prompts",
+                prompts.to_str().unwrap(),
+                "--queries",
+                "101,103",
+                "--run-name",
+                "variant",
+            ],
+        )
+        .await;
+    assert_eq!(variant["queries"], 2, "{variant}");
+    let roles = &variant["roles"];
+    // Only the evaluator's requests changed; everything else comes from the cache.
+    for role in ["reasoner", "verifier", "embedder"] {
+        assert_eq!(roles[role]["attempts"], 0, "{role}: {}", roles[role]);
+        assert!(roles[role]["cache_hits"].as_u64().unwrap() > 0, "{role}");
+    }
+    let sent = roles["evaluator"]["attempts"].as_u64().unwrap() as usize;
+    assert!(sent > 0);
+    assert_eq!(env.evaluator.count(Route::Chat), evaluator_before + sent);
+    let folder = PathBuf::from(variant["folder"].as_str().unwrap());
+    let copied = std::fs::read_to_string(folder.join("prompts/general/evaluate.user.j2")).unwrap();
+    assert!(
+        copied.contains("brief explanation"),
+        "the run keeps the variant's templates"
+    );
+
+    // An id the split does not have is refused, naming it.
+    let (code, _, err) = env
+        .imagescope(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--queries",
+            "101,999",
+        ])
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("999") && err.contains("not in the cirr val split"),
+        "{err}"
+    );
+}

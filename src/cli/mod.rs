@@ -89,6 +89,14 @@ pub enum Command {
         /// Answer only the first N queries.
         #[arg(long)]
         limit: Option<usize>,
+        /// Answer only these queries (ids, comma-separated), e.g. to try a prompt variant on a
+        /// fixed subset.
+        #[arg(long, value_delimiter = ',')]
+        queries: Option<Vec<String>>,
+        /// Prompt templates folder (overrides the experiment file), e.g. an edited copy of prompts/.
+        /// Requests whose bodies it does not change are answered from the request cache.
+        #[arg(long)]
+        prompts: Option<PathBuf>,
         /// Stages to run, e.g. s1,s2 (overrides the experiment file).
         #[arg(long, value_delimiter = ',')]
         stages: Option<Vec<crate::config::Stage>>,
@@ -290,16 +298,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             split,
             limit,
+            queries,
+            prompts,
             stages,
             run_name,
             resume,
             cache,
             json,
         } => {
-            let exp = crate::config::ExperimentConfig::load(&config)?;
+            let mut exp = crate::config::ExperimentConfig::load(&config)?;
+            if let Some(dir) = prompts {
+                if !dir.is_dir() {
+                    anyhow::bail!(
+                        "--prompts {}: no such folder; copy prompts/ and edit the copy",
+                        dir.display()
+                    );
+                }
+                exp.prompts_dir = dir;
+            }
             let opts = crate::pipeline::run::RunOptions {
                 split,
                 limit,
+                queries,
                 stages,
                 run_name,
                 resume,

@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub split: Option<String>,
     /// Answer only the first N queries.
     pub limit: Option<usize>,
+    /// Answer only these query ids.
+    pub queries: Option<Vec<String>>,
     /// Stages override.
     pub stages: Option<Vec<Stage>>,
     /// Run name (folder).
@@ -319,6 +321,26 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
     if let Some(note) = parity_cap(&mut queries, dataset.name, &dataset.split, params.profile) {
         notes.push(note);
     }
+    if let Some(ids) = &opts.queries {
+        let known: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
+        let unknown: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !known.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            let first: Vec<&str> = queries.iter().take(5).map(|q| q.id.as_str()).collect();
+            return Err(RunError::Other(format!(
+                "--queries: {} not in the {} {} split (its first ids: {})",
+                unknown.join(", "),
+                dataset.name.as_str(),
+                dataset.split,
+                first.join(", ")
+            )));
+        }
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        queries.retain(|q| wanted.contains(q.id.as_str()));
+    }
     if let Some(n) = dataset.limit {
         queries.truncate(n);
     }
@@ -575,11 +597,11 @@ pub fn render(report: &RunReport, config: &std::path::Path) -> String {
     for (id, e) in report.failed.iter().take(20) {
         out.push_str(&format!("  failed {id}: {e}\n"));
     }
-    out.push_str("\nrole        requests  cached  tokens in/out      p50 ms  p95 ms  errors\n");
+    out.push_str("\nrole          sent  cached  tokens in/out      p50 ms  p95 ms  errors\n");
     for (role, s) in &report.roles {
         let errors: u64 = s.errors.values().sum();
         out.push_str(&format!(
-            "{role:<10}  {:>8}  {:>6}  {:>8}/{:<8}  {:>6}  {:>6}  {:>6}\n",
+            "{role:<10}  {:>6}  {:>6}  {:>8}/{:<8}  {:>6}  {:>6}  {:>6}\n",
             s.attempts,
             s.cache_hits,
             s.prompt_tokens,
