@@ -2,7 +2,7 @@
 # Starts real vLLM 0.32 servers on this CPU machine, one per role, through the GPU recipes of
 # launch/vllm/<role>.sh (the one source of their flags) with only the model, its served name and
 # CPU settings overridden, then waits until each is healthy. Run launch/vllm-cpu/setup.sh first.
-#   launch/vllm-cpu/up.sh                    all five roles (about 14-18 GB of memory together)
+#   launch/vllm-cpu/up.sh                    all five roles (about 17 GB of memory in use together)
 #   launch/vllm-cpu/up.sh captioner embedder some of them
 #   launch/vllm-cpu/up.sh --dry-run          print the commands, start nothing (tests/launch.rs)
 # Ports (as on GPUs, configs/servers/vllm-cpu.toml): captioner 8001, reasoner 8002, verifier 8003,
