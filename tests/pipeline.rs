@@ -17,6 +17,20 @@ const CIRR_QUERIES: [(u64, usize, &str, usize); 4] = [
     (103, 7, "black dog sofa", 8),
 ];
 
+/// A copy of the bundled prompts under `name` with one word of the evaluator's template changed.
+fn evaluator_variant(env: &Env, name: &str) -> PathBuf {
+    let prompts = env.path(name);
+    support::copy_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("prompts"),
+        &prompts,
+    );
+    let f = prompts.join("general/evaluate.user.j2");
+    let text = std::fs::read_to_string(&f).unwrap();
+    assert!(text.contains("short explanation"));
+    std::fs::write(&f, text.replace("short explanation", "brief explanation")).unwrap();
+    prompts
+}
+
 async fn cirr_env() -> (Env, PathBuf) {
     let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
     write_cirr(&env.data, &CIRR_QUERIES);
@@ -160,19 +174,7 @@ async fn a_second_run_is_answered_from_the_cache_and_a_changed_template_resends_
     assert_eq!(Env::metric(&again, "s3", "Recall@1"), 100.0);
 
     // One word changed in the evaluator's template: only evaluator requests are sent again.
-    let prompts = env.path("prompts-edited");
-    support::copy_dir(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("prompts"),
-        &prompts,
-    );
-    let f = prompts.join("general/evaluate.user.j2");
-    std::fs::write(
-        &f,
-        std::fs::read_to_string(&f)
-            .unwrap()
-            .replace("short explanation", "brief explanation"),
-    )
-    .unwrap();
+    let prompts = evaluator_variant(&env, "prompts-edited");
     let edited = env.configs("cirr", "val", "", Some(&prompts));
     let third = env.run(&edited, &[]).await;
     let after = count(&env);
@@ -289,19 +291,7 @@ async fn a_prompt_variant_runs_on_chosen_queries_and_resends_only_what_it_change
     let (env, config) = cirr_env().await;
     env.run(&config, &[]).await;
     let evaluator_before = env.evaluator.count(Route::Chat);
-    let prompts = env.path("variant");
-    support::copy_dir(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("prompts"),
-        &prompts,
-    );
-    let f = prompts.join("general/evaluate.user.j2");
-    std::fs::write(
-        &f,
-        std::fs::read_to_string(&f)
-            .unwrap()
-            .replace("short explanation", "brief explanation"),
-    )
-    .unwrap();
+    let prompts = evaluator_variant(&env, "variant");
     let variant = env
         .run(
             &config,
