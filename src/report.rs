@@ -358,12 +358,7 @@ pub fn render(input: &ReportInput, view: View) -> String {
         .filter(|r| r.status == Status::Failed)
         .collect();
     let _ = write!(out, "<h2>Failed queries ({})</h2>", failed.len());
-    let mut by_kind: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for r in &failed {
-        *by_kind
-            .entry(r.failure_kind.as_deref().unwrap_or("other"))
-            .or_default() += 1;
-    }
+    let by_kind = crate::record::failures_by_kind(failed.iter().copied());
     if !by_kind.is_empty() {
         let kinds: Vec<String> = by_kind
             .iter()

@@ -523,11 +523,7 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
                 .map(|q| (q.id.clone(), "no record".into())),
         )
         .collect();
-    let mut failures_by_kind: BTreeMap<String, usize> = BTreeMap::new();
-    for r in ordered.iter().filter(|r| r.status == Status::Failed) {
-        let kind = r.failure_kind.clone().unwrap_or_else(|| "other".into());
-        *failures_by_kind.entry(kind).or_default() += 1;
-    }
+    let failures_by_kind = crate::record::failures_by_kind(&ordered);
     let roles: BTreeMap<String, StatsSnapshot> = clients
         .all()
         .map(|c| (c.role().to_string(), c.stats().snapshot()))

@@ -90,11 +90,6 @@ pub enum HttpClass {
 impl HttpClass {
     /// Classifies a status; `context_length` says whether the message reads as a context overflow,
     /// `media_load` whether it says an image could not be loaded.
-    pub fn from_status(status: u16, context_length: bool) -> Self {
-        Self::classify(status, context_length, false)
-    }
-
-    /// [`HttpClass::from_status`] with the image-loading reading of a 5xx message.
     pub fn classify(status: u16, context_length: bool, media_load: bool) -> Self {
         match status {
             400 | 413 | 422 if context_length => HttpClass::ContextLength,
@@ -111,17 +106,12 @@ impl HttpClass {
 }
 
 impl ErrorKind {
-    /// Worth another attempt of a request that may be answered differently: connection errors,
-    /// timeouts, 5xx, 408, 429, malformed answers, an empty answer, a wrong model (another replica
-    /// may serve the right one). Never other 4xx: a prompt too long or a bad request fails the same
-    /// way every time; nor an image the server cannot load, an oversize answer or a wrong dimension.
-    pub fn is_retryable(&self) -> bool {
-        self.may_change(false)
-    }
-
-    /// Whether another attempt can answer differently. A `deterministic` request (greedy
-    /// sampling, or an embedding) gets the same empty answer from a healthy server every time, so
-    /// an empty answer is not retried then.
+    /// Whether another attempt can answer differently: connection errors, timeouts, 5xx, 408, 429,
+    /// malformed answers, a wrong model (another replica may serve the right one), and an empty
+    /// answer unless the request is `deterministic` (greedy sampling, or an embedding: a healthy
+    /// server gives the same empty answer every time). Never other 4xx (a prompt too long or a bad
+    /// request fails the same way every time), an image the server cannot load, an oversize answer
+    /// or a wrong dimension.
     pub fn may_change(&self, deterministic: bool) -> bool {
         match self {
             ErrorKind::Connect(_)
@@ -267,7 +257,7 @@ mod tests {
     fn http(status: u16, ctx: bool) -> ErrorKind {
         ErrorKind::Http {
             status,
-            class: HttpClass::from_status(status, ctx),
+            class: HttpClass::classify(status, ctx, false),
             message: "m".into(),
             code: None,
             body: String::new(),
@@ -277,13 +267,13 @@ mod tests {
     #[test]
     fn retry_allowlist() {
         for s in [408, 429, 500, 502, 503, 504] {
-            assert!(http(s, false).is_retryable(), "{s}");
+            assert!(http(s, false).may_change(false), "{s}");
         }
         for s in [400, 401, 403, 404, 422] {
-            assert!(!http(s, false).is_retryable(), "{s}");
+            assert!(!http(s, false).may_change(false), "{s}");
         }
-        assert!(!http(400, true).is_retryable());
-        assert!(ErrorKind::Connect("refused".into()).is_retryable());
+        assert!(!http(400, true).may_change(false));
+        assert!(ErrorKind::Connect("refused".into()).may_change(false));
     }
 
     #[test]
