@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Stage;
 use crate::datasets::ImageKey;
+use crate::metrics::predictions::{Prediction, Predictions};
 use crate::roles::reasoner::{Edit, Proposition};
 use crate::serving::Usage;
 
@@ -199,6 +200,36 @@ impl QueryRecord {
     pub fn ranking_after(&self, stage: Stage) -> Option<&[ImageKey]> {
         self.rounds.last().and_then(|r| r.ranking_after(stage))
     }
+}
+
+/// The predictions of every query after `stage`.
+pub fn predictions<'a>(
+    records: impl IntoIterator<Item = &'a QueryRecord>,
+    stage: Stage,
+    dialogue: bool,
+) -> Predictions {
+    let mut p = Predictions::default();
+    for r in records.into_iter().filter(|r| r.status == Status::Done) {
+        let pred = if dialogue {
+            Prediction::Rounds(
+                r.rounds
+                    .iter()
+                    .filter_map(|round| {
+                        round
+                            .ranking_after(stage)
+                            .map(|k| (round.round, k.to_vec()))
+                    })
+                    .collect(),
+            )
+        } else {
+            match r.ranking_after(stage) {
+                Some(k) => Prediction::Ranking(k.to_vec()),
+                None => continue,
+            }
+        };
+        p.entries.insert(r.id.clone(), pred);
+    }
+    p
 }
 
 /// Failed records counted by `failure_kind` ("other" for records written before kinds existed).

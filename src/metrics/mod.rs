@@ -2,13 +2,14 @@
 //! image keys. Pure functions: no I/O, no servers.
 //!
 //! - `first_hit`: 1-based rank of the first positive (the shared core);
-//! - `recall_at`: Recall@K / R@K / Recall_subset@K / Hits@K as a percentage;
+//! - `hit_value`: one query's share of Recall@K / R@K / Recall_subset@K;
 //! - `average_precision_at`: CIRCO's AP@K, divisor min(K, |GT|), duplicates refused upstream;
-//! - `cumulative_hits`, `bri`: ChatIR / PlugIR dialogue metrics.
+//! - `cumulative_hit`, `bri`: ChatIR / PlugIR dialogue metrics.
 //!
-//! `protocol` applies each benchmark's rules (reference exclusion, subsets, metric names);
+//! `paired` holds the paired bootstrap and McNemar test `compare` uses; `protocol` applies each benchmark's rules (reference exclusion, subsets, metric names);
 //! `predictions` reads prediction and submission files.
 
+pub mod paired;
 pub mod predictions;
 pub mod protocol;
 
@@ -24,13 +25,10 @@ pub fn first_hit(ranking: &[ImageKey], positives: &HashSet<&ImageKey>) -> Option
         .map(|p| p + 1)
 }
 
-/// Percentage of queries whose rank is ≤ k (a missing rank is a miss).
-pub fn recall_at(ranks: &[Option<usize>], k: usize) -> f64 {
-    if ranks.is_empty() {
-        return 0.0;
-    }
-    let hits = ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count();
-    100.0 * hits as f64 / ranks.len() as f64
+/// 1 when a rank is within the top `k`, else 0 (a missing rank is a miss): one query's share of
+/// Recall@K / R@K / Recall_subset@K, which are 100 × the mean of this over queries.
+pub fn hit_value(rank: Option<usize>, k: usize) -> f64 {
+    f64::from(u8::from(rank.is_some_and(|r| r <= k)))
 }
 
 /// CIRCO AP@K (as a fraction): the precision at each relevant position within the top K, summed,
@@ -50,21 +48,14 @@ pub fn average_precision_at(ranking: &[ImageKey], gt: &HashSet<&ImageKey>, k: us
     sum / k.min(gt.len()) as f64
 }
 
-/// Cumulative Hits@K per round (percentages): a dialogue counts at round r if its target ranked
-/// ≤ k at any round ≤ r. `ranks[d][r]` is dialogue d's rank at round r (`None` = not found).
-pub fn cumulative_hits(ranks: &[Vec<Option<usize>>], k: usize, rounds: usize) -> Vec<f64> {
-    if ranks.is_empty() {
-        return vec![0.0; rounds];
-    }
-    (0..rounds)
-        .map(|r| {
-            let hit = ranks
-                .iter()
-                .filter(|d| d.iter().take(r + 1).any(|x| x.is_some_and(|x| x <= k)))
-                .count();
-            100.0 * hit as f64 / ranks.len() as f64
-        })
-        .collect()
+/// Cumulative Hits@K of one dialogue at round index `round`: its target ranked ≤ k at any round
+/// up to and including it (`ranks[r]` is the rank at round r, `None` = not found). Hits@K/round r
+/// is 100 × the mean of this over dialogues.
+pub fn cumulative_hit(ranks: &[Option<usize>], k: usize, round: usize) -> bool {
+    ranks
+        .iter()
+        .take(round + 1)
+        .any(|x| x.is_some_and(|x| x <= k))
 }
 
 /// PlugIR's Best log Rank Integral (lower is better): per dialogue, the best 0-based rank so far
@@ -107,9 +98,10 @@ mod tests {
         assert_eq!(first_hit(&r, &HashSet::from([&t])), Some(3));
         assert_eq!(first_hit(&r, &HashSet::from([&ImageKey::from("z")])), None);
         let ranks = [Some(1), Some(3), None, Some(10)];
-        assert_eq!(recall_at(&ranks, 1), 25.0);
-        assert_eq!(recall_at(&ranks, 3), 50.0);
-        assert_eq!(recall_at(&ranks, 10), 75.0);
+        let recall = |k| 100.0 * ranks.iter().map(|&r| hit_value(r, k)).sum::<f64>() / 4.0;
+        assert_eq!(recall(1), 25.0);
+        assert_eq!(recall(3), 50.0);
+        assert_eq!(recall(10), 75.0);
     }
 
     #[test]
@@ -126,8 +118,11 @@ mod tests {
 
     #[test]
     fn hits_are_cumulative() {
-        let ranks = vec![vec![Some(20), Some(5), Some(30)], vec![None, None, Some(1)]];
-        assert_eq!(cumulative_hits(&ranks, 10, 3), vec![0.0, 50.0, 100.0]);
+        let first = [Some(20), Some(5), Some(30)];
+        let second = [None, None, Some(1)];
+        let at = |d: &[Option<usize>]| (0..3).map(|r| cumulative_hit(d, 10, r)).collect::<Vec<_>>();
+        assert_eq!(at(&first), [false, true, true]);
+        assert_eq!(at(&second), [false, false, true]);
     }
 
     #[test]

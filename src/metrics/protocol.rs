@@ -18,7 +18,7 @@ use crate::config::DatasetName;
 use crate::datasets::{ImageKey, Query};
 
 use super::predictions::{Prediction, Predictions};
-use super::{average_precision_at, bri, cumulative_hits, first_hit, recall_at};
+use super::{average_precision_at, bri, cumulative_hit, first_hit, hit_value};
 
 /// Options of the protocols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,6 +128,53 @@ pub fn protocol_ranking(
     }
 }
 
+/// One metric's value per query, in query order. The metric is `scale` × the mean of the present
+/// values (absent: a query the metric does not cover, e.g. a CIRCO aspect it lacks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricValues {
+    /// Metric name.
+    pub name: String,
+    /// 100 for percentages, 1 for BRI.
+    pub scale: f64,
+    /// Per query (the order of the `queries` scored).
+    pub values: Vec<Option<f64>>,
+}
+
+impl MetricValues {
+    /// The metric over all queries: `scale` × sum / count of present values (0 with none).
+    pub fn value(&self) -> f64 {
+        let (sum, n) = self
+            .values
+            .iter()
+            .flatten()
+            .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+        if n == 0 {
+            0.0
+        } else {
+            self.scale * sum / n as f64
+        }
+    }
+
+    /// The per-query values in the metric's unit (× `scale`).
+    pub fn scaled(&self) -> Vec<Option<f64>> {
+        self.values
+            .iter()
+            .map(|v| v.map(|v| v * self.scale))
+            .collect()
+    }
+}
+
+/// Every metric of a protocol, per query: what `score` averages and `compare` resamples.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PerQuery {
+    /// Metrics in report order.
+    pub metrics: Vec<MetricValues>,
+    /// Ids of queries that had no prediction (scored as misses).
+    pub missing: Vec<String>,
+    /// Prediction ids that match no query.
+    pub unknown: Vec<String>,
+}
+
 /// Scores `predictions` for `queries` under `dataset`'s protocol.
 pub fn score(
     dataset: DatasetName,
@@ -135,11 +182,30 @@ pub fn score(
     predictions: &Predictions,
     opts: ScoreOptions,
 ) -> Result<Scored, ScoreError> {
+    let p = per_query(dataset, queries, predictions, opts)?;
+    Ok(Scored {
+        metrics: p
+            .metrics
+            .iter()
+            .map(|m| (m.name.clone(), m.value()))
+            .collect(),
+        missing: p.missing,
+        unknown: p.unknown,
+    })
+}
+
+/// The per-query values behind `score`: one value per query and metric.
+pub fn per_query(
+    dataset: DatasetName,
+    queries: &[Query],
+    predictions: &Predictions,
+    opts: ScoreOptions,
+) -> Result<PerQuery, ScoreError> {
     if queries.is_empty() || queries.iter().all(|q| q.targets.is_empty()) {
         return Err(ScoreError::NoGroundTruth { dataset });
     }
     let ids: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
-    let mut scored = Scored {
+    let mut out = PerQuery {
         unknown: predictions
             .entries
             .keys()
@@ -149,12 +215,16 @@ pub fn score(
         ..Default::default()
     };
     if dataset == DatasetName::Visdial {
-        return score_dialogues(queries, predictions, scored);
+        return dialogues_per_query(queries, predictions, out);
     }
     let empty = Vec::new();
     let mut ranks = Vec::with_capacity(queries.len());
-    let mut aps: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
-    let mut aspect_ap10: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut aps: BTreeMap<usize, Vec<Option<f64>>> = BTreeMap::new();
+    let mut aspect_ap10: BTreeMap<&str, Vec<Option<f64>>> = BTreeMap::new();
+    let aspects: HashSet<&str> = queries
+        .iter()
+        .flat_map(|q| q.aspects.iter().map(String::as_str))
+        .collect();
     for q in queries {
         let predicted = match predictions.entries.get(&q.id) {
             Some(Prediction::Ranking(r)) => r,
@@ -165,7 +235,7 @@ pub fn score(
                 });
             }
             None => {
-                scored.missing.push(q.id.clone());
+                out.missing.push(q.id.clone());
                 &empty
             }
         };
@@ -184,49 +254,46 @@ pub fn score(
             for &k in ks(dataset) {
                 aps.entry(k)
                     .or_default()
-                    .push(average_precision_at(&ranking, &gt, k));
+                    .push(Some(average_precision_at(&ranking, &gt, k)));
             }
             let ap10 = average_precision_at(&ranking, &gt, 10);
-            for a in &q.aspects {
-                aspect_ap10.entry(a.as_str()).or_default().push(ap10);
+            for a in &aspects {
+                let has = q.aspects.iter().any(|x| x == a);
+                aspect_ap10.entry(a).or_default().push(has.then_some(ap10));
             }
         }
     }
-    let mean = |v: &[f64]| {
-        if v.is_empty() {
-            0.0
-        } else {
-            100.0 * v.iter().sum::<f64>() / v.len() as f64
-        }
-    };
     let name = |k: usize| match dataset {
         DatasetName::Cirr | DatasetName::Circo => format!("Recall@{k}"),
         DatasetName::CirrSubset => format!("Recall_subset@{k}"),
         _ => format!("R@{k}"),
     };
-    if dataset == DatasetName::Circo {
-        for (k, v) in &aps {
-            scored.metrics.push((format!("mAP@{k}"), mean(v)));
-        }
+    let percent = |name: String, values: Vec<Option<f64>>| MetricValues {
+        name,
+        scale: 100.0,
+        values,
+    };
+    for (k, v) in aps {
+        out.metrics.push(percent(format!("mAP@{k}"), v));
     }
     for &k in ks_for(dataset, opts) {
-        scored.metrics.push((name(k), recall_at(&ranks, k)));
+        let hits = ranks.iter().map(|&r| Some(hit_value(r, k))).collect();
+        out.metrics.push(percent(name(k), hits));
     }
-    let mut aspects: Vec<_> = aspect_ap10.into_iter().collect();
-    aspects.sort_by(|a, b| mean(&b.1).total_cmp(&mean(&a.1)).then(a.0.cmp(b.0)));
-    for (aspect, v) in aspects {
-        scored
-            .metrics
-            .push((format!("semantic_mAP@10/{aspect}"), mean(&v)));
-    }
-    Ok(scored)
+    let mut by_aspect: Vec<MetricValues> = aspect_ap10
+        .into_iter()
+        .map(|(a, v)| percent(format!("semantic_mAP@10/{a}"), v))
+        .collect();
+    by_aspect.sort_by(|a, b| b.value().total_cmp(&a.value()).then(a.name.cmp(&b.name)));
+    out.metrics.extend(by_aspect);
+    Ok(out)
 }
 
-fn score_dialogues(
+fn dialogues_per_query(
     queries: &[Query],
     predictions: &Predictions,
-    mut scored: Scored,
-) -> Result<Scored, ScoreError> {
+    mut out: PerQuery,
+) -> Result<PerQuery, ScoreError> {
     let max_round = predictions
         .entries
         .values()
@@ -265,25 +332,39 @@ fn score_dialogues(
                 vec![first_hit(list, &target); rounds.len()]
             }
             None => {
-                scored.missing.push(q.id.clone());
+                out.missing.push(q.id.clone());
                 vec![None; rounds.len()]
             }
         };
         ranks.push(per_round);
     }
     for &k in ks(DatasetName::Visdial) {
-        let hits = cumulative_hits(&ranks, k, rounds.len());
-        for (r, h) in rounds.iter().zip(hits) {
-            scored.metrics.push((format!("Hits@{k}/round{r}"), h));
+        for (i, r) in rounds.iter().enumerate() {
+            out.metrics.push(MetricValues {
+                name: format!("Hits@{k}/round{r}"),
+                scale: 100.0,
+                values: ranks
+                    .iter()
+                    .map(|d| Some(f64::from(u8::from(cumulative_hit(d, k, i)))))
+                    .collect(),
+            });
         }
     }
     // A target not in a list of n ranks at n + 1, i.e. 0-based rank n. Rankings cut at depth n
     // (a run keeps the top 100 of a 50,000-image search space) make that an optimistic bound, not
     // the literature's BRI over the whole gallery, so the name carries the depth: `BRI@100`.
-    if let Some(b) = bri(&ranks, longest) {
-        scored.metrics.push((format!("BRI@{longest}"), b));
+    let per_dialogue: Vec<Option<f64>> = ranks
+        .iter()
+        .map(|d| bri(std::slice::from_ref(d), longest))
+        .collect();
+    if per_dialogue.iter().all(Option::is_some) {
+        out.metrics.push(MetricValues {
+            name: format!("BRI@{longest}"),
+            scale: 1.0,
+            values: per_dialogue,
+        });
     }
-    Ok(scored)
+    Ok(out)
 }
 
 /// The FashionIQ average reported in papers: the mean of the three categories' R@10 and R@50.

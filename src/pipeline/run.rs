@@ -27,7 +27,7 @@ use crate::config::{
 };
 use crate::datasets::{self, DatasetSpec, ImageKey, Query};
 use crate::index::{self, ImageDb};
-use crate::metrics::predictions::{Prediction, Predictions};
+use crate::metrics::predictions::Prediction;
 use crate::metrics::protocol::{self, ScoreOptions, Scored};
 use crate::prompts::{Family, PromptSet};
 use crate::runs::folder::{FolderError, RunFolder};
@@ -172,32 +172,6 @@ fn open_db(
         )));
     }
     Ok(db)
-}
-
-/// The predictions of every query after `stage`.
-pub fn predictions(records: &[QueryRecord], stage: Stage, dialogue: bool) -> Predictions {
-    let mut p = Predictions::default();
-    for r in records.iter().filter(|r| r.status == Status::Done) {
-        let pred = if dialogue {
-            Prediction::Rounds(
-                r.rounds
-                    .iter()
-                    .filter_map(|round| {
-                        round
-                            .ranking_after(stage)
-                            .map(|k| (round.round, k.to_vec()))
-                    })
-                    .collect(),
-            )
-        } else {
-            match r.ranking_after(stage) {
-                Some(k) => Prediction::Ranking(k.to_vec()),
-                None => continue,
-            }
-        };
-        p.entries.insert(r.id.clone(), pred);
-    }
-    p
 }
 
 /// Metrics after each stage as one JSON object, `{"s1": {"R@1": 12.5, ...}, "s2": ...}`: the one
@@ -470,7 +444,7 @@ pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, 
     let mut stages = params.stages.clone();
     stages.sort();
     for stage in stages {
-        let preds = predictions(&ordered, stage, dialogue);
+        let preds = crate::record::predictions(&ordered, stage, dialogue);
         match protocol::score(dataset.name, &queries, &preds, score_opts) {
             Ok(Scored { metrics: m, .. }) => metrics.push((stage, m)),
             Err(protocol::ScoreError::NoGroundTruth { .. }) => {}

@@ -43,6 +43,39 @@ pub struct FolderError {
     pub message: String,
 }
 
+/// Reads a journal line by line (one record in memory at a time), calling `each` with every
+/// readable record in file order. A query run again after a resume appears again later in the
+/// file; callers keep the last. Returns how many lines could not be read (a crash mid-write).
+pub fn read_journal(path: &Path, mut each: impl FnMut(QueryRecord)) -> std::io::Result<usize> {
+    use std::io::BufRead as _;
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path)?);
+    // Bytes, not `read_line`: a line cut mid-character by a crash is skipped, not an error.
+    let mut line = Vec::new();
+    let mut skipped = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(skipped);
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<QueryRecord>(&line) {
+            Ok(r) => each(r),
+            Err(_) => skipped += 1,
+        }
+    }
+}
+
+fn last_byte(path: &Path) -> Option<u8> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    f.seek(SeekFrom::End(-1)).ok()?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b).ok()?;
+    Some(b[0])
+}
+
 /// An open run folder.
 pub struct RunFolder {
     path: PathBuf,
@@ -144,26 +177,25 @@ impl RunFolder {
                 &expected.config_hash[..12.min(expected.config_hash.len())]
             )));
         }
-        let text = std::fs::read_to_string(path.join("queries.jsonl")).unwrap_or_default();
+        let journal = path.join("queries.jsonl");
         let mut records: BTreeMap<String, QueryRecord> = BTreeMap::new();
-        let mut skipped = 0;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            match serde_json::from_str::<QueryRecord>(line) {
-                Ok(r) => {
-                    records.insert(r.id.clone(), r);
-                }
-                Err(_) => skipped += 1,
-            }
-        }
+        let skipped = match read_journal(&journal, |r| {
+            records.insert(r.id.clone(), r);
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(bad(format!("cannot read queries.jsonl: {e}"))),
+        };
         if skipped > 0 {
             tracing::warn!(
                 "{skipped} unreadable journal line(s) ignored (a crash mid-write); those queries run again"
             );
         }
+        let ends_mid_line = last_byte(&journal).is_some_and(|b| b != b'\n');
         info.resumed.push(now_rfc3339());
         let folder = Self::open_journal(path.to_path_buf())?;
         // A partial last line must not glue onto the next record.
-        if !text.is_empty() && !text.ends_with('\n') {
+        if ends_mid_line {
             folder.raw_append("\n")?;
         }
         folder.write_json("run.json", &info)?;
