@@ -10,6 +10,7 @@
 //! - API keys are read from environment variables by `serving` and never printed or stored.
 
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod datasets;
 pub mod doctor;

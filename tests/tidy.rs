@@ -127,11 +127,16 @@ fn modules_depend_one_way_with_no_cycles() {
             "metrics",
             &[
                 "serving", "roles", "pipeline", "index", "runs", "report", "record", "cli",
+                "compare",
             ],
         ),
         ("record", &["pipeline", "runs", "report", "cli", "index"]),
         ("runs", &["pipeline", "report", "cli", "serving"]),
         ("report", &["pipeline", "runs", "cli", "serving"]),
+        (
+            "compare",
+            &["pipeline", "cli", "serving", "index", "roles", "report"],
+        ),
         (
             "index",
             &["pipeline", "runs", "report", "record", "cli", "metrics"],

@@ -4,6 +4,7 @@
 //! 0 on success, 1 when a check the command performs fails (doctor), and 2 for bad input or
 //! configuration.
 
+mod compare;
 mod index;
 mod prompt;
 mod search;
@@ -149,6 +150,9 @@ pub enum Command {
         #[command(subcommand)]
         action: PromptAction,
     },
+    /// Compare two runs of the same dataset and split: metrics per stage with paired bootstrap
+    /// intervals and McNemar's test, per-query rank moves, cost per role, prompt and config diffs.
+    Compare(compare::CompareArgs),
     /// Validate a CIRR or CIRCO test-server submission; exits non-zero at the first problem.
     CheckSubmission {
         /// cirr (or cirr-subset) or circo.
@@ -287,6 +291,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             open,
         } => search::search(target, text, image, json, open).await,
         Command::Chat { target } => search::chat(target).await,
+        Command::Compare(args) => compare::run(args),
         Command::Report { run_dir } => {
             let input = crate::report::from_run_folder(&run_dir)?;
             let pages = crate::report::write_all(&input, &run_dir)?;
