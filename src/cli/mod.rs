@@ -7,6 +7,7 @@
 mod compare;
 mod index;
 mod prompt;
+mod run;
 mod search;
 
 use std::io::Write as _;
@@ -329,31 +330,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 run_name,
                 resume,
                 cache,
-                progress: !json,
             };
-            let report = crate::pipeline::run::run(&exp, opts).await?;
-            // The HTML pages are made from the folder as written; a failure there loses no result.
-            if let Err(e) = crate::report::from_run_folder(&report.folder).and_then(|input| {
-                crate::report::write_all(&input, &report.folder).map_err(|e| {
-                    crate::report::ReportError {
-                        dir: report.folder.clone(),
-                        message: e.to_string(),
-                    }
-                })
-            }) {
-                tracing::warn!("{e}");
-            }
-            let text = if json {
-                serde_json::to_string_pretty(&report)? + "\n"
-            } else {
-                crate::pipeline::run::render(&report, &config)
-            };
-            print(&text)?;
-            Ok(if report.interrupted {
-                ExitCode::from(130)
-            } else {
-                ExitCode::SUCCESS
-            })
+            run::run(&exp, &config, opts, json).await
         }
         Command::Prompt { action } => {
             let out = match action {

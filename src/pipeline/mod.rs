@@ -5,10 +5,13 @@
 //! - `stage1`, `stage2`, `stage3`: the method's stages, written once for every task;
 //! - `query`: one query (or dialogue) through its rounds and stages;
 //! - `context`: shared context and per-query counters;
-//! - `run`: the orchestrator (`imagescope run`).
+//! - `prepare`, `run`, `finish`: `imagescope run` in three parts: get ready (queries, image
+//!   database, clients, run folder), drive the queries (the loop), score from the journal.
 
 pub mod ask;
 pub mod context;
+pub mod finish;
+pub mod prepare;
 pub mod query;
 pub mod run;
 pub mod stage1;

@@ -4,14 +4,14 @@
 //! `output.log`, `queries.jsonl` (the journal: one line per finished query, appended and flushed),
 //! `metrics.json`, `metrics.txt`, `summary.json` and submission files on test splits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::QueryRecord;
+use crate::record::{QueryRecord, Status};
 
 /// `run.json`: what a run folder belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,12 +150,13 @@ impl RunFolder {
     }
 
     /// Opens an existing folder to resume it: checks `run.json` against `expected` (version and
-    /// config hash) and returns the journal's finished records. A partly written last line (a
-    /// crash mid-write) is ignored.
+    /// config hash) and returns the ids of the queries the journal holds as done (the last record
+    /// of an id counts; failed ones run again). The journal is streamed, not held. A partly
+    /// written last line (a crash mid-write) is ignored.
     pub fn resume(
         path: &Path,
         expected: &RunInfo,
-    ) -> Result<(Self, RunInfo, Vec<QueryRecord>), FolderError> {
+    ) -> Result<(Self, RunInfo, HashSet<String>), FolderError> {
         let bad = |message: String| FolderError {
             path: path.to_path_buf(),
             message,
@@ -178,9 +179,13 @@ impl RunFolder {
             )));
         }
         let journal = path.join("queries.jsonl");
-        let mut records: BTreeMap<String, QueryRecord> = BTreeMap::new();
+        let mut done: HashSet<String> = HashSet::new();
         let skipped = match read_journal(&journal, |r| {
-            records.insert(r.id.clone(), r);
+            if r.status == Status::Done {
+                done.insert(r.id);
+            } else {
+                done.remove(&r.id);
+            }
         }) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
@@ -199,7 +204,7 @@ impl RunFolder {
             folder.raw_append("\n")?;
         }
         folder.write_json("run.json", &info)?;
-        Ok((folder, info, records.into_values().collect()))
+        Ok((folder, info, done))
     }
 
     /// The folder.

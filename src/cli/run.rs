@@ -1,0 +1,170 @@
+//! `imagescope run`: the command around the library's three parts (`pipeline::prepare`, `drive`,
+//! `finish`): progress bars while it runs, then the HTML report from the finished folder and the
+//! summary as text or JSON.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{PipelineParams, Stage};
+use crate::datasets::Query;
+use crate::pipeline::finish::{RunReport, metrics_table};
+use crate::pipeline::run::RunOptions;
+use crate::record::Status;
+
+/// A bar of finished queries and one bar per stage counting rounds through it (a dialogue has one
+/// round per turn, plus round 0 outside the parity profile, which runs stage 1 only).
+fn progress_bars(
+    todo: &[&Query],
+    params: &PipelineParams,
+) -> Option<([indicatif::ProgressBar; 3], indicatif::ProgressBar)> {
+    if todo.is_empty() {
+        return None;
+    }
+    let round0 = u64::from(params.profile != crate::config::Profile::Parity);
+    let turns: u64 = todo
+        .iter()
+        .map(|q| match &q.instruction {
+            crate::datasets::Instruction::Text { .. } => 1,
+            crate::datasets::Instruction::Dialogue { turns, .. } => turns.len() as u64,
+        })
+        .sum();
+    let dialogues = todo
+        .iter()
+        .filter(|q| matches!(q.instruction, crate::datasets::Instruction::Dialogue { .. }))
+        .count() as u64;
+    let multi = indicatif::MultiProgress::new();
+    let make = |len: u64, name: &str| {
+        let b = multi.add(indicatif::ProgressBar::new(len));
+        if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+            "{name:>7} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} ETA {{eta}} {{msg}}"
+        )) {
+            b.set_style(style.progress_chars("=> "));
+        }
+        b
+    };
+    let has = |s: Stage| params.stages.contains(&s);
+    let stages = [
+        make(turns + round0 * dialogues, "s1"),
+        make(if has(Stage::S2) { turns } else { 0 }, "s2"),
+        make(if has(Stage::S3) { turns } else { 0 }, "s3"),
+    ];
+    let queries = make(todo.len() as u64, "queries");
+    Some((stages, queries))
+}
+
+/// Runs the experiment at `config` (already loaded as `exp`) and prints the summary.
+pub async fn run(
+    exp: &crate::config::ExperimentConfig,
+    config: &Path,
+    opts: RunOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut prepared = crate::pipeline::prepare::prepare(exp, &opts)?;
+    let bars = if json {
+        None
+    } else {
+        progress_bars(&prepared.todo(), &prepared.params)
+    };
+    if let Some((stages, _)) = &bars {
+        prepared.ctx.progress = Some(stages.clone());
+    }
+    let queries_bar = bars.as_ref().map(|(_, q)| q.clone());
+    let interrupted = crate::pipeline::run::drive(&prepared, |record| {
+        if let Some(b) = &queries_bar {
+            b.inc(1);
+            if record.status == Status::Failed {
+                b.set_message("(some failed)");
+            }
+        }
+    })
+    .await?;
+    if let Some((stages, queries)) = &bars {
+        queries.finish();
+        stages.iter().for_each(indicatif::ProgressBar::finish);
+    }
+    let report = crate::pipeline::finish::finish(&prepared, interrupted)?;
+    // The HTML pages are made from the folder as written; a failure there loses no result.
+    if let Err(e) = crate::report::from_run_folder(&report.folder).and_then(|input| {
+        crate::report::write_all(&input, &report.folder).map_err(|e| crate::report::ReportError {
+            dir: report.folder.clone(),
+            message: e.to_string(),
+        })
+    }) {
+        tracing::warn!("{e}");
+    }
+    let text = if json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        render(&report, config)
+    };
+    super::print(&text)?;
+    Ok(if report.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The human-readable end-of-run summary.
+pub fn render(report: &RunReport, config: &Path) -> String {
+    let mut out = String::new();
+    for n in &report.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out.push_str(&metrics_table(&report.metrics));
+    out.push_str(&format!(
+        "\n{} queries ({} finished earlier), {} failed\n",
+        report.queries,
+        report.resumed,
+        report.failed.len()
+    ));
+    if !report.failures_by_kind.is_empty() {
+        let kinds: Vec<String> = report
+            .failures_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        out.push_str(&format!("  failed by kind: {}\n", kinds.join(", ")));
+    }
+    for (id, e) in report.failed.iter().take(20) {
+        out.push_str(&format!("  failed {id}: {e}\n"));
+    }
+    out.push_str("\nrole          sent  cached  tokens in/out      p50 ms  p95 ms  errors\n");
+    for (role, s) in &report.roles {
+        let errors: u64 = s.errors.values().sum();
+        out.push_str(&format!(
+            "{role:<10}  {:>6}  {:>6}  {:>8}/{:<8}  {:>6}  {:>6}  {:>6}\n",
+            s.attempts,
+            s.cache_hits,
+            s.prompt_tokens,
+            s.completion_tokens,
+            s.latency_p50_ms.map_or("-".into(), |v| format!("{v:.0}")),
+            s.latency_p95_ms.map_or("-".into(), |v| format!("{v:.0}")),
+            errors
+        ));
+    }
+    if !report.fallbacks.is_empty() {
+        let f: Vec<String> = report
+            .fallbacks
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        out.push_str(&format!("fallbacks: {}\n", f.join(", ")));
+    }
+    for s in &report.submissions {
+        out.push_str(&format!("submission: {}\n", s.display()));
+    }
+    out.push_str(&format!("run folder: {}\n", report.folder.display()));
+    out.push_str(&format!(
+        "report: {}\n",
+        report.folder.join("report.html").display()
+    ));
+    if report.interrupted {
+        out.push_str(&format!(
+            "interrupted; finished queries are saved. Resume with:\n  imagescope run --config {} --resume {}\n",
+            config.display(),
+            report.folder.display()
+        ));
+    }
+    out
+}

@@ -1,0 +1,276 @@
+//! Getting a run ready (`imagescope run`, part 1 of 3): the command-line overrides, the split's
+//! queries (parity cap, `--queries`, `--limit`), the gallery and its image database, the role
+//! clients on the request cache, and the run folder (new: resolved config and prompt copies; or
+//! reopened with `--resume`, keeping only the ids already done). Nothing is sent to a server here.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::{
+    DatasetName, DatasetSection, ExperimentConfig, IndexSection, PipelineParams, Role,
+    ServersConfig, Stage,
+};
+use crate::datasets::{self, DatasetSpec, ImageKey, Query};
+use crate::index::{self, ImageDb};
+use crate::prompts::{Family, PromptSet};
+use crate::runs::folder::RunFolder;
+use crate::serving::{Cache, Clients};
+
+use super::context::Ctx;
+use super::run::{RunError, RunOptions};
+
+/// A run ready to drive: what it answers, with what, and where it writes.
+pub struct Prepared {
+    /// The dataset section after the overrides.
+    pub dataset: DatasetSection,
+    /// The pipeline parameters after the overrides.
+    pub params: PipelineParams,
+    /// The queries of the run, in dataset order (finished ones included).
+    pub queries: Vec<Query>,
+    /// What a reader of the numbers must know (the parity profile's CIRR cap, ...).
+    pub notes: Vec<String>,
+    /// The run folder.
+    pub folder: RunFolder,
+    /// Ids finished before this invocation (`--resume`).
+    pub done: HashSet<String>,
+    /// The role clients (their counters make the per-role summary).
+    pub clients: Clients,
+    /// What every stage reads; set `ctx.progress` to draw stage bars.
+    pub ctx: Ctx,
+}
+
+impl Prepared {
+    /// The queries still to answer, in dataset order.
+    pub fn todo(&self) -> Vec<&Query> {
+        self.queries
+            .iter()
+            .filter(|q| !self.done.contains(&q.id))
+            .collect()
+    }
+}
+
+#[derive(Serialize)]
+struct Resolved<'a> {
+    dataset: &'a DatasetSection,
+    pipeline: &'a PipelineParams,
+    prompts: String,
+    image_db: String,
+    index: &'a IndexSection,
+    servers: &'a ServersConfig,
+}
+
+fn overrides(
+    exp: &ExperimentConfig,
+    opts: &RunOptions,
+) -> Result<(DatasetSection, PipelineParams), RunError> {
+    let mut dataset = exp.dataset.clone();
+    if let Some(s) = &opts.split {
+        dataset.split = s.clone();
+    }
+    if opts.limit.is_some() {
+        dataset.limit = opts.limit;
+    }
+    let mut params = exp.pipeline.clone();
+    if let Some(stages) = &opts.stages {
+        if !stages.contains(&Stage::S1) {
+            return Err(RunError::Other(
+                "--stages must include s1; stages 2 and 3 refine its ranking".into(),
+            ));
+        }
+        params.stages = stages.clone();
+    }
+    Ok((dataset, params))
+}
+
+/// The split's queries after the parity cap, `--queries` and `--limit`, with the notes to print.
+fn select_queries(
+    spec: &DatasetSpec,
+    dataset: &DatasetSection,
+    params: &PipelineParams,
+    ids: Option<&[String]>,
+) -> Result<(Vec<Query>, Vec<String>), RunError> {
+    let mut queries: Vec<Query> = datasets::load_queries(spec)?;
+    let mut notes = Vec::new();
+    if let Some(note) = parity_cap(&mut queries, dataset.name, &dataset.split, params.profile) {
+        notes.push(note);
+    }
+    if let Some(ids) = ids {
+        let known: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
+        let unknown: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !known.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            let first: Vec<&str> = queries.iter().take(5).map(|q| q.id.as_str()).collect();
+            return Err(RunError::Other(format!(
+                "--queries: {} not in the {} {} split (its first ids: {})",
+                unknown.join(", "),
+                dataset.name.as_str(),
+                dataset.split,
+                first.join(", ")
+            )));
+        }
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        queries.retain(|q| wanted.contains(q.id.as_str()));
+    }
+    if let Some(n) = dataset.limit {
+        queries.truncate(n);
+    }
+    Ok((queries, notes))
+}
+
+/// Prepares a run (or a resumed one) of `exp` with the command-line `opts`.
+pub fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepared, RunError> {
+    let (dataset, params) = overrides(exp, opts)?;
+    let spec = DatasetSpec {
+        name: dataset.name,
+        root: dataset.root.clone(),
+        split: dataset.split.clone(),
+        image_ext: dataset.image_ext.clone(),
+    };
+    let (queries, notes) = select_queries(&spec, &dataset, &params, opts.queries.as_deref())?;
+    let gallery = datasets::load_gallery(&spec)?;
+    let family = Family::for_dataset(dataset.name);
+    let prompts = Arc::new(PromptSet::load(&exp.prompts_dir)?);
+    let db = Arc::new(open_db(exp, &prompts, family)?);
+    let missing = gallery.iter().filter(|g| !db.contains(&g.key)).count();
+    if missing > 0 {
+        tracing::warn!(
+            "{missing} of {} gallery images are not in the image database and cannot be retrieved",
+            gallery.len()
+        );
+    }
+    let gallery_keys: HashSet<ImageKey> = gallery.iter().map(|g| g.key.clone()).collect();
+    let allowed = (db.len() != gallery_keys.len() || missing > 0).then_some(gallery_keys);
+
+    let mut servers = exp.servers.clone();
+    Ctx::needed_roles(&mut servers, &params.stages);
+    let cache = Arc::new(Cache::open(&exp.runs_dir.join("cache.sqlite"), opts.cache)?);
+    let clients = Clients::new(&servers, &exp.servers_path)?.with_cache(cache);
+
+    let resolved = Resolved {
+        dataset: &dataset,
+        pipeline: &params,
+        prompts: exp.prompts_dir.display().to_string(),
+        image_db: db.dir().display().to_string(),
+        index: &exp.index,
+        servers: &servers,
+    };
+    let resolved_toml = toml::to_string(&resolved).map_err(|e| RunError::Other(e.to_string()))?;
+    let hash = blake3::hash(resolved_toml.as_bytes()).to_hex().to_string();
+    let profile = format!("{:?}", params.profile).to_lowercase();
+    let info = RunFolder::info(hash, dataset.name.as_str(), &dataset.split, &profile);
+    let (folder, done) = match &opts.resume {
+        Some(path) => {
+            let (f, _, done) = RunFolder::resume(path, &info)?;
+            (f, done)
+        }
+        None => {
+            let f = RunFolder::create(&exp.runs_dir, dataset.name.as_str(), &opts.run_name)?;
+            f.write_json("run.json", &info)?;
+            f.write_text("config.resolved.toml", &resolved_toml)?;
+            f.copy_prompts(prompts.files())?;
+            (f, HashSet::new())
+        }
+    };
+    if let Err(e) = crate::logging::log_to_file(&folder.path().join("output.log")) {
+        tracing::warn!("cannot write output.log: {e}");
+    }
+    tracing::info!(folder = %folder.path().display(), queries = queries.len(), "run started");
+    let ctx = Ctx::new(
+        params.clone(),
+        dataset.name,
+        prompts,
+        &clients,
+        db,
+        gallery,
+        allowed,
+        None,
+    )?;
+    Ok(Prepared {
+        dataset,
+        params,
+        queries,
+        notes,
+        folder,
+        done,
+        clients,
+        ctx,
+    })
+}
+
+fn open_db(
+    exp: &ExperimentConfig,
+    prompts: &PromptSet,
+    family: Family,
+) -> Result<ImageDb, RunError> {
+    let dir = match &exp.index_dir {
+        Some(d) => d.clone(),
+        None => {
+            let captions_hash = match &exp.captions {
+                Some(file) => Some(index::build::load_captions(file)?.1),
+                None => None,
+            };
+            let fp = index::expected_fingerprint(&exp.servers, &exp.servers_path, prompts, family, captions_hash).map_err(|e| {
+                RunError::Other(format!(
+                    "cannot tell which image database to use ({e}); configure the captioner that built it, or set index_dir in {}",
+                    exp.path.display()
+                ))
+            })?;
+            index::db_dir(
+                &exp.image_db_root,
+                &index::db_name(exp.dataset.name, &exp.dataset.root),
+                &fp,
+            )
+        }
+    };
+    if !dir.join(index::STORE_FILE).exists() {
+        return Err(RunError::Other(format!(
+            "no image database at {} for this configuration; build it with `imagescope index --config {}`",
+            dir.display(),
+            exp.path.display()
+        )));
+    }
+    let db = ImageDb::open(&dir, exp.index.vector_options())?;
+    db.set_ef_search(exp.index.ef_search);
+    let embedder = exp.servers.role(Role::Embedder, &exp.servers_path)?;
+    if let Some(fp) = db.fingerprint()
+        && (fp.embedder.model != embedder.model || fp.embedder.normalize != embedder.normalize)
+    {
+        return Err(RunError::Other(format!(
+            "the image database {} was embedded by {:?} (normalize = {}), but the configured embedder is {:?} (normalize = {}); queries must be embedded by the same model",
+            dir.display(),
+            fp.embedder.model,
+            fp.embedder.normalize,
+            embedder.model,
+            embedder.normalize
+        )));
+    }
+    Ok(db)
+}
+
+/// The original code's data loader keeps only the first 2,400 CIRR val queries (of 4,181, "only
+/// for testing"); the parity profile does the same and says so. Returns the note.
+pub fn parity_cap(
+    queries: &mut Vec<Query>,
+    dataset: DatasetName,
+    split: &str,
+    profile: crate::config::Profile,
+) -> Option<String> {
+    const CIRR_VAL_CAP: usize = 2400;
+    let cirr = matches!(dataset, DatasetName::Cirr | DatasetName::CirrSubset);
+    if profile != crate::config::Profile::Parity || !cirr || split != "val" {
+        return None;
+    }
+    let all = queries.len();
+    if all <= CIRR_VAL_CAP {
+        return None;
+    }
+    queries.truncate(CIRR_VAL_CAP);
+    Some(format!(
+        "parity profile: CIRR val cut to its first {CIRR_VAL_CAP} of {all} queries, as the original's data loader does; use profile = \"default\" for the full split"
+    ))
+}
