@@ -338,3 +338,35 @@ async fn a_prompt_variant_runs_on_chosen_queries_and_resends_only_what_it_change
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_two_loads_a_bounded_number_of_candidates_per_query_at_once() {
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    write_cirr(&env.data, &[(200, 0, "black dog sofa", 8)]);
+    let config = env.configs("cirr", "val", "top_k = 8", None);
+    // Let the verifier client send everything it is given, so only the pipeline bounds it.
+    let servers = env.path("servers.toml");
+    let text = std::fs::read_to_string(&servers).unwrap();
+    let (head, tail) = text.split_once("[roles.verifier]").unwrap();
+    let tail = tail.replacen("max_in_flight = 8", "max_in_flight = 64", 1);
+    std::fs::write(&servers, format!("{head}[roles.verifier]{tail}")).unwrap();
+    env.index(&config).await;
+    env.verifier
+        .set_delay(Route::Chat, std::time::Duration::from_millis(300));
+    let report = env.run(&config, &["--stages", "s1,s2"]).await;
+    assert!(report["failed"].as_array().unwrap().is_empty(), "{report}");
+    // Three questions ("black", "dog", "sofa") for each of the 8 candidates.
+    assert_eq!(env.verifier.count(Route::Chat), 24);
+    // Without the bound all 24 go out at once (checked by setting the constant to 100).
+    let at_once = imagescope::pipeline::stage2::CANDIDATES_AT_ONCE;
+    assert!(
+        at_once < 8,
+        "the bound must be below K for this test to mean anything"
+    );
+    let bound = at_once * 3;
+    let peak = env.verifier.max_in_flight();
+    assert!(
+        peak <= bound,
+        "{peak} verifier requests at once; at most {bound} ({at_once} candidates × 3 questions)"
+    );
+}

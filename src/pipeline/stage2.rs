@@ -1,6 +1,7 @@
 //! Stage 2: the reasoner writes yes/no propositions about the target, the verifier answers each
-//! for each of the top-K candidates (all K × |Q| requests at once; the verifier's limits pace
-//! them), and the top K are stably re-sorted by how many answers match (or, in logprob mode, by
+//! for each of the top-K candidates (`CANDIDATES_AT_ONCE` candidates at a time per query, all of a
+//! candidate's questions at once; the verifier's limits pace them), and the top K are stably
+//! re-sorted by how many answers match (or, in logprob mode, by
 //! the summed probability of the expected answers). Positions after K keep their order.
 
 use crate::config::{DatasetName, Grounding, RerankMode, Role};
@@ -52,27 +53,34 @@ fn score_of(verdicts: &[VerdictRecord], props: &[Proposition], mode: RerankMode)
         .sum()
 }
 
-/// Runs stage 2 for one round.
-pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally) -> S2Record {
-    let Some(verifier_client) = &ctx.verifier else {
-        return unchanged(s1, vec![], "no verifier configured".into());
-    };
+/// Candidates of one query whose images are loaded at once. Each candidate's questions go out
+/// together, so this many candidates keep `CANDIDATES_AT_ONCE` × |questions| requests queued per
+/// query (plenty to keep a verifier busy with 128 queries in flight) while a query holds at most
+/// this many loaded images instead of all K.
+pub const CANDIDATES_AT_ONCE: usize = 4;
+
+/// Stage 2a: the reasoner's propositions and its raw answers, or the record of a stage 2 that
+/// leaves the stage-1 order (with the fallback noted).
+async fn propositions(
+    ctx: &Ctx,
+    input: &RoundInput,
+    s1: &S1Record,
+    tally: &mut Tally,
+) -> Result<(Vec<Proposition>, Vec<String>), S2Record> {
     let how = PropositionParse {
         original: ctx.parity(),
         normalize: ctx.params.normalize_expected_answers,
     };
-    let req = match reasoner::propositions_request(
+    let req = reasoner::propositions_request(
         &ctx.prompts,
         ctx.family,
         &input.instruction,
         &s1.edits,
         ctx.reasoner.server().response_schema,
-    ) {
-        Ok(r) => r,
-        Err(e) => return unchanged(s1, vec![], e.to_string()),
-    };
+    )
+    .map_err(|e| unchanged(s1, vec![], e.to_string()))?;
     let parse = |text: &str| reasoner::parse_propositions(text, how);
-    let (props, answers) = match ask(
+    let asked = ask(
         &ctx.reasoner,
         &ctx.prompts,
         ctx.family,
@@ -80,52 +88,103 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
         ctx.params.reask,
         parse,
     )
-    .await
-    {
+    .await;
+    let keep = "kept the stage-1 order";
+    match asked {
         Ok(Asked::Parsed(p, ex)) => {
             tally.exchange(Role::Reasoner, &ex);
-            (p, ex.answers)
+            Ok((p, ex.answers))
         }
         Ok(Asked::Unusable(ex)) => {
             tally.exchange(Role::Reasoner, &ex);
             let last = ex.failures.last();
             let reason = last.map_or("unusable answer".into(), |f| f.reason.clone());
-            tally.fallback(
-                "s2.propositions",
-                input.round,
-                reason.clone(),
-                last.map_or("", |f| f.raw.as_str()),
-                "kept the stage-1 order",
-            );
-            return unchanged(s1, ex.answers, format!("no usable propositions: {reason}"));
+            let raw = last.map_or("", |f| f.raw.as_str());
+            tally.fallback("s2.propositions", input.round, reason.clone(), raw, keep);
+            Err(unchanged(
+                s1,
+                ex.answers,
+                format!("no usable propositions: {reason}"),
+            ))
         }
         Err((e, ex)) => {
             tally.exchange(Role::Reasoner, &ex);
-            tally.fallback(
-                "s2.propositions",
-                input.round,
-                e.to_string(),
-                "",
-                "kept the stage-1 order",
-            );
-            return unchanged(s1, ex.answers, format!("the reasoner failed: {e}"));
+            tally.fallback("s2.propositions", input.round, e.to_string(), "", keep);
+            Err(unchanged(
+                s1,
+                ex.answers,
+                format!("the reasoner failed: {e}"),
+            ))
+        }
+    }
+}
+
+type Verdict = (
+    Option<(crate::serving::CallMeta, Option<crate::serving::Usage>)>,
+    VerdictRecord,
+);
+
+/// One verifier request: a question about one candidate's evidence.
+async fn verify_one(
+    ctx: &Ctx,
+    client: &crate::serving::RoleClient,
+    evidence: &Evidence,
+    question: &str,
+) -> Verdict {
+    let mode = ctx.params.verifier_mode;
+    let built = match evidence {
+        Evidence::Image(i) => {
+            verifier::request(&ctx.prompts, ctx.family, i.clone(), question, mode)
+        }
+        Evidence::Caption(t) => {
+            verifier::request_from_caption(&ctx.prompts, ctx.family, t, question, mode)
         }
     };
-    let k = match ctx.dataset {
-        DatasetName::CirrSubset => ctx.params.top_k.min(5),
-        _ => ctx.params.top_k,
+    let req = match built {
+        Ok(r) => r,
+        Err(e) => return (None, VerdictRecord::failed(e.to_string())),
+    };
+    match client.chat(&req).await {
+        Ok(reply) => {
+            let v = verifier::decide(&reply.value, mode);
+            let verdict = VerdictRecord {
+                yes: Some(v.yes),
+                p_yes: v.p_yes,
+                raw: crate::roles::cut(&reply.value.content, 500),
+                note: v.note,
+            };
+            (Some((reply.meta, reply.value.usage)), verdict)
+        }
+        // The original reads an empty answer as "no" (no "yes" in it).
+        Err(e)
+            if ctx.parity() && matches!(e.kind, crate::serving::ErrorKind::EmptyContent { .. }) =>
+        {
+            let verdict = VerdictRecord {
+                yes: Some(false),
+                p_yes: None,
+                raw: String::new(),
+                note: Some("empty answer, read as no (parity)".into()),
+            };
+            (None, verdict)
+        }
+        Err(e) => (None, VerdictRecord::failed(e.to_string())),
     }
-    .min(s1.ranking.len());
-    let candidates: Vec<ImageKey> = s1.ranking[..k].to_vec();
-    let max_side = verifier_client.server().image_max_side;
-    let by_caption = verifier_client.server().grounding == Grounding::Caption;
-    let mode = ctx.params.verifier_mode;
+}
 
-    // Every (candidate, proposition) request at once; results keep their (c, q) position.
-    let per_candidate = candidates.iter().map(|c| {
-        let props = &props;
-        async move {
-            let image = if by_caption {
+/// Stage 2b: every question about every candidate; `verdicts[c][q]` keeps each answer at its
+/// (candidate, question) position whatever order they finish in.
+async fn verify_all(
+    ctx: &Ctx,
+    client: &crate::serving::RoleClient,
+    candidates: &[ImageKey],
+    props: &[Proposition],
+) -> Vec<Vec<Verdict>> {
+    use futures::StreamExt as _;
+    let max_side = client.server().image_max_side;
+    let by_caption = client.server().grounding == Grounding::Caption;
+    futures::stream::iter(candidates)
+        .map(|c| async move {
+            let evidence = if by_caption {
                 ctx.db
                     .caption(c)
                     .map(|t| Evidence::Caption(t.to_string()))
@@ -133,75 +192,42 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
             } else {
                 ctx.image_for(c, max_side).await.map(Evidence::Image)
             };
-            let per_question = props.iter().map(|p| {
-                let image = image.clone();
-                async move {
-                    let image = match image {
-                        Ok(i) => i,
-                        Err(e) => {
-                            return (None, VerdictRecord::failed(e));
-                        }
-                    };
-                    let built = match image {
-                        Evidence::Image(i) => {
-                            verifier::request(&ctx.prompts, ctx.family, i, &p.question, mode)
-                        }
-                        Evidence::Caption(t) => verifier::request_from_caption(
-                            &ctx.prompts,
-                            ctx.family,
-                            &t,
-                            &p.question,
-                            mode,
-                        ),
-                    };
-                    let req = match built {
-                        Ok(r) => r,
-                        Err(e) => {
-                            return (None, VerdictRecord::failed(e.to_string()));
-                        }
-                    };
-                    match verifier_client.chat(&req).await {
-                        Ok(reply) => {
-                            let v = verifier::decide(&reply.value, mode);
-                            let meta = (reply.meta, reply.value.usage);
-                            (
-                                Some(meta),
-                                VerdictRecord {
-                                    yes: Some(v.yes),
-                                    p_yes: v.p_yes,
-                                    raw: crate::roles::cut(&reply.value.content, 500),
-                                    note: v.note,
-                                },
-                            )
-                        }
-                        // The original reads an empty answer as "no" (no "yes" in it).
-                        Err(e)
-                            if ctx.parity()
-                                && matches!(
-                                    e.kind,
-                                    crate::serving::ErrorKind::EmptyContent { .. }
-                                ) =>
-                        {
-                            (
-                                None,
-                                VerdictRecord {
-                                    yes: Some(false),
-                                    p_yes: None,
-                                    raw: String::new(),
-                                    note: Some("empty answer, read as no (parity)".into()),
-                                },
-                            )
-                        }
-                        Err(e) => (None, VerdictRecord::failed(e.to_string())),
-                    }
+            let evidence = match evidence {
+                Ok(e) => e,
+                Err(e) => {
+                    return props
+                        .iter()
+                        .map(|_| (None, VerdictRecord::failed(e.clone())))
+                        .collect();
                 }
-            });
-            futures::future::join_all(per_question).await
-        }
-    });
-    let results = futures::future::join_all(per_candidate).await;
+            };
+            let asks = props
+                .iter()
+                .map(|p| verify_one(ctx, client, &evidence, &p.question));
+            futures::future::join_all(asks).await
+        })
+        .buffered(CANDIDATES_AT_ONCE)
+        .collect()
+        .await
+}
+
+/// Runs stage 2 for one round.
+pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally) -> S2Record {
+    let Some(client) = &ctx.verifier else {
+        return unchanged(s1, vec![], "no verifier configured".into());
+    };
+    let (props, answers) = match propositions(ctx, input, s1, tally).await {
+        Ok(p) => p,
+        Err(record) => return record,
+    };
+    let k = match ctx.dataset {
+        DatasetName::CirrSubset => ctx.params.top_k.min(5),
+        _ => ctx.params.top_k,
+    }
+    .min(s1.ranking.len());
+    let candidates: Vec<ImageKey> = s1.ranking[..k].to_vec();
     let mut verdicts = Vec::with_capacity(k);
-    for row in results {
+    for row in verify_all(ctx, client, &candidates, &props).await {
         let mut out = Vec::with_capacity(row.len());
         for (meta, v) in row {
             if let Some((meta, usage)) = meta {
@@ -211,21 +237,18 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
         }
         verdicts.push(out);
     }
-    let failed = verdicts
-        .iter()
-        .flatten()
-        .filter(|v| v.yes.is_none())
-        .count();
-    if failed > 0 {
+    let first_failed = verdicts.iter().flatten().find(|v| v.yes.is_none());
+    if let Some(example) = first_failed {
+        let failed = verdicts
+            .iter()
+            .flatten()
+            .filter(|v| v.yes.is_none())
+            .count();
         tally.fallback(
             "s2.verify",
             input.round,
             format!("{failed} verifier request(s) failed"),
-            &verdicts
-                .iter()
-                .flatten()
-                .find(|v| v.yes.is_none())
-                .map_or(String::new(), |v| v.raw.clone()),
+            &example.raw.clone(),
             "counted as not matching",
         );
     }

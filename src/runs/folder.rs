@@ -327,4 +327,46 @@ mod tests {
                 .contains("run folder?")
         );
     }
+
+    fn line(id: &str, status: &str) -> String {
+        format!(
+            "{{\"id\":\"{id}\",\"status\":\"{status}\",\"reference\":null,\"targets\":[],\"rounds\":[],\"fallbacks\":[],\"timings_ms\":{{}},\"tokens\":{{}},\"requests\":0,\"cached\":0,\"note\":\"café\"}}\n"
+        )
+    }
+
+    #[test]
+    fn journal_is_streamed_and_survives_a_cut_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = RunFolder::create(dir.path(), "cirr", "x").unwrap();
+        let info = RunFolder::info("abc".into(), "cirr", "val", "default");
+        f.write_json("run.json", &info).unwrap();
+        let mut text = line("1", "done") + &line("2", "failed") + &line("3", "done");
+        text += &line("2", "done");
+        text += &line("1", "failed");
+        // A crash cut the last record inside the two-byte "é".
+        let cut = line("4", "done");
+        let at = cut.find('é').unwrap() + 1;
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(&cut.as_bytes()[..at]);
+        std::fs::write(f.path().join("queries.jsonl"), &bytes).unwrap();
+        let mut seen = Vec::new();
+        let skipped = read_journal(&f.path().join("queries.jsonl"), |r| seen.push(r.id)).unwrap();
+        assert_eq!(
+            (seen, skipped),
+            (
+                vec!["1", "2", "3", "2", "1"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+                1
+            )
+        );
+        let (_, _, done) = RunFolder::resume(f.path(), &info).unwrap();
+        let mut done: Vec<String> = done.into_iter().collect();
+        done.sort();
+        assert_eq!(done, ["2", "3"], "the last record of each query counts");
+        // The cut line is closed, so the next record starts on its own line.
+        let after = std::fs::read(f.path().join("queries.jsonl")).unwrap();
+        assert_eq!(after.last(), Some(&b'\n'));
+    }
 }
