@@ -163,3 +163,44 @@ async fn chat_refines_turn_by_turn_through_a_pseudo_terminal() {
     );
     assert!(text.contains("looking for: "), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_uses_the_run_commands_database_lookup_and_its_checks() {
+    let (env, folder, servers) = indexed_folder().await;
+    let f = folder.to_str().unwrap().to_string();
+    // A folder nobody indexed: the same message shape as `run`, with the command to fix it.
+    let other = env.data.join("elsewhere");
+    std::fs::create_dir_all(&other).unwrap();
+    let o = other.to_str().unwrap().to_string();
+    let mut args = vec!["search", "white cat"];
+    args.extend(search_args(&o, &servers));
+    let (code, _, err) = env.imagescope(&args).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no image database at") && err.contains("imagescope index --folder"),
+        "{err}"
+    );
+    // Another embedder model than the one that built the database: refused, as `run` refuses.
+    let text = std::fs::read_to_string(&servers).unwrap();
+    let (head, tail) = text.split_once("[roles.embedder]").unwrap();
+    let tail = tail.replacen("model = \"clip\"", "model = \"other-clip\"", 1);
+    let changed = env.path("other-embedder.toml");
+    std::fs::write(&changed, format!("{head}[roles.embedder]{tail}")).unwrap();
+    let idx = env.path("data/image_db");
+    let dbs: Vec<PathBuf> = std::fs::read_dir(&idx)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dbs.len(), 1, "{dbs:?}");
+    let c = changed.to_str().unwrap().to_string();
+    let db = dbs[0].to_str().unwrap().to_string();
+    let mut args = vec!["search", "white cat", "--index-dir", &db];
+    args.extend(search_args(&f, &c));
+    let (code, _, err) = env.imagescope(&args).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("queries must be embedded by the same model"),
+        "{err}"
+    );
+}

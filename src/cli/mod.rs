@@ -349,29 +349,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let spec = spec_of(dataset, data, split);
             let queries = datasets::load_queries(&spec)?;
+            if !submission::has_test_server(dataset) {
+                anyhow::bail!(
+                    "{dataset} has no test server; check-submission takes cirr, cirr-subset or circo"
+                );
+            }
             let bytes = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let value: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", file.display()))?;
-            let verdict = match dataset {
-                DatasetName::Cirr | DatasetName::CirrSubset => {
-                    let limit = 5 * 1024 * 1024;
-                    if bytes.len() >= limit {
-                        Err(submission::SubmissionProblem(format!(
-                            "the file is {} bytes; the CIRR server takes files under 5 MB",
-                            bytes.len()
-                        )))
-                    } else {
-                        submission::check_cirr(&value, &queries)
-                            .map(|m| format!("CIRR {} submission", m.as_str()))
-                    }
-                }
-                DatasetName::Circo => submission::check_circo(&value, &queries)
-                    .map(|()| "CIRCO submission".to_string()),
-                other => anyhow::bail!(
-                    "{other} has no test server; check-submission takes cirr, cirr-subset or circo"
-                ),
-            };
+            let verdict = submission::check_file(dataset, &bytes, &queries);
             match verdict {
                 Ok(what) => {
                     print(&format!(

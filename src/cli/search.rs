@@ -19,7 +19,7 @@ use crate::config::{
     DatasetName, ExperimentConfig, IndexSection, PipelineParams, ServersConfig, Stage,
 };
 use crate::datasets::{self, DatasetSpec, ImageKey, Instruction, Query};
-use crate::index::{self, ImageDb};
+use crate::index;
 use crate::pipeline::context::Ctx;
 use crate::prompts::{Family, PromptSet};
 use crate::record::{QueryRecord, Status};
@@ -97,37 +97,34 @@ fn open(t: &SearchTarget) -> anyhow::Result<Session> {
     let prompts = Arc::new(PromptSet::load(&prompts_dir)?);
     let dir = match &t.index_dir {
         Some(d) => d.clone(),
-        None => {
-            let hash = match &t.captions {
-                Some(f) => Some(index::build::load_captions(f)?.1),
-                None => None,
-            };
-            let fp = index::expected_fingerprint(
-                &servers,
-                &servers_path,
-                &prompts,
-                Family::General,
-                hash,
-            )?;
-            index::db_dir(&db_root, &index::folder_db_name(&folder), &fp)
-        }
+        None => index::expected_dir(
+            &servers,
+            &servers_path,
+            &prompts,
+            Family::General,
+            t.captions.as_deref(),
+            &db_root,
+            &index::folder_db_name(&folder),
+        )?,
     };
-    if !dir.join(index::STORE_FILE).exists() {
-        anyhow::bail!(
-            "{} is not indexed with this configuration (no database at {}); run `imagescope index --folder {} --config {}` first{}",
-            folder.display(),
-            dir.display(),
-            t.folder.display(),
-            t.config.display(),
-            if t.captions.is_some() {
-                ""
-            } else {
-                " (add --captions FILE if you indexed with one)"
-            }
-        );
-    }
-    let db = Arc::new(ImageDb::open(&dir, index_options.vector_options())?);
-    db.set_ef_search(index_options.ef_search);
+    let hint = format!(
+        "{} is not indexed with this configuration: run `imagescope index --folder {} --config {}` first{}",
+        folder.display(),
+        t.folder.display(),
+        t.config.display(),
+        if t.captions.is_some() {
+            ""
+        } else {
+            " (add --captions FILE if you indexed with one)"
+        }
+    );
+    let db = Arc::new(index::open_existing(
+        &dir,
+        &servers,
+        &servers_path,
+        &index_options,
+        &hint,
+    )?);
     let gallery = datasets::load_gallery(&DatasetSpec {
         name: DatasetName::Folder,
         root: folder.clone(),
@@ -153,14 +150,7 @@ fn open(t: &SearchTarget) -> anyhow::Result<Session> {
 
 /// The key of `image` in the folder, when it lies inside it and is indexed.
 fn key_in_folder(s: &Session, image: &Path) -> Option<ImageKey> {
-    let abs = std::path::absolute(image).ok()?;
-    let rel = abs.strip_prefix(&s.folder).ok()?;
-    let key = ImageKey(
-        rel.components()
-            .map(|c| c.as_os_str().to_string_lossy())
-            .collect::<Vec<_>>()
-            .join("/"),
-    );
+    let key = ImageKey::under(&s.folder, &std::path::absolute(image).ok()?)?;
     s.ctx.db.contains(&key).then_some(key)
 }
 

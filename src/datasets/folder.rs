@@ -133,17 +133,10 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
 pub(super) fn gallery(dir: &Path) -> Result<Vec<GalleryImage>, DatasetError> {
     Ok(list_images(dir)?
         .into_iter()
-        .map(|path| {
-            let rel = path.strip_prefix(dir).unwrap_or(&path);
-            let key = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            GalleryImage {
-                key: ImageKey(key),
-                path,
-            }
+        .map(|path| GalleryImage {
+            key: ImageKey::under(dir, &path)
+                .unwrap_or_else(|| ImageKey(path.to_string_lossy().into_owned())),
+            path,
         })
         .collect())
 }

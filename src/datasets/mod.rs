@@ -32,6 +32,18 @@ impl ImageKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key of a file inside a folder dataset: its path relative to `root`, components joined
+    /// by `/` on every platform. `None` when `path` is not under `root`.
+    pub fn under(root: &std::path::Path, path: &std::path::Path) -> Option<ImageKey> {
+        let rel = path.strip_prefix(root).ok()?;
+        Some(ImageKey(
+            rel.components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/"),
+        ))
+    }
 }
 
 impl fmt::Display for ImageKey {

@@ -119,6 +119,60 @@ pub fn expected_fingerprint(
     })
 }
 
+/// The folder of the database a configuration asks for: `<image_db_root>/<name>/<fingerprint>`,
+/// the fingerprint made from the configured captioner (or the captions file), caption prompt and
+/// embedder. One lookup for `run`, `index` and `search`.
+pub fn expected_dir(
+    servers: &crate::config::ServersConfig,
+    servers_path: &Path,
+    prompts: &crate::prompts::PromptSet,
+    family: crate::prompts::Family,
+    captions_file: Option<&Path>,
+    image_db_root: &Path,
+    name: &str,
+) -> Result<PathBuf, IndexError> {
+    let captions_hash = match captions_file {
+        Some(file) => Some(build::load_captions(file)?.1),
+        None => None,
+    };
+    let fp = expected_fingerprint(servers, servers_path, prompts, family, captions_hash)?;
+    Ok(db_dir(image_db_root, name, &fp))
+}
+
+/// Opens a built database to search it with the configured embedder: it must exist (`build_hint`
+/// says how to build it), its vectors must come from the same embedder model and normalisation,
+/// and the `[index]` settings apply.
+pub fn open_existing(
+    dir: &Path,
+    servers: &crate::config::ServersConfig,
+    servers_path: &Path,
+    options: &crate::config::IndexSection,
+    build_hint: &str,
+) -> Result<ImageDb, IndexError> {
+    if !dir.join(STORE_FILE).exists() {
+        return Err(IndexError::Input(format!(
+            "no image database at {} for this configuration; {build_hint}",
+            dir.display()
+        )));
+    }
+    let db = ImageDb::open(dir, options.vector_options())?;
+    db.set_ef_search(options.ef_search);
+    let embedder = servers.role(crate::config::Role::Embedder, servers_path)?;
+    if let Some(fp) = db.fingerprint()
+        && (fp.embedder.model != embedder.model || fp.embedder.normalize != embedder.normalize)
+    {
+        return Err(IndexError::Input(format!(
+            "the image database {} was embedded by {:?} (normalize = {}), but the configured embedder is {:?} (normalize = {}); queries must be embedded by the same model",
+            dir.display(),
+            fp.embedder.model,
+            fp.embedder.normalize,
+            embedder.model,
+            embedder.normalize
+        )));
+    }
+    Ok(db)
+}
+
 /// The folder of a dataset's database with this fingerprint.
 pub fn db_dir(image_db_root: &Path, dataset: &str, fp: &Fingerprint) -> PathBuf {
     image_db_root.join(dataset).join(fp.id())

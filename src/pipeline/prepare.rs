@@ -9,8 +9,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::{
-    DatasetName, DatasetSection, ExperimentConfig, IndexSection, PipelineParams, Role,
-    ServersConfig, Stage,
+    DatasetName, DatasetSection, ExperimentConfig, IndexSection, PipelineParams, ServersConfig,
+    Stage,
 };
 use crate::datasets::{self, DatasetSpec, ImageKey, Query};
 use crate::index::{self, ImageDb};
@@ -209,47 +209,33 @@ fn open_db(
 ) -> Result<ImageDb, RunError> {
     let dir = match &exp.index_dir {
         Some(d) => d.clone(),
-        None => {
-            let captions_hash = match &exp.captions {
-                Some(file) => Some(index::build::load_captions(file)?.1),
-                None => None,
-            };
-            let fp = index::expected_fingerprint(&exp.servers, &exp.servers_path, prompts, family, captions_hash).map_err(|e| {
-                RunError::Other(format!(
-                    "cannot tell which image database to use ({e}); configure the captioner that built it, or set index_dir in {}",
-                    exp.path.display()
-                ))
-            })?;
-            index::db_dir(
-                &exp.image_db_root,
-                &index::db_name(exp.dataset.name, &exp.dataset.root),
-                &fp,
-            )
-        }
+        None => index::expected_dir(
+            &exp.servers,
+            &exp.servers_path,
+            prompts,
+            family,
+            exp.captions.as_deref(),
+            &exp.image_db_root,
+            &index::db_name(exp.dataset.name, &exp.dataset.root),
+        )
+        .map_err(|e| {
+            RunError::Other(format!(
+                "cannot tell which image database to use ({e}); configure the captioner that built it, or set index_dir in {}",
+                exp.path.display()
+            ))
+        })?,
     };
-    if !dir.join(index::STORE_FILE).exists() {
-        return Err(RunError::Other(format!(
-            "no image database at {} for this configuration; build it with `imagescope index --config {}`",
-            dir.display(),
-            exp.path.display()
-        )));
-    }
-    let db = ImageDb::open(&dir, exp.index.vector_options())?;
-    db.set_ef_search(exp.index.ef_search);
-    let embedder = exp.servers.role(Role::Embedder, &exp.servers_path)?;
-    if let Some(fp) = db.fingerprint()
-        && (fp.embedder.model != embedder.model || fp.embedder.normalize != embedder.normalize)
-    {
-        return Err(RunError::Other(format!(
-            "the image database {} was embedded by {:?} (normalize = {}), but the configured embedder is {:?} (normalize = {}); queries must be embedded by the same model",
-            dir.display(),
-            fp.embedder.model,
-            fp.embedder.normalize,
-            embedder.model,
-            embedder.normalize
-        )));
-    }
-    Ok(db)
+    let hint = format!(
+        "build it with `imagescope index --config {}`",
+        exp.path.display()
+    );
+    Ok(index::open_existing(
+        &dir,
+        &exp.servers,
+        &exp.servers_path,
+        &exp.index,
+        &hint,
+    )?)
 }
 
 /// The original code's data loader keeps only the first 2,400 CIRR val queries (of 4,181, "only

@@ -96,6 +96,47 @@ fn list_of<'v>(v: &'v Value, id: &str) -> Result<&'v Vec<Value>, SubmissionProbl
     })
 }
 
+/// The CIRR evaluation server takes files under 5 MB.
+pub const CIRR_MAX_BYTES: usize = 5 * 1024 * 1024;
+
+/// Whether `dataset` has an evaluation server whose submission format we can check.
+pub fn has_test_server(dataset: crate::config::DatasetName) -> bool {
+    use crate::config::DatasetName;
+    matches!(
+        dataset,
+        DatasetName::Cirr | DatasetName::CirrSubset | DatasetName::Circo
+    )
+}
+
+/// Checks a submission file's bytes for `dataset`'s server (see `has_test_server`): its size
+/// (CIRR), that it is JSON, and every rule of `check_cirr` / `check_circo`. Returns what it is.
+pub fn check_file(
+    dataset: crate::config::DatasetName,
+    bytes: &[u8],
+    queries: &[Query],
+) -> Result<String, SubmissionProblem> {
+    use crate::config::DatasetName;
+    if matches!(dataset, DatasetName::Cirr | DatasetName::CirrSubset)
+        && bytes.len() >= CIRR_MAX_BYTES
+    {
+        return Err(SubmissionProblem(format!(
+            "the file is {} bytes; the CIRR server takes files under 5 MB",
+            bytes.len()
+        )));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| SubmissionProblem(format!("not valid JSON: {e}")))?;
+    match dataset {
+        DatasetName::Cirr | DatasetName::CirrSubset => {
+            check_cirr(&value, queries).map(|m| format!("CIRR {} submission", m.as_str()))
+        }
+        DatasetName::Circo => check_circo(&value, queries).map(|()| "CIRCO submission".into()),
+        other => Err(SubmissionProblem(format!(
+            "{other} has no test server; check-submission takes cirr, cirr-subset or circo"
+        ))),
+    }
+}
+
 /// Checks a CIRR test submission against the split's queries; returns its metric.
 pub fn check_cirr(value: &Value, queries: &[Query]) -> Result<CirrMetric, SubmissionProblem> {
     let obj = value
