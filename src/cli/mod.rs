@@ -320,7 +320,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         dir.display()
                     );
                 }
-                exp.prompts_dir = dir;
+                // Absolute, so config.resolved.toml says which folder whatever the working folder.
+                exp.prompts_dir = std::path::absolute(&dir)?;
             }
             let opts = crate::pipeline::run::RunOptions {
                 split,
