@@ -9,7 +9,7 @@ use support::fake_server::FakeServer;
 
 async fn five_fakes() -> Vec<(Role, FakeServer)> {
     let mut out = Vec::new();
-    for role in Role::ALL {
+    for &role in Role::ALL {
         out.push((role, FakeServer::start(&format!("{role}-model"), 8).await));
     }
     out
@@ -51,7 +51,7 @@ async fn healthy_setup_passes() {
     let (code, text) = doctor(&path).await;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("all 5 endpoint(s) healthy"), "{text}");
-    for role in Role::ALL {
+    for &role in Role::ALL {
         assert!(text.contains(role.as_str()), "{text}");
     }
     assert!(text.contains("dim 8 (text+image)"), "{text}");

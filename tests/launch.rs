@@ -70,7 +70,7 @@ fn every_role_is_launched_as_the_servers_file_expects() {
     let cmds = dry_run();
     assert_eq!(cmds.len(), 5, "one command per role");
     let mut memory: BTreeMap<String, f64> = BTreeMap::new();
-    for role in Role::ALL {
+    for &role in Role::ALL {
         let server = &cfg.roles[&role];
         let port = reqwest::Url::parse(&server.endpoints[0])
             .unwrap()

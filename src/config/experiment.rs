@@ -6,7 +6,6 @@
 //! explicitly, and the resolved values are what a run folder records. The `[index]` table says how
 //! stage 1 searches the image database (exact by default; HNSW, f16 and i8 as options).
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -15,8 +14,23 @@ use super::index_options::{DEFAULT_EF_SEARCH, Quantization, SearchMode, VectorOp
 use super::{ConfigError, ServersConfig};
 
 /// Benchmark (or user gallery) a run works on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantArray,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum DatasetName {
     /// CIRR, full-gallery protocol.
     Cirr,
@@ -41,20 +55,6 @@ pub enum DatasetName {
 }
 
 impl DatasetName {
-    /// Every name, as accepted on the command line.
-    pub const ALL: [DatasetName; 10] = [
-        DatasetName::Cirr,
-        DatasetName::CirrSubset,
-        DatasetName::Circo,
-        DatasetName::FashioniqDress,
-        DatasetName::FashioniqShirt,
-        DatasetName::FashioniqToptee,
-        DatasetName::Flickr30k,
-        DatasetName::Mscoco,
-        DatasetName::Visdial,
-        DatasetName::Folder,
-    ];
-
     /// The folder the dataset conventionally lives in under `data/` (the original's layout).
     pub fn conventional_folder(self) -> &'static str {
         match self {
@@ -70,48 +70,32 @@ impl DatasetName {
         }
     }
 
-    /// The command-line spelling.
+    /// The command-line and file spelling (`cirr-subset`, `fashioniq-dress`, ...).
     pub fn as_str(self) -> &'static str {
-        match self {
-            DatasetName::Cirr => "cirr",
-            DatasetName::CirrSubset => "cirr-subset",
-            DatasetName::Circo => "circo",
-            DatasetName::FashioniqDress => "fashioniq-dress",
-            DatasetName::FashioniqShirt => "fashioniq-shirt",
-            DatasetName::FashioniqToptee => "fashioniq-toptee",
-            DatasetName::Flickr30k => "flickr30k",
-            DatasetName::Mscoco => "mscoco",
-            DatasetName::Visdial => "visdial",
-            DatasetName::Folder => "folder",
-        }
-    }
-}
-
-impl fmt::Display for DatasetName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for DatasetName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        DatasetName::ALL
-            .into_iter()
-            .find(|d| d.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = DatasetName::ALL.iter().map(|d| d.as_str()).collect();
-                format!(
-                    "unknown dataset {s:?}; expected one of: {}",
-                    names.join(", ")
-                )
-            })
+        self.into()
     }
 }
 
 /// A pipeline stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantArray,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Stage {
     /// Reasoning and CLIP retrieval.
     S1,
@@ -124,29 +108,16 @@ pub enum Stage {
 impl Stage {
     /// The stage's name in files and on the command line: `s1`, `s2`, `s3`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::S1 => "s1",
-            Stage::S2 => "s2",
-            Stage::S3 => "s3",
-        }
-    }
-}
-
-impl std::str::FromStr for Stage {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "s1" => Ok(Stage::S1),
-            "s2" => Ok(Stage::S2),
-            "s3" => Ok(Stage::S3),
-            other => Err(format!("unknown stage {other:?}; expected s1, s2 or s3")),
-        }
+        self.into()
     }
 }
 
 /// A coherent set of behaviour defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Profile {
     /// Official protocols and robust parsing.
     #[default]
@@ -550,16 +521,40 @@ mod tests {
     }
 
     #[test]
-    fn dataset_names_round_trip() {
-        for d in DatasetName::ALL {
-            assert_eq!(d.as_str().parse::<DatasetName>().unwrap(), d);
-        }
-        assert!(
-            "cifar"
-                .parse::<DatasetName>()
-                .unwrap_err()
-                .contains("cirr-subset")
+    fn names_are_spelled_once_for_files_and_the_command_line() {
+        use strum::VariantArray as _;
+        let names: Vec<&str> = DatasetName::VARIANTS.iter().map(|d| d.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "cirr",
+                "cirr-subset",
+                "circo",
+                "fashioniq-dress",
+                "fashioniq-shirt",
+                "fashioniq-toptee",
+                "flickr30k",
+                "mscoco",
+                "visdial",
+                "folder"
+            ]
         );
+        for d in DatasetName::VARIANTS {
+            assert_eq!(d.as_str().parse::<DatasetName>().unwrap(), *d);
+            assert_eq!(d.to_string(), d.as_str());
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str(), "serde agrees");
+            let clap_parsed = <DatasetName as clap::ValueEnum>::from_str(d.as_str(), false);
+            assert_eq!(clap_parsed.unwrap(), *d, "clap agrees");
+        }
+        assert!("cifar".parse::<DatasetName>().is_err());
+        for s in Stage::VARIANTS {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(s.as_str().parse::<Stage>().unwrap(), *s);
+        }
+        let stages: Vec<&str> = Stage::VARIANTS.iter().map(|s| s.as_str()).collect();
+        assert_eq!(stages, ["s1", "s2", "s3"]);
+        let profile: &str = Profile::Parity.into();
+        assert_eq!(serde_json::to_value(Profile::Parity).unwrap(), profile);
     }
 
     fn index(text: &str) -> Result<IndexSection, ConfigError> {

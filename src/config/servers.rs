@@ -7,7 +7,6 @@
 //! name the file, the key and the allowed values.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,8 +22,25 @@ const MIN_RATE: f64 = 0.001;
 const MAX_RATE: f64 = 1_000_000.0;
 
 /// One of the five model roles of the method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantArray,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Role {
     /// Describes every gallery image once (LLaVA-1.6 in the paper).
     Captioner,
@@ -40,44 +56,16 @@ pub enum Role {
 
 impl Role {
     /// All roles, in pipeline order.
-    pub const ALL: [Role; 5] = [
-        Role::Captioner,
-        Role::Reasoner,
-        Role::Verifier,
-        Role::Evaluator,
-        Role::Embedder,
-    ];
+    pub const ALL: &[Role] = <Role as strum::VariantArray>::VARIANTS;
 
     /// The lower-case name used in config files and logs.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Captioner => "captioner",
-            Role::Reasoner => "reasoner",
-            Role::Verifier => "verifier",
-            Role::Evaluator => "evaluator",
-            Role::Embedder => "embedder",
-        }
+        self.into()
     }
 
     /// Whether this role is sent images in chat requests.
     pub fn sees_images(self) -> bool {
         matches!(self, Role::Captioner | Role::Verifier | Role::Evaluator)
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}; expected one of: captioner, reasoner, verifier, evaluator, embedder"))
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -242,7 +230,10 @@ pub struct RoleServer {
     pub image_max_side: Option<u32>,
     /// Embedder only: request shape.
     pub embed_shape: Option<EmbedShape>,
-    /// Embedder only: L2-normalise returned vectors.
+    /// Embedder only: the client L2-normalises returned vectors (default true). Indexing and
+    /// stage 1 make every vector unit length themselves (cosine similarity, as the method), so
+    /// `false` changes no ranking; it changes the vectors `prompt try --role embedder` shows, and,
+    /// being part of the image database's fingerprint, a change builds a new database.
     #[serde(default = "defaults::yes")]
     pub normalize: bool,
     /// Embedder only: expected vector dimension; answers of any other length are errors.

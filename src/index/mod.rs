@@ -2,12 +2,14 @@
 //! `data/image_db/<dataset>/<fingerprint>/`:
 //!
 //! - `fingerprint.json`: what built it (`fingerprint`); its hash is the folder name;
-//! - `store.sqlite`: status, caption, content hash and canonical f32 vectors per image (`store`);
+//! - `store.sqlite`: status, caption, content hash and unit-length f32 vectors per image (`store`);
 //! - `vectors.usearch`: the fused index of [image; caption] vectors derived from the store (`vectors`);
 //! - `built.json`: which store state and options the indexes were built from.
 //!
 //! `build` fills it (resumably); `ImageDb` opens it for searching, rebuilding the indexes from the
-//! store when they are missing or stale.
+//! store when they are missing or stale. `expected_dir` and `open_existing` are the one lookup
+//! `run`, `index` and `search` share: which folder a configuration means, and opening it with the
+//! embedder check.
 
 pub mod build;
 pub mod fingerprint;

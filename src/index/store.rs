@@ -1,13 +1,13 @@
 //! The image database's SQLite store: one row per gallery image with its status, caption, content
-//! hash and canonical f32 vectors (image and caption), plus a `meta` table holding the
-//! fingerprint. SQLite is the source of truth; the usearch indexes are derived from it.
+//! hash and unit-length f32 vectors (image and caption); the fingerprint lives beside it in
+//! `fingerprint.json`. SQLite is the source of truth; the usearch indexes are derived from it.
 //!
 //! WAL mode with `synchronous = NORMAL`: a committed transaction survives `kill -9` of the
 //! process. Work is committed in small batches, so a crash loses at most the batch being written.
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use crate::datasets::{GalleryImage, ImageKey};
 
@@ -121,7 +121,6 @@ impl Store {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS images (
                  idx INTEGER PRIMARY KEY,
                  key TEXT NOT NULL UNIQUE,
@@ -147,25 +146,6 @@ impl Store {
 
     fn exec(&self, sql: &str) -> Result<(), StoreError> {
         self.conn.execute_batch(sql).map_err(|e| self.err(e))
-    }
-
-    /// A meta value.
-    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.err(e))
-    }
-
-    /// Sets a meta value.
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
     }
 
     /// Adds gallery images not yet known (new rows get the next ids); returns how many were new.

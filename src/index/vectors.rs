@@ -356,7 +356,9 @@ impl Vectors {
     }
 }
 
-/// The mean of unit vectors, renormalised; `None` when there are none.
+/// The mean of unit vectors; `None` when there are none. Not renormalised: scaling the query by a
+/// positive factor scales every fused score alike and changes no ranking, and the mean is what
+/// averaging per-description scores (as the original does) computes.
 pub fn mean_query(vectors: &[Vec<f32>]) -> Option<Vec<f32>> {
     let first = vectors.first()?;
     let mut m = vec![0.0f32; first.len()];

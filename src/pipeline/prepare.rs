@@ -161,8 +161,8 @@ pub fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepared, Ru
     };
     let resolved_toml = toml::to_string(&resolved).map_err(|e| RunError::Other(e.to_string()))?;
     let hash = blake3::hash(resolved_toml.as_bytes()).to_hex().to_string();
-    let profile = format!("{:?}", params.profile).to_lowercase();
-    let info = RunFolder::info(hash, dataset.name.as_str(), &dataset.split, &profile);
+    let profile: &str = params.profile.into();
+    let info = RunFolder::info(hash, dataset.name.as_str(), &dataset.split, profile);
     let (folder, done) = match &opts.resume {
         Some(path) => {
             let (f, _, done) = RunFolder::resume(path, &info)?;

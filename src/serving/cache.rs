@@ -16,8 +16,20 @@ use serde::{Deserialize, Serialize};
 use crate::config::Role;
 
 /// How the cache is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum CacheMode {
     /// Read and write.
     #[default]
@@ -28,21 +40,6 @@ pub enum CacheMode {
     ReadOnly,
     /// Write only: always ask the servers, store the answers.
     WriteOnly,
-}
-
-impl std::str::FromStr for CacheMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "on" => Ok(CacheMode::On),
-            "off" => Ok(CacheMode::Off),
-            "read-only" => Ok(CacheMode::ReadOnly),
-            "write-only" => Ok(CacheMode::WriteOnly),
-            other => Err(format!(
-                "unknown cache mode {other:?}; expected on, off, read-only or write-only"
-            )),
-        }
-    }
 }
 
 /// A cache problem, naming the file.
