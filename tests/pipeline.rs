@@ -370,3 +370,36 @@ async fn stage_two_loads_a_bounded_number_of_candidates_per_query_at_once() {
         "{peak} verifier requests at once; at most {bound} ({at_once} candidates × 3 questions)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_in_memory_follow_the_servers_slots_not_the_queries_in_flight() {
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    let queries: Vec<(u64, usize, &str, usize)> =
+        (0..6).map(|i| (600 + i, 0, "black dog sofa", 8)).collect();
+    write_cirr(&env.data, &queries);
+    let config = env.configs("cirr", "val", "top_k = 8\nqueries_in_flight = 6", None);
+    // One verifier slot, one evaluator slot: 2 × (1 + 1) = 4 images may be in memory at once.
+    let servers = env.path("servers.toml");
+    let text = std::fs::read_to_string(&servers).unwrap();
+    let mut out = String::new();
+    for (i, block) in text.split("[roles.").enumerate() {
+        if i > 0 {
+            out.push_str("[roles.");
+        }
+        if block.starts_with("verifier]") || block.starts_with("evaluator]") {
+            out.push_str(&block.replacen("max_in_flight = 8", "max_in_flight = 1", 1));
+        } else {
+            out.push_str(block);
+        }
+    }
+    std::fs::write(&servers, out).unwrap();
+    env.index(&config).await;
+    env.verifier
+        .set_delay(Route::Chat, std::time::Duration::from_millis(20));
+    let report = env.run(&config, &[]).await;
+    assert!(report["failed"].as_array().unwrap().is_empty(), "{report}");
+    assert_eq!(report["images_in_memory_bound"], 4, "{report}");
+    let peak = report["peak_images_in_memory"].as_u64().unwrap();
+    // Without the bound: 6 queries × 4 candidates at once = 24 (checked by raising the bound).
+    assert!((1..=4).contains(&peak), "{peak} images held at once");
+}

@@ -103,6 +103,20 @@ pub fn ks(dataset: DatasetName) -> &'static [usize] {
     }
 }
 
+/// How much of each predicted ranking a protocol can look at: the deepest K it reports, plus one
+/// for CIRR's removed reference, and 50 for a test-server submission. `None` (keep everything) for
+/// the subset protocol, which filters the ranking to the query's members, and for VisDial, whose
+/// BRI is measured at the depth of the list. Keeping only this much changes no metric.
+pub fn scoring_depth(dataset: DatasetName, opts: ScoreOptions, submission: bool) -> Option<usize> {
+    match dataset {
+        DatasetName::CirrSubset | DatasetName::Visdial => None,
+        _ => {
+            let deepest = ks_for(dataset, opts).iter().copied().max().unwrap_or(0);
+            Some(deepest.max(if submission { 50 } else { 0 }) + 1)
+        }
+    }
+}
+
 /// The ranking a protocol evaluates for one query, from the predicted one.
 pub fn protocol_ranking(
     dataset: DatasetName,
@@ -508,6 +522,62 @@ mod tests {
         assert_eq!(
             fashioniq_average(&[&d, &s, &t]),
             vec![("avg R@10".into(), 30.0), ("avg R@50".into(), 50.0)]
+        );
+    }
+
+    #[test]
+    fn rankings_cut_at_the_scoring_depth_score_the_same() {
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        let mut rng = fastrand::Rng::with_seed(3);
+        let queries: Vec<Query> = (0..40)
+            .map(|i| {
+                let t = keys[rng.usize(0..100)].clone();
+                let r = keys[rng.usize(0..100)].clone();
+                let mut query = q(&i.to_string(), Some(&r), &[&t], None);
+                query.aspects = vec![["colour", "shape"][i % 2].to_string()];
+                query
+            })
+            .collect();
+        let mut full = Predictions::default();
+        for query in &queries {
+            let mut ranking: Vec<ImageKey> =
+                keys.iter().map(|k| ImageKey::from(k.as_str())).collect();
+            rng.shuffle(&mut ranking);
+            full.entries
+                .insert(query.id.clone(), Prediction::Ranking(ranking));
+        }
+        for dataset in [
+            DatasetName::Cirr,
+            DatasetName::Circo,
+            DatasetName::Flickr30k,
+            DatasetName::FashioniqDress,
+        ] {
+            for (keep_reference, original_ks) in [(false, false), (true, false), (true, true)] {
+                let opts = ScoreOptions {
+                    keep_reference,
+                    original_ks,
+                };
+                let depth = scoring_depth(dataset, opts, false).unwrap();
+                let mut cut = full.clone();
+                for p in cut.entries.values_mut() {
+                    if let Prediction::Ranking(r) = p {
+                        r.truncate(depth);
+                    }
+                }
+                assert_eq!(
+                    score(dataset, &queries, &full, opts).unwrap(),
+                    score(dataset, &queries, &cut, opts).unwrap(),
+                    "{dataset} {opts:?} at depth {depth}"
+                );
+            }
+        }
+        assert_eq!(
+            scoring_depth(DatasetName::Visdial, ScoreOptions::default(), false),
+            None
+        );
+        assert_eq!(
+            scoring_depth(DatasetName::Flickr30k, ScoreOptions::default(), true),
+            Some(51)
         );
     }
 }

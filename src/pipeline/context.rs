@@ -44,9 +44,31 @@ pub struct Ctx {
     pub keep: usize,
     /// Progress bars of stages 1, 2 and 3 (rounds done), when drawn.
     pub progress: Option<[indicatif::ProgressBar; 3]>,
+    /// Gallery images held in memory at once across all queries (`image_permit`).
+    pub images: Arc<tokio::sync::Semaphore>,
+    /// How many image permits there are.
+    pub image_permits: usize,
+    /// The most image permits held at once during the run.
+    pub peak_images: std::sync::atomic::AtomicUsize,
 }
 
+/// Images in memory per request slot of the image roles: one being sent and one ready behind it.
+pub const IMAGES_PER_SLOT: usize = 2;
+
 impl Ctx {
+    /// Waits until a gallery image may be loaded; hold the permit while the image (or the pixels
+    /// decoded from it) is in use. There are `IMAGES_PER_SLOT` × the verifier's and the evaluator's
+    /// request slots, so loaded images follow the servers' capacity, not the number of queries
+    /// in flight (128 queries × K candidates of megabyte photos would otherwise all be in memory
+    /// while they wait for a slot).
+    pub async fn image_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.images.clone().acquire_owned().await.ok();
+        let held = self.image_permits - self.images.available_permits();
+        self.peak_images
+            .fetch_max(held, std::sync::atomic::Ordering::Relaxed);
+        permit
+    }
+
     /// Counts one round through `stage` (0, 1, 2) on its progress bar.
     pub fn tick(&self, stage: usize) {
         if let Some(bars) = &self.progress {
@@ -71,6 +93,13 @@ impl Ctx {
         allowed: Option<HashSet<ImageKey>>,
         progress: Option<[indicatif::ProgressBar; 3]>,
     ) -> Result<Self, crate::config::ConfigError> {
+        let slots = |role: Role| {
+            clients
+                .get(role)
+                .map(|c| c.server().endpoints.len() * c.server().max_in_flight)
+                .unwrap_or(0)
+        };
+        let images = IMAGES_PER_SLOT * (slots(Role::Verifier) + slots(Role::Evaluator)).max(1);
         Ok(Ctx {
             keep: 100.max(params.top_k + 1),
             params,
@@ -85,6 +114,9 @@ impl Ctx {
             paths: gallery.into_iter().map(|g| (g.key, g.path)).collect(),
             allowed: allowed.map(Arc::new),
             progress,
+            images: Arc::new(tokio::sync::Semaphore::new(images)),
+            image_permits: images,
+            peak_images: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 

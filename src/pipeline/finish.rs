@@ -38,6 +38,10 @@ pub struct RunReport {
     pub metrics: Vec<(Stage, Vec<(String, f64)>)>,
     /// Traffic per role.
     pub roles: BTreeMap<String, StatsSnapshot>,
+    /// The most gallery images (or their decoded pixels) held in memory at once.
+    pub peak_images_in_memory: usize,
+    /// The bound on it: `IMAGES_PER_SLOT` × the verifier's and evaluator's request slots.
+    pub images_in_memory_bound: usize,
     /// Fallbacks taken, by step.
     pub fallbacks: BTreeMap<String, usize>,
     /// Submission files written (test splits).
@@ -112,6 +116,10 @@ struct ReadBack {
 
 fn read_back(p: &Prepared) -> Result<ReadBack, RunError> {
     let dialogue = p.dataset.name == DatasetName::Visdial;
+    // Only the part of each ranking the protocol (and a submission) can look at is kept, so what
+    // scoring holds per query is small and fixed, not the whole kept ranking.
+    let submission = p.queries.iter().all(|q| q.targets.is_empty());
+    let depth = protocol::scoring_depth(p.dataset.name, score_options(p), submission);
     let mut stages = p.params.stages.clone();
     stages.sort();
     let mut preds: Vec<(Stage, Predictions)> = stages
@@ -123,6 +131,12 @@ fn read_back(p: &Prepared) -> Result<ReadBack, RunError> {
     read_journal(&journal, |r| {
         for (stage, pred) in &mut preds {
             let mut one = crate::record::predictions([&r], *stage, dialogue);
+            if let (Some(d), Some(Prediction::Ranking(ranking))) =
+                (depth, one.entries.get_mut(&r.id))
+            {
+                ranking.truncate(d);
+                ranking.shrink_to_fit();
+            }
             match one.entries.remove(&r.id) {
                 Some(x) => pred.entries.insert(r.id.clone(), x),
                 None => pred.entries.remove(&r.id),
@@ -176,14 +190,18 @@ fn write_submission(
     Ok(Some(p.folder.path().join(file)))
 }
 
+fn score_options(p: &Prepared) -> ScoreOptions {
+    ScoreOptions {
+        keep_reference: !p.params.exclude_reference,
+        original_ks: p.params.profile == Profile::Parity,
+    }
+}
+
 /// Scores the run from its journal and writes the metrics, submissions and summary.
 pub fn finish(p: &Prepared, interrupted: bool) -> Result<RunReport, RunError> {
     let ReadBack { outcomes, preds } = read_back(p)?;
     let in_run: std::collections::HashSet<&str> = p.queries.iter().map(|q| q.id.as_str()).collect();
-    let score_opts = ScoreOptions {
-        keep_reference: !p.params.exclude_reference,
-        original_ks: p.params.profile == Profile::Parity,
-    };
+    let score_opts = score_options(p);
     let mut metrics: Vec<(Stage, Vec<(String, f64)>)> = Vec::new();
     let mut submissions = Vec::new();
     for (stage, mut pred) in preds {
@@ -240,6 +258,8 @@ pub fn finish(p: &Prepared, interrupted: bool) -> Result<RunReport, RunError> {
         failures_by_kind,
         metrics,
         roles,
+        peak_images_in_memory: p.ctx.peak_images.load(std::sync::atomic::Ordering::Relaxed),
+        images_in_memory_bound: p.ctx.image_permits,
         fallbacks,
         submissions,
         interrupted,

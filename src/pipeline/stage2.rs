@@ -184,6 +184,12 @@ async fn verify_all(
     let by_caption = client.server().grounding == Grounding::Caption;
     futures::stream::iter(candidates)
         .map(|c| async move {
+            // Held until this candidate's questions are answered (no permit needed for captions).
+            let _permit = if by_caption {
+                None
+            } else {
+                ctx.image_permit().await
+            };
             let evidence = if by_caption {
                 ctx.db
                     .caption(c)

@@ -84,6 +84,12 @@ pub async fn run(
         .evaluator
         .as_ref()
         .is_some_and(|c| c.server().grounding == Grounding::Caption);
+    // Held for the whole stage: the reference's and each candidate's pixels are in memory.
+    let _permit = if by_caption {
+        None
+    } else {
+        ctx.image_permit().await
+    };
     let reference = match &input.reference {
         Some(_) if by_caption => None,
         Some(key) => match ctx.pixels(key).await {
