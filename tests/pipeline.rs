@@ -64,6 +64,12 @@ async fn cirr_runs_through_three_stages_with_metrics_after_each() {
         );
     }
     assert!(folder.join("prompts/general/reason.user.j2").exists());
+    // output.log is written by a worker thread and flushed before the command prints.
+    let log = std::fs::read_to_string(folder.join("output.log")).unwrap();
+    assert!(
+        log.contains("run started") && log.contains("run finished"),
+        "{log}"
+    );
     // `run --json` and the run folder's metrics.json share one shape.
     let metrics_file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(folder.join("metrics.json")).unwrap())

@@ -69,7 +69,7 @@ pub async fn run(
         prepared.ctx.progress = Some(stages.clone());
     }
     let queries_bar = bars.as_ref().map(|(_, q)| q.clone());
-    let interrupted = crate::pipeline::run::drive(&prepared, |record| {
+    let driven = crate::pipeline::run::drive(&prepared, |record| {
         if let Some(b) = &queries_bar {
             b.inc(1);
             if record.status == Status::Failed {
@@ -77,12 +77,23 @@ pub async fn run(
             }
         }
     })
-    .await?;
+    .await;
+    let interrupted = match driven {
+        Ok(i) => i,
+        Err(e) => {
+            crate::logging::close_file();
+            return Err(e.into());
+        }
+    };
     if let Some((stages, queries)) = &bars {
         queries.finish();
         stages.iter().for_each(indicatif::ProgressBar::finish);
     }
-    let report = crate::pipeline::finish::finish(&prepared, interrupted)?;
+    let report = crate::pipeline::finish::finish(&prepared, interrupted);
+    // Every queued log line and cache answer is written before the summary is printed.
+    crate::logging::close_file();
+    drop(prepared);
+    let report = report?;
     // The HTML pages are made from the folder as written; a failure there loses no result.
     if let Err(e) = crate::report::from_run_folder(&report.folder).and_then(|input| {
         crate::report::write_all(&input, &report.folder).map_err(|e| crate::report::ReportError {

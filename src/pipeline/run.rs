@@ -77,7 +77,7 @@ pub async fn drive(p: &Prepared, mut on_done: impl FnMut(&QueryRecord)) -> Resul
         tokio::select! {
             next = stream.next() => match next {
                 Some(record) => {
-                    p.folder.append(&record)?;
+                    p.folder.append_async(&record).await?;
                     on_done(&record);
                 }
                 None => return Ok(false),
@@ -90,6 +90,10 @@ pub async fn drive(p: &Prepared, mut on_done: impl FnMut(&QueryRecord)) -> Resul
 /// Runs (or resumes) an experiment without drawing anything: prepare, drive, finish.
 pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, RunError> {
     let prepared = super::prepare::prepare(exp, &opts)?;
-    let interrupted = drive(&prepared, |_| {}).await?;
-    super::finish::finish(&prepared, interrupted)
+    let report = match drive(&prepared, |_| {}).await {
+        Ok(interrupted) => super::finish::finish(&prepared, interrupted),
+        Err(e) => Err(e),
+    };
+    crate::logging::close_file();
+    report
 }

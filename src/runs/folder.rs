@@ -76,10 +76,20 @@ fn last_byte(path: &Path) -> Option<u8> {
     Some(b[0])
 }
 
+fn write_line(journal: &Mutex<std::fs::File>, path: &Path, s: &str) -> Result<(), FolderError> {
+    let mut f = journal.lock().unwrap_or_else(|e| e.into_inner());
+    f.write_all(s.as_bytes())
+        .and_then(|()| f.flush())
+        .map_err(|e| FolderError {
+            path: path.to_path_buf(),
+            message: format!("cannot write the journal: {e}"),
+        })
+}
+
 /// An open run folder.
 pub struct RunFolder {
     path: PathBuf,
-    journal: Mutex<std::fs::File>,
+    journal: std::sync::Arc<Mutex<std::fs::File>>,
 }
 
 fn now_rfc3339() -> String {
@@ -145,7 +155,7 @@ impl RunFolder {
             })?;
         Ok(RunFolder {
             path,
-            journal: Mutex::new(file),
+            journal: std::sync::Arc::new(Mutex::new(file)),
         })
     }
 
@@ -213,22 +223,23 @@ impl RunFolder {
     }
 
     fn raw_append(&self, s: &str) -> Result<(), FolderError> {
-        let mut f = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_all(s.as_bytes())
-            .and_then(|()| f.flush())
-            .map_err(|e| FolderError {
-                path: self.path.clone(),
-                message: format!("cannot write the journal: {e}"),
-            })
+        write_line(&self.journal, &self.path, s)
     }
 
-    /// Appends one finished query to the journal.
-    pub fn append(&self, record: &QueryRecord) -> Result<(), FolderError> {
+    /// Appends one finished query to the journal from the blocking pool, so a slow disk stalls
+    /// no task of the runtime; appends awaited one after another stay in order.
+    pub async fn append_async(&self, record: &QueryRecord) -> Result<(), FolderError> {
         let line = serde_json::to_string(record).map_err(|e| FolderError {
             path: self.path.clone(),
             message: e.to_string(),
-        })?;
-        self.raw_append(&(line + "\n"))
+        })? + "\n";
+        let (journal, path) = (self.journal.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || write_line(&journal, &path, &line))
+            .await
+            .map_err(|e| FolderError {
+                path: self.path.clone(),
+                message: format!("the journal writer stopped: {e}"),
+            })?
     }
 
     /// Writes a pretty JSON file in the folder.

@@ -3,8 +3,10 @@
 //! of their bytes. A rerun, a resumed run or a run with one changed prompt reuses every answer it
 //! can and sends only the requests whose bodies changed.
 //!
-//! Only valid answers are stored (never errors or 5xx). Each answer is committed on its own in WAL
-//! mode, so `kill -9` loses at most the requests in flight. Modes: `on` (read and write), `off`,
+//! Only valid answers are stored (never errors or 5xx). A writer thread with its own connection
+//! commits them (whatever is queued, in one transaction, in WAL mode), so no request waits on
+//! SQLite; reads are short lookups run on the blocking pool. `kill -9` loses at most the requests
+//! in flight and the answers still queued for the writer. Modes: `on` (read and write), `off`,
 //! `read-only`, `write-only`.
 
 use std::path::{Path, PathBuf};
@@ -52,11 +54,54 @@ pub struct CacheError {
     pub message: String,
 }
 
+/// One answer on its way to the writer thread.
+struct Row {
+    key: String,
+    role: Role,
+    model: String,
+    answer: String,
+}
+
 /// The request cache.
 pub struct Cache {
+    /// Reads (a short indexed lookup; callers run it on the blocking pool).
     conn: Mutex<Connection>,
+    /// Writes go to one writer thread with its own connection, so a request never waits for a
+    /// SQLite commit; `None` once closed.
+    writer: Mutex<Option<(std::sync::mpsc::Sender<Row>, std::thread::JoinHandle<()>)>>,
     path: PathBuf,
     mode: CacheMode,
+}
+
+impl Drop for Cache {
+    /// Waits for the writer thread to store every queued answer.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer thread: stores rows as they come, committing whatever is queued in one transaction.
+fn write_rows(mut conn: Connection, rows: std::sync::mpsc::Receiver<Row>, path: PathBuf) {
+    while let Ok(first) = rows.recv() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let batch: Vec<Row> = std::iter::once(first).chain(rows.try_iter()).collect();
+        let stored = conn.transaction().and_then(|tx| {
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO answers (key, role, model, answer, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for r in &batch {
+                    stmt.execute(params![r.key, r.role.as_str(), r.model, r.answer, now])?;
+                }
+            }
+            tx.commit()
+        });
+        if let Err(e) = stored {
+            tracing::warn!(cache = %path.display(), "cache write failed: {e}");
+        }
+    }
 }
 
 impl std::fmt::Debug for Cache {
@@ -101,11 +146,34 @@ impl Cache {
              );",
         )
         .map_err(err)?;
+        let writer_conn = Connection::open(path).map_err(err)?;
+        writer_conn
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")
+            .map_err(err)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_path = path.to_path_buf();
+        let handle = std::thread::Builder::new()
+            .name("cache-writer".into())
+            .spawn(move || write_rows(writer_conn, rx, thread_path))
+            .map_err(|e| CacheError {
+                path: path.to_path_buf(),
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
         Ok(Cache {
             conn: Mutex::new(conn),
+            writer: Mutex::new(Some((tx, handle))),
             path: path.to_path_buf(),
             mode,
         })
+    }
+
+    /// Stores every queued answer and stops the writer; later `put`s are dropped. Called on drop.
+    pub fn close(&self) {
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((tx, handle)) = writer {
+            drop(tx);
+            let _ = handle.join();
+        }
     }
 
     /// The file.
@@ -115,6 +183,18 @@ impl Cache {
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A stored answer, when reading is on, looked up on the blocking pool.
+    pub async fn get_async(self: &std::sync::Arc<Self>, key: &str) -> Option<String> {
+        if matches!(self.mode, CacheMode::Off | CacheMode::WriteOnly) {
+            return None;
+        }
+        let (cache, key) = (self.clone(), key.to_string());
+        tokio::task::spawn_blocking(move || cache.get(&key))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// A stored answer, when reading is on.
@@ -137,19 +217,20 @@ impl Cache {
         }
     }
 
-    /// Stores an answer, when writing is on. A failure to write is logged, never fatal.
+    /// Queues an answer for the writer thread, when writing is on: returns at once. A failure to
+    /// write is logged, never fatal; `kill -9` loses the answers still queued (milliseconds' worth).
     pub fn put(&self, key: &str, role: Role, model: &str, answer: &str) {
         if matches!(self.mode, CacheMode::Off | CacheMode::ReadOnly) {
             return;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        if let Err(e) = self.conn().execute(
-            "INSERT OR REPLACE INTO answers (key, role, model, answer, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![key, role.as_str(), model, answer, now],
-        ) {
-            tracing::warn!(cache = %self.path.display(), "cache write failed: {e}");
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((tx, _)) = writer.as_ref() {
+            let _ = tx.send(Row {
+                key: key.into(),
+                role,
+                model: model.into(),
+                answer: answer.into(),
+            });
         }
     }
 
@@ -189,7 +270,12 @@ mod tests {
             "the role is part of the key"
         );
         c.put(&k, Role::Reasoner, "m", "answer");
-        assert_eq!(c.get(&k).as_deref(), Some("answer"));
+        c.close();
+        assert_eq!(
+            c.get(&k).as_deref(),
+            Some("answer"),
+            "stored once the writer is done"
+        );
         let ro = Cache::open(&p, CacheMode::ReadOnly).unwrap();
         ro.put("other", Role::Reasoner, "m", "x");
         assert_eq!(ro.get("other"), None);
@@ -197,5 +283,24 @@ mod tests {
         let wo = Cache::open(&p, CacheMode::WriteOnly).unwrap();
         assert_eq!(wo.get(&k), None);
         assert!(c.integrity_ok());
+    }
+
+    #[test]
+    fn puts_return_at_once_while_the_database_is_locked_and_are_stored_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.sqlite");
+        let c = Cache::open(&p, CacheMode::On).unwrap();
+        // Another process holds the write lock (a backup, a second run...).
+        let other = Connection::open(&p).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+        for i in 0..50 {
+            c.put(&format!("k{i}"), Role::Verifier, "m", "yes");
+        }
+        // Every put returned although nothing could be written yet.
+        other.execute_batch("COMMIT;").unwrap();
+        c.close();
+        assert_eq!(c.len(), 50, "all stored once the lock is gone");
+        c.put("late", Role::Verifier, "m", "yes");
+        assert_eq!(c.get("late"), None, "a closed cache stores nothing more");
     }
 }

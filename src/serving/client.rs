@@ -333,7 +333,7 @@ impl RoleClient {
     ) -> Result<Reply<T>, ServingError> {
         let inner = &self.inner;
         if let (Some(cache), Some(key)) = (&inner.cache, &cache_key)
-            && let Some(text) = cache.get(key)
+            && let Some(text) = cache.get_async(key).await
             && let Ok(value) = validate(&text)
         {
             inner.stats.record_cache_hit();
