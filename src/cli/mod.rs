@@ -206,83 +206,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             timeout,
             json,
-        } => {
-            let (servers, path) = crate::doctor::load_servers(&config)?;
-            if !(timeout.is_finite() && timeout > 0.0) {
-                anyhow::bail!("--timeout must be a positive number of seconds, got {timeout}");
-            }
-            let reports = crate::doctor::run(&servers, &path, doctor_timeout(timeout)?).await?;
-            let text = if json {
-                serde_json::to_string_pretty(&reports)? + "\n"
-            } else {
-                crate::doctor::render(&reports)
-            };
-            std::io::stdout().write_all(text.as_bytes())?;
-            Ok(if reports.iter().any(|r| r.failed()) {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        } => doctor(config, timeout, json).await,
         Command::Score {
             dataset,
             split,
             data,
-            predictions: file,
+            predictions,
             json,
             keep_reference,
-        } => {
-            let spec = spec_of(dataset, data, split);
-            let queries = datasets::load_queries(&spec)?;
-            let preds = predictions::read(dataset, &file)?;
-            let scored = protocol::score(
-                dataset,
-                &queries,
-                &preds,
-                protocol::ScoreOptions {
-                    keep_reference,
-                    original_ks: false,
-                },
-            )?;
-            if !scored.missing.is_empty() {
-                tracing::warn!(
-                    "{} of {} queries have no prediction and count as misses (first: {})",
-                    scored.missing.len(),
-                    queries.len(),
-                    scored.missing[0]
-                );
-            }
-            if !scored.unknown.is_empty() {
-                tracing::warn!(
-                    "{} predictions name no query of {} {} (first: {}); they are ignored",
-                    scored.unknown.len(),
-                    dataset,
-                    spec.split,
-                    scored.unknown[0]
-                );
-            }
-            if json {
-                print(&(serde_json::to_string_pretty(&scored.to_json())? + "\n"))?;
-            } else {
-                let mut out = format!(
-                    "{dataset} {}: {} queries, {} without a prediction\n",
-                    spec.split,
-                    queries.len(),
-                    scored.missing.len()
-                );
-                let width = scored
-                    .metrics
-                    .iter()
-                    .map(|(n, _)| n.len())
-                    .max()
-                    .unwrap_or(0);
-                for (name, v) in &scored.metrics {
-                    out.push_str(&format!("{name:<width$}  {v:>8.4}\n"));
-                }
-                print(&out)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => score(dataset, split, data, predictions, json, keep_reference),
         Command::Index(cmd) => index::run(cmd).await,
         Command::Search {
             text,
@@ -293,13 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => search::search(target, text, image, json, open).await,
         Command::Chat { target } => search::chat(target).await,
         Command::Compare(args) => compare::run(args),
-        Command::Report { run_dir } => {
-            let input = crate::report::from_run_folder(&run_dir)?;
-            let pages = crate::report::write_all(&input, &run_dir)?;
-            let list: Vec<String> = pages.iter().map(|p| p.display().to_string()).collect();
-            print(&format!("{}\n", list.join("\n")))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Report { run_dir } => report(run_dir),
         Command::Run {
             config,
             split,
@@ -347,35 +273,129 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             split,
             data,
             file,
-        } => {
-            let spec = spec_of(dataset, data, split);
-            let queries = datasets::load_queries(&spec)?;
-            if !submission::has_test_server(dataset) {
-                anyhow::bail!(
-                    "{dataset} has no test server; check-submission takes cirr, cirr-subset or circo"
-                );
-            }
-            let bytes = std::fs::read(&file)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let verdict = submission::check_file(dataset, &bytes, &queries);
-            match verdict {
-                Ok(what) => {
-                    print(&format!(
-                        "ok: {what} for {} queries: {}\n",
-                        queries.len(),
-                        file.display()
-                    ))?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(p) => {
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "invalid submission {}: {p}",
-                        file.display()
-                    );
-                    Ok(ExitCode::from(1))
-                }
-            }
+        } => check_submission(dataset, split, data, file),
+    }
+}
+
+async fn doctor(config: PathBuf, timeout: f64, json: bool) -> anyhow::Result<ExitCode> {
+    let (servers, path) = crate::doctor::load_servers(&config)?;
+    if !(timeout.is_finite() && timeout > 0.0) {
+        anyhow::bail!("--timeout must be a positive number of seconds, got {timeout}");
+    }
+    let reports = crate::doctor::run(&servers, &path, doctor_timeout(timeout)?).await?;
+    let text = if json {
+        serde_json::to_string_pretty(&reports)? + "\n"
+    } else {
+        crate::doctor::render(&reports)
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(if reports.iter().any(|r| r.failed()) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn score(
+    dataset: DatasetName,
+    split: String,
+    data: Option<PathBuf>,
+    file: PathBuf,
+    json: bool,
+    keep_reference: bool,
+) -> anyhow::Result<ExitCode> {
+    let spec = spec_of(dataset, data, split);
+    let queries = datasets::load_queries(&spec)?;
+    let preds = predictions::read(dataset, &file)?;
+    let scored = protocol::score(
+        dataset,
+        &queries,
+        &preds,
+        protocol::ScoreOptions {
+            keep_reference,
+            original_ks: false,
+        },
+    )?;
+    if !scored.missing.is_empty() {
+        tracing::warn!(
+            "{} of {} queries have no prediction and count as misses (first: {})",
+            scored.missing.len(),
+            queries.len(),
+            scored.missing[0]
+        );
+    }
+    if !scored.unknown.is_empty() {
+        tracing::warn!(
+            "{} predictions name no query of {} {} (first: {}); they are ignored",
+            scored.unknown.len(),
+            dataset,
+            spec.split,
+            scored.unknown[0]
+        );
+    }
+    if json {
+        print(&(serde_json::to_string_pretty(&scored.to_json())? + "\n"))?;
+    } else {
+        let mut out = format!(
+            "{dataset} {}: {} queries, {} without a prediction\n",
+            spec.split,
+            queries.len(),
+            scored.missing.len()
+        );
+        let width = scored
+            .metrics
+            .iter()
+            .map(|(n, _)| n.len())
+            .max()
+            .unwrap_or(0);
+        for (name, v) in &scored.metrics {
+            out.push_str(&format!("{name:<width$}  {v:>8.4}\n"));
+        }
+        print(&out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_submission(
+    dataset: DatasetName,
+    split: String,
+    data: Option<PathBuf>,
+    file: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let spec = spec_of(dataset, data, split);
+    let queries = datasets::load_queries(&spec)?;
+    if !submission::has_test_server(dataset) {
+        anyhow::bail!(
+            "{dataset} has no test server; check-submission takes cirr, cirr-subset or circo"
+        );
+    }
+    let bytes =
+        std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let verdict = submission::check_file(dataset, &bytes, &queries);
+    match verdict {
+        Ok(what) => {
+            print(&format!(
+                "ok: {what} for {} queries: {}\n",
+                queries.len(),
+                file.display()
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(p) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "invalid submission {}: {p}",
+                file.display()
+            );
+            Ok(ExitCode::from(1))
         }
     }
+}
+
+fn report(run_dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let input = crate::report::from_run_folder(&run_dir)?;
+    let pages = crate::report::write_all(&input, &run_dir)?;
+    let list: Vec<String> = pages.iter().map(|p| p.display().to_string()).collect();
+    print(&format!("{}\n", list.join("\n")))?;
+    Ok(ExitCode::SUCCESS)
 }

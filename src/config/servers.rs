@@ -289,159 +289,175 @@ impl ServersConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: String, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            message,
-        };
         for (role, s) in &self.roles {
-            let k = |field: &str| format!("roles.{role}.{field}");
-            if s.endpoints.is_empty() {
-                return Err(bad(k("endpoints"), "needs at least one base URL".into()));
-            }
-            for e in &s.endpoints {
-                let parsed = reqwest::Url::parse(e).ok();
-                if let Some(u) = parsed
-                    .as_ref()
-                    .filter(|u| !u.username().is_empty() || u.password().is_some())
-                {
-                    let mut shown = u.clone();
-                    let _ = shown.set_username("");
-                    let _ = shown.set_password(None);
-                    return Err(bad(
-                        k("endpoints"),
-                        format!(
-                            "{shown} carries a user name or password in the URL, which would end up in logs and run folders; remove it and put the NAME of an environment variable holding the key in api_key_env"
-                        ),
-                    ));
-                }
-                let ok = parsed
-                    .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                    .unwrap_or(false);
-                if !ok {
-                    return Err(bad(
-                        k("endpoints"),
-                        format!("{e:?} is not an http(s) URL such as \"http://127.0.0.1:8000/v1\""),
-                    ));
-                }
-            }
-            if s.model.trim().is_empty() {
-                return Err(bad(k("model"), "must name the served model".into()));
-            }
-            if let Some(var) = &s.api_key_env {
-                let valid =
-                    !var.is_empty() && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if !valid {
-                    return Err(bad(
-                        k("api_key_env"),
-                        "must be the NAME of an environment variable (letters, digits, _), not a key"
-                            .into(),
-                    ));
-                }
-            }
-            if s.max_in_flight == 0 {
-                return Err(bad(k("max_in_flight"), "must be at least 1".into()));
-            }
-            if let Some(r) = s.requests_per_second
-                && !(r.is_finite() && (MIN_RATE..=MAX_RATE).contains(&r))
-            {
-                return Err(bad(
-                    k("requests_per_second"),
-                    format!(
-                        "{r} is outside {MIN_RATE}..={MAX_RATE} requests per second; leave it out for no rate limit"
-                    ),
-                ));
-            }
-            if s.image_max_side.is_some_and(|m| m < 16) {
-                return Err(bad(
-                    k("image_max_side"),
-                    "must be at least 16 pixels".into(),
-                ));
-            }
-            if s.burst == Some(0) {
-                return Err(bad(k("burst"), "must be at least 1".into()));
-            }
-            if !(s.timeout_secs.is_finite()
-                && s.timeout_secs > 0.0
-                && s.timeout_secs <= MAX_TIMEOUT_SECS)
-            {
-                return Err(bad(
-                    k("timeout_secs"),
-                    format!(
-                        "must be a positive number of seconds, at most {MAX_TIMEOUT_SECS} (a day)"
-                    ),
-                ));
-            }
-            if let Some(t) = s.sampling.temperature
-                && !(0.0..=2.0).contains(&t)
-            {
-                return Err(bad(
-                    k("sampling.temperature"),
-                    format!("{t} is outside 0..=2"),
-                ));
-            }
-            if let Some(p) = s.sampling.top_p
-                && !(p > 0.0 && p <= 1.0)
-            {
-                return Err(bad(k("sampling.top_p"), format!("{p} is outside (0, 1]")));
-            }
-            if s.retry.initial_backoff_ms > s.retry.max_backoff_ms {
-                return Err(bad(
-                    k("retry.initial_backoff_ms"),
-                    "must not exceed retry.max_backoff_ms".into(),
-                ));
-            }
-            let reserved = ["model", "messages", "stream", "input"];
-            if let Some(field) = s.extra_body.keys().find(|f| reserved.contains(&f.as_str())) {
-                return Err(bad(
-                    k(&format!("extra_body.{field}")),
-                    format!("`{field}` is set by imagescope itself; remove it from extra_body"),
-                ));
-            }
-            match (*role == Role::Embedder, s.embed_shape) {
-                (true, None) => {
-                    return Err(bad(
-                        k("embed_shape"),
-                        "the embedder needs a request shape: one of \"vllm-messages\", \"infinity\", \"openai-input\"".into(),
-                    ));
-                }
-                (false, Some(_)) => {
-                    return Err(bad(
-                        k("embed_shape"),
-                        "only the embedder has a request shape".into(),
-                    ));
-                }
-                _ => {}
-            }
-            if *role == Role::Embedder {
-                if s.images == Some(true) && !s.embed_shape.is_some_and(EmbedShape::supports_images)
-                {
-                    return Err(bad(
-                        k("images"),
-                        "embed_shape \"openai-input\" carries text only; use \"vllm-messages\" or \"infinity\" for images".into(),
-                    ));
-                }
-                if s.dimension == Some(0) {
-                    return Err(bad(k("dimension"), "must be at least 1".into()));
-                }
-            }
-            if s.grounding == Grounding::Caption
-                && !matches!(role, Role::Verifier | Role::Evaluator)
-            {
-                return Err(bad(
-                    k("grounding"),
-                    "only the verifier and the evaluator can judge from captions".into(),
-                ));
-            }
-            if *role != Role::Embedder && s.api == ApiFlavour::Infinity {
-                return Err(bad(
-                    k("api"),
-                    "infinity serves embeddings only; use \"vllm\", \"tgi\" or \"openai\"".into(),
-                ));
-            }
+            [
+                check_endpoints,
+                check_limits,
+                check_sampling,
+                check_role_fields,
+            ]
+            .iter()
+            .try_for_each(|check| check(*role, s))
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
         }
         Ok(())
     }
+}
+
+/// The endpoints: http(s) URLs without credentials in them.
+fn check_endpoints(role: Role, s: &RoleServer) -> Result<(), (String, String)> {
+    let k = |field: &str| format!("roles.{role}.{field}");
+    if s.endpoints.is_empty() {
+        return Err((k("endpoints"), "needs at least one base URL".into()));
+    }
+    for e in &s.endpoints {
+        let parsed = reqwest::Url::parse(e).ok();
+        if let Some(u) = parsed
+            .as_ref()
+            .filter(|u| !u.username().is_empty() || u.password().is_some())
+        {
+            let mut shown = u.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            return Err((
+                k("endpoints"),
+                format!(
+                    "{shown} carries a user name or password in the URL, which would end up in logs and run folders; remove it and put the NAME of an environment variable holding the key in api_key_env"
+                ),
+            ));
+        }
+        let ok = parsed
+            .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .unwrap_or(false);
+        if !ok {
+            return Err((
+                k("endpoints"),
+                format!("{e:?} is not an http(s) URL such as \"http://127.0.0.1:8000/v1\""),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The model, key variable, concurrency, rate, image size and timeout.
+fn check_limits(role: Role, s: &RoleServer) -> Result<(), (String, String)> {
+    let k = |field: &str| format!("roles.{role}.{field}");
+    if s.model.trim().is_empty() {
+        return Err((k("model"), "must name the served model".into()));
+    }
+    if let Some(var) = &s.api_key_env {
+        let valid = !var.is_empty() && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err((
+                k("api_key_env"),
+                "must be the NAME of an environment variable (letters, digits, _), not a key"
+                    .into(),
+            ));
+        }
+    }
+    if s.max_in_flight == 0 {
+        return Err((k("max_in_flight"), "must be at least 1".into()));
+    }
+    if let Some(r) = s.requests_per_second
+        && !(r.is_finite() && (MIN_RATE..=MAX_RATE).contains(&r))
+    {
+        return Err((
+            k("requests_per_second"),
+            format!(
+                "{r} is outside {MIN_RATE}..={MAX_RATE} requests per second; leave it out for no rate limit"
+            ),
+        ));
+    }
+    if s.image_max_side.is_some_and(|m| m < 16) {
+        return Err((k("image_max_side"), "must be at least 16 pixels".into()));
+    }
+    if s.burst == Some(0) {
+        return Err((k("burst"), "must be at least 1".into()));
+    }
+    if !(s.timeout_secs.is_finite() && s.timeout_secs > 0.0 && s.timeout_secs <= MAX_TIMEOUT_SECS) {
+        return Err((
+            k("timeout_secs"),
+            format!("must be a positive number of seconds, at most {MAX_TIMEOUT_SECS} (a day)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Sampling and retry settings.
+fn check_sampling(role: Role, s: &RoleServer) -> Result<(), (String, String)> {
+    let k = |field: &str| format!("roles.{role}.{field}");
+    if let Some(t) = s.sampling.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err((k("sampling.temperature"), format!("{t} is outside 0..=2")));
+    }
+    if let Some(p) = s.sampling.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        return Err((k("sampling.top_p"), format!("{p} is outside (0, 1]")));
+    }
+    if s.retry.initial_backoff_ms > s.retry.max_backoff_ms {
+        return Err((
+            k("retry.initial_backoff_ms"),
+            "must not exceed retry.max_backoff_ms".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What only some roles may set (shapes, images, grounding, api), and fields imagescope owns.
+fn check_role_fields(role: Role, s: &RoleServer) -> Result<(), (String, String)> {
+    let k = |field: &str| format!("roles.{role}.{field}");
+    let reserved = ["model", "messages", "stream", "input"];
+    if let Some(field) = s.extra_body.keys().find(|f| reserved.contains(&f.as_str())) {
+        return Err((
+            k(&format!("extra_body.{field}")),
+            format!("`{field}` is set by imagescope itself; remove it from extra_body"),
+        ));
+    }
+    match (role == Role::Embedder, s.embed_shape) {
+        (true, None) => {
+            return Err((
+                    k("embed_shape"),
+                    "the embedder needs a request shape: one of \"vllm-messages\", \"infinity\", \"openai-input\"".into(),
+                ));
+        }
+        (false, Some(_)) => {
+            return Err((
+                k("embed_shape"),
+                "only the embedder has a request shape".into(),
+            ));
+        }
+        _ => {}
+    }
+    if role == Role::Embedder {
+        if s.images == Some(true) && !s.embed_shape.is_some_and(EmbedShape::supports_images) {
+            return Err((
+                    k("images"),
+                    "embed_shape \"openai-input\" carries text only; use \"vllm-messages\" or \"infinity\" for images".into(),
+                ));
+        }
+        if s.dimension == Some(0) {
+            return Err((k("dimension"), "must be at least 1".into()));
+        }
+    }
+    if s.grounding == Grounding::Caption && !matches!(role, Role::Verifier | Role::Evaluator) {
+        return Err((
+            k("grounding"),
+            "only the verifier and the evaluator can judge from captions".into(),
+        ));
+    }
+    if role != Role::Embedder && s.api == ApiFlavour::Infinity {
+        return Err((
+            k("api"),
+            "infinity serves embeddings only; use \"vllm\", \"tgi\" or \"openai\"".into(),
+        ));
+    }
+    Ok(())
 }
 
 mod defaults {

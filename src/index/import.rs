@@ -148,24 +148,54 @@ fn matrix(path: &Path, n: usize) -> Result<(usize, Vec<f32>), IndexError> {
     }
 }
 
-/// Imports `source` (an original `image_db/<dataset>` folder) into `image_db_root/<dataset>/`.
-pub fn import(
-    source: &Path,
-    dataset: &str,
-    clip_version: Option<&str>,
-    embedder_model: &str,
-    image_db_root: &Path,
-) -> Result<ImportReport, IndexError> {
-    let caption_path = source.join("image_caption.json");
-    let text = std::fs::read_to_string(&caption_path)
-        .map_err(|e| bad(&caption_path, format!("cannot read: {e}")))?;
-    let captions: HashMap<String, String> = serde_json::from_str(&text).map_err(|e| {
-        bad(
-            &caption_path,
-            format!("expected an object of key → caption: {e}"),
-        )
-    })?;
-    let version_dir = match clip_version {
+/// One store outcome per pending image: its caption and unit vectors, or a failure for a zero
+/// vector.
+fn outcomes(
+    pending: &[super::store::Pending],
+    names: &[String],
+    captions: &HashMap<String, String>,
+    (images, caps): (&[f32], &[f32]),
+    dim: usize,
+) -> Vec<Outcome> {
+    let row = |m: &[f32], i: usize| m[i * dim..(i + 1) * dim].to_vec();
+    let position: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
+    let mut batch = Vec::with_capacity(pending.len());
+    for p in pending {
+        let Some(&i) = position.get(p.key.as_str()) else {
+            continue;
+        };
+        let caption = captions
+            .get(p.key.as_str())
+            .map(|c| c.trim().to_string())
+            .unwrap_or_default();
+        match (
+            embedder::unit(row(images, i)),
+            embedder::unit(row(caps, i)),
+        ) {
+            (Some(iv), Some(cv)) => batch.push(Outcome::Done {
+                idx: p.idx,
+                content_hash: String::new(),
+                caption,
+                image_vec: Some(iv),
+                caption_vec: cv,
+            }),
+            _ => batch.push(Outcome::Failed {
+                idx: p.idx,
+                kind: super::store::FailureKind::Image,
+                error: "zero vector in the imported embeddings".into(),
+            }),
+        }
+    }
+    batch
+}
+
+/// The `<clip_version>` folder to import: the one named, or the only one inside `source`.
+fn version_dir(source: &Path, clip_version: Option<&str>) -> Result<PathBuf, IndexError> {
+    Ok(match clip_version {
         Some(v) => source.join(v),
         None => {
             let mut dirs: Vec<PathBuf> = std::fs::read_dir(source)
@@ -185,7 +215,27 @@ pub fn import(
                 }
             }
         }
-    };
+    })
+}
+
+/// Imports `source` (an original `image_db/<dataset>` folder) into `image_db_root/<dataset>/`.
+pub fn import(
+    source: &Path,
+    dataset: &str,
+    clip_version: Option<&str>,
+    embedder_model: &str,
+    image_db_root: &Path,
+) -> Result<ImportReport, IndexError> {
+    let caption_path = source.join("image_caption.json");
+    let text = std::fs::read_to_string(&caption_path)
+        .map_err(|e| bad(&caption_path, format!("cannot read: {e}")))?;
+    let captions: HashMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+        bad(
+            &caption_path,
+            format!("expected an object of key → caption: {e}"),
+        )
+    })?;
+    let version_dir = version_dir(source, clip_version)?;
     let names = match read_npy(&version_dir.join("image_name_list.npy"))? {
         Npy::Strings(s) => s,
         Npy::Float { .. } => {
@@ -234,39 +284,7 @@ pub fn import(
         .collect();
     store.register(&gallery)?;
     let pending = store.pending(true)?;
-    let row = |m: &[f32], i: usize| m[i * dim..(i + 1) * dim].to_vec();
-    let position: HashMap<&str, usize> = names
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (k.as_str(), i))
-        .collect();
-    let mut batch = Vec::with_capacity(pending.len());
-    for p in pending {
-        let Some(&i) = position.get(p.key.as_str()) else {
-            continue;
-        };
-        let caption = captions
-            .get(p.key.as_str())
-            .map(|c| c.trim().to_string())
-            .unwrap_or_default();
-        match (
-            embedder::unit(row(&images, i)),
-            embedder::unit(row(&caps, i)),
-        ) {
-            (Some(iv), Some(cv)) => batch.push(Outcome::Done {
-                idx: p.idx,
-                content_hash: String::new(),
-                caption,
-                image_vec: Some(iv),
-                caption_vec: cv,
-            }),
-            _ => batch.push(Outcome::Failed {
-                idx: p.idx,
-                kind: super::store::FailureKind::Image,
-                error: "zero vector in the imported embeddings".into(),
-            }),
-        }
-    }
+    let batch = outcomes(&pending, &names, &captions, (&images, &caps), dim);
     store.commit(&batch)?;
     super::rebuild_vectors(&dir, &store, Default::default())?;
     Ok(ImportReport {
