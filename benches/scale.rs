@@ -198,9 +198,14 @@ fn measure(bin: &Path, args: &[&str], cwd: &Path, log: &Path) -> Measured {
     let stat_file = format!("/proc/{}/stat", child.id());
     let ticks = clock_ticks();
     let (mut peak_kib, mut cpu_ticks) = (0.0f64, 0.0f64);
+    // SCALE_TRACE=FILE: resident memory over time, one "seconds KiB" line per poll.
+    let mut trace = std::env::var_os("SCALE_TRACE").map(|f| std::fs::File::create(f).unwrap());
     loop {
         if let Ok(s) = std::fs::read_to_string(&status_file) {
             for line in s.lines() {
+                if let (Some(v), Some(f)) = (line.strip_prefix("VmRSS:"), trace.as_mut()) {
+                    let _ = writeln!(f, "{:.2} {}", t.elapsed().as_secs_f64(), v.trim());
+                }
                 if let Some(v) = line.strip_prefix("VmHWM:") {
                     let kib: f64 = v
                         .trim()
