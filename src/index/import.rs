@@ -172,10 +172,7 @@ fn outcomes(
             .get(p.key.as_str())
             .map(|c| c.trim().to_string())
             .unwrap_or_default();
-        match (
-            embedder::unit(row(images, i)),
-            embedder::unit(row(caps, i)),
-        ) {
+        match (embedder::unit(row(images, i)), embedder::unit(row(caps, i))) {
             (Some(iv), Some(cv)) => batch.push(Outcome::Done {
                 idx: p.idx,
                 content_hash: String::new(),
