@@ -9,6 +9,7 @@
 //! - only `serving` speaks HTTP (clippy's `disallowed-methods` bans building clients elsewhere);
 //! - API keys are read from environment variables by `serving` and never printed or stored.
 
+pub mod chat;
 pub mod cli;
 pub mod compare;
 pub mod config;

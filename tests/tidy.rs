@@ -113,7 +113,15 @@ fn modules_depend_one_way_with_no_cycles() {
         (
             "roles",
             &[
-                "datasets", "pipeline", "index", "metrics", "runs", "report", "record", "cli",
+                "serving", "datasets", "pipeline", "index", "metrics", "runs", "report", "record",
+                "cli",
+            ],
+        ),
+        (
+            "chat",
+            &[
+                "config", "serving", "roles", "datasets", "pipeline", "index", "metrics", "runs",
+                "report", "record", "cli", "compare", "prompts",
             ],
         ),
         (

@@ -1,8 +1,8 @@
 //! Captioner: one gallery image → one sentence describing it.
 
+use crate::chat::ChatRequest;
 use crate::images::EncodedImage;
 use crate::prompts::{Family, PromptError, PromptKind, PromptSet};
-use crate::serving::ChatRequest;
 
 use super::{ParseFailure, request_from};
 

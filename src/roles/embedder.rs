@@ -3,8 +3,8 @@
 //! by `serving::wire`; this role only decides what is embedded and guarantees unit length, so
 //! inner products are cosine similarities whatever the server was configured to do.
 
+use crate::chat::EmbedInput;
 use crate::images::EncodedImage;
-use crate::serving::EmbedInput;
 
 /// Inputs for a list of texts.
 pub fn texts(texts: &[String]) -> Vec<EmbedInput> {

@@ -13,10 +13,10 @@ use ab_glyph::{Font as _, FontRef, PxScale, ScaleFont as _};
 use image::imageops::FilterType;
 use image::{DynamicImage, Rgb, RgbImage};
 
+use crate::chat::ChatRequest;
 use crate::config::EvaluatorParse;
 use crate::images::{EncodedImage, ImageError, encode_png};
 use crate::prompts::{Family, PromptError, PromptKind, PromptSet};
-use crate::serving::ChatRequest;
 
 use super::request_from;
 

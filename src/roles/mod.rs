@@ -12,9 +12,9 @@ pub mod json;
 pub mod reasoner;
 pub mod verifier;
 
+use crate::chat::{ChatRequest, Message, Part, Speaker};
 use crate::images::EncodedImage;
 use crate::prompts::Rendered;
-use crate::serving::{ChatRequest, Message, Part, Speaker};
 
 /// An answer that could not be used, with the raw text kept for the record.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, thiserror::Error)]

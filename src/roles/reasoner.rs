@@ -9,9 +9,9 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::chat::{ChatRequest, Message, Speaker};
 use crate::config::ResponseSchema;
 use crate::prompts::{Family, PromptError, PromptKind, PromptSet};
-use crate::serving::{ChatRequest, Message, Speaker};
 
 use super::json::{
     Extracted, extract_object, original_fenced, original_fenced_or_braces, parse_original,

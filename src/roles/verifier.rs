@@ -7,10 +7,10 @@
 //!   generated token's `top_logprobs`; the probability is kept as a score. Without logprobs in the
 //!   answer (a server that ignores the field) it falls back to `first-word` and says so.
 
+use crate::chat::{ChatAnswer, ChatRequest};
 use crate::config::VerifierMode;
 use crate::images::EncodedImage;
 use crate::prompts::{Family, PromptError, PromptKind, PromptSet};
-use crate::serving::{ChatAnswer, ChatRequest};
 
 use super::request_from;
 
@@ -160,11 +160,15 @@ pub fn decide(answer: &ChatAnswer, mode: VerifierMode) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serving::wire::parse_chat;
 
     fn answer(text: &str) -> ChatAnswer {
-        parse_chat(&serde_json::json!({"choices": [{"message": {"content": text}, "finish_reason": "stop"}]}).to_string())
-            .unwrap()
+        ChatAnswer {
+            content: text.to_string(),
+            finish_reason: Some(crate::chat::FinishReason::Stop),
+            usage: None,
+            logprobs: None,
+            model: None,
+        }
     }
 
     #[test]

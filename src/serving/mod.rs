@@ -1,6 +1,8 @@
 //! Everything that speaks HTTP to model servers, and nothing else does.
 //!
-//! - `wire`: request bodies and validated readers of answers and error envelopes;
+//! - `wire`: request bodies and validated readers of answers;
+//! - `dialect`: what differs between servers (error envelopes, context-length and image-loading
+//!   wordings, finish reasons), read into one shape;
 //! - `inline`: image data URLs written straight into the request bytes;
 //! - `errors`: typed failures that keep role, endpoint, status and the server's message;
 //! - `retry`: the pure backoff arithmetic;
@@ -15,6 +17,7 @@
 
 pub mod cache;
 mod client;
+pub mod dialect;
 mod endpoints;
 mod errors;
 mod inline;

@@ -12,76 +12,18 @@ use serde_json::{Map, Value, json};
 use crate::config::{EmbedShape, ImageTransport, RoleServer};
 use crate::images::EncodedImage;
 
-use super::errors::{ErrorKind, HttpClass};
+pub use crate::chat::{
+    ChatAnswer, ChatRequest, EmbedInput, FinishReason, Message, Part, Speaker, TokenLogprob,
+    TopLogprob, Usage,
+};
+
+pub use super::dialect::{
+    ServerMessage, excerpt, finish_reason, http_error, is_context_length, is_media_load,
+    parse_error_body,
+};
+use super::errors::ErrorKind;
 pub use super::inline::encode_body;
 use super::inline::inline_marker;
-
-/// Who speaks a chat message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Speaker {
-    /// System instructions.
-    System,
-    /// The user turn.
-    User,
-    /// A previous model turn (for re-asks).
-    Assistant,
-}
-
-/// One content part of a chat message.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Part {
-    /// Text.
-    Text(String),
-    /// An image.
-    Image(EncodedImage),
-}
-
-/// One chat message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// Speaker.
-    pub speaker: Speaker,
-    /// Content parts in order.
-    pub parts: Vec<Part>,
-}
-
-impl Message {
-    /// A text-only message.
-    pub fn text(speaker: Speaker, text: impl Into<String>) -> Self {
-        Message {
-            speaker,
-            parts: vec![Part::Text(text.into())],
-        }
-    }
-}
-
-/// A chat request as a role builds it; the server's defaults fill what it leaves out.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ChatRequest {
-    /// Messages.
-    pub messages: Vec<Message>,
-    /// Overrides of the server's default temperature.
-    pub temperature: Option<f64>,
-    /// Override of `max_tokens`.
-    pub max_tokens: Option<u32>,
-    /// Ask for this many `top_logprobs` of each generated token.
-    pub top_logprobs: Option<u8>,
-    /// Extra fields for this request only (merged after the server's `extra_body`).
-    pub extra: Map<String, Value>,
-}
-
-impl ChatRequest {
-    /// Every image in the request, in message order.
-    pub fn images(&self) -> impl Iterator<Item = &EncodedImage> {
-        self.messages
-            .iter()
-            .flat_map(|m| &m.parts)
-            .filter_map(|p| match p {
-                Part::Image(img) => Some(img),
-                Part::Text(_) => None,
-            })
-    }
-}
 
 /// How images are written into a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,15 +107,6 @@ pub fn chat_body(req: &ChatRequest, server: &RoleServer, how: ImageRendering) ->
         body.insert(k.clone(), v.clone());
     }
     Value::Object(body)
-}
-
-/// One input to the embedder.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EmbedInput {
-    /// Text.
-    Text(String),
-    /// An image.
-    Image(EncodedImage),
 }
 
 /// Bodies for embedding `inputs` with `server`'s request shape: one body per request. vLLM's
@@ -262,74 +195,6 @@ pub fn embed_bodies(
     }
 }
 
-/// Why a generation stopped; any string a server sends is kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FinishReason {
-    /// Natural end or a stop string.
-    Stop,
-    /// Hit `max_tokens`: the answer is truncated.
-    Length,
-    /// Anything else (`eos_token` from TGI, `abort`, ...).
-    Other(String),
-}
-
-impl FinishReason {
-    fn from_wire(s: &str) -> Self {
-        match s {
-            "stop" | "eos_token" | "stop_sequence" => FinishReason::Stop,
-            "length" => FinishReason::Length,
-            other => FinishReason::Other(other.to_string()),
-        }
-    }
-}
-
-/// One alternative at a token position.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct TopLogprob {
-    /// Token text.
-    pub token: String,
-    /// Natural-log probability.
-    pub logprob: f64,
-}
-
-/// A generated token with its alternatives.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct TokenLogprob {
-    /// Token text.
-    pub token: String,
-    /// Natural-log probability.
-    pub logprob: f64,
-    /// The most likely alternatives at this position.
-    #[serde(default)]
-    pub top_logprobs: Vec<TopLogprob>,
-}
-
-/// Token counts reported by the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-pub struct Usage {
-    /// Prompt tokens.
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    /// Generated tokens.
-    #[serde(default)]
-    pub completion_tokens: u64,
-}
-
-/// A validated chat answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChatAnswer {
-    /// The generated text (never empty).
-    pub content: String,
-    /// Why generation stopped, when the server said.
-    pub finish_reason: Option<FinishReason>,
-    /// Token counts, when the server said.
-    pub usage: Option<Usage>,
-    /// Per-token logprobs, when asked for and returned.
-    pub logprobs: Option<Vec<TokenLogprob>>,
-    /// The model name the server reported.
-    pub model: Option<String>,
-}
-
 #[derive(Deserialize)]
 struct WireChat {
     model: Option<String>,
@@ -367,7 +232,7 @@ pub fn parse_chat(body: &str) -> Result<ChatAnswer, ErrorKind> {
             reason: "chat answer has no choices".into(),
             body: excerpt(body),
         })?;
-    let finish_reason = choice.finish_reason.as_deref().map(FinishReason::from_wire);
+    let finish_reason = choice.finish_reason.as_deref().map(finish_reason);
     let content = choice.message.and_then(|m| m.content).unwrap_or_default();
     if content.trim().is_empty() {
         return Err(ErrorKind::EmptyContent {
@@ -460,149 +325,9 @@ pub fn l2_normalize(v: &mut [f32]) {
     }
 }
 
-/// A server error message decoded from any envelope we know.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ServerMessage {
-    /// Human-readable message.
-    pub message: String,
-    /// `code` as a string (vLLM sends an integer, OpenAI a string).
-    pub code: Option<String>,
-    /// `type` / `error_type`.
-    pub kind: Option<String>,
-}
-
-/// Decodes an error body: vLLM ≥ 0.10.1 `{"error":{...}}`, vLLM < 0.10.1 `{"object":"error",...}`,
-/// TGI `{"error":"...","error_type":"..."}`, FastAPI `{"detail":...}`, or plain text.
-pub fn parse_error_body(body: &str) -> ServerMessage {
-    fn text(v: &Value) -> Option<String> {
-        match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Null => None,
-            other => Some(other.to_string()),
-        }
-    }
-    let Ok(v) = serde_json::from_str::<Value>(body) else {
-        return ServerMessage {
-            message: excerpt(body.trim()),
-            ..Default::default()
-        };
-    };
-    let obj = match v.get("error") {
-        Some(inner @ Value::Object(_)) => inner,
-        _ => &v,
-    };
-    let message = obj
-        .get("message")
-        .or_else(|| v.get("error").filter(|e| e.is_string()))
-        .or_else(|| v.get("detail"))
-        .and_then(text)
-        .unwrap_or_else(|| excerpt(body.trim()));
-    ServerMessage {
-        message,
-        code: obj.get("code").and_then(text),
-        kind: obj
-            .get("type")
-            .or_else(|| v.get("error_type"))
-            .and_then(text),
-    }
-}
-
-/// The typed error of a non-2xx answer: status, class (context length, image loading, ...), the
-/// server's own message and code, and a body excerpt.
-pub fn http_error(status: u16, body: &str) -> ErrorKind {
-    let msg = parse_error_body(body);
-    let class = HttpClass::classify(status, is_context_length(&msg), is_media_load(&msg));
-    ErrorKind::Http {
-        status,
-        class,
-        message: msg.message,
-        code: msg.code,
-        body: excerpt(body),
-    }
-}
-
-/// True when a server message says the prompt does not fit the model's context.
-pub fn is_context_length(msg: &ServerMessage) -> bool {
-    let m = msg.message.to_lowercase();
-    msg.code.as_deref() == Some("context_length_exceeded")
-        || m.contains("maximum context length")
-        || m.contains("context length")
-        || m.contains("context size")
-        || m.contains("context window")
-        || (m.contains("must be <=") && m.contains("tokens"))
-        || m.contains("prompt is too long")
-        || m.contains("too many tokens")
-        // vLLM, multimodal prompts: "The decoder prompt (length N) is longer than the maximum
-        // model length of M"; and "max_tokens=N cannot be greater than max_model_len=M".
-        || m.contains("maximum model length")
-        || m.contains("max_model_len=")
-        // vLLM, when the prompt leaves no room to answer: it derives max_tokens = 0.
-        || m.contains("max_tokens must be at least 1, got 0")
-}
-
-/// True when a server's 5xx message says it could not load an image the request points at
-/// (vLLM 0.32: "Cannot load local files without `--allowed-local-media-path`.", or an image URL it
-/// cannot connect to).
-pub fn is_media_load(msg: &ServerMessage) -> bool {
-    let m = &msg.message;
-    m.contains("allowed-local-media-path")
-        || m.contains("Cannot load local files")
-        || m.contains("Failed to load image")
-        || m.contains("Cannot connect to host")
-}
-
-/// At most 2,000 characters of a body, for error records.
-pub fn excerpt(body: &str) -> String {
-    const MAX: usize = 2000;
-    if body.len() <= MAX {
-        return body.to_string();
-    }
-    let mut end = MAX;
-    while !body.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes in all)", &body[..end], body.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vllm_new_envelope_with_integer_code() {
-        let m = parse_error_body(
-            r#"{"error":{"message":"This model's maximum context length is 4096 tokens. However, you requested 5000","type":"BadRequestError","param":null,"code":400}}"#,
-        );
-        assert_eq!(m.code.as_deref(), Some("400"));
-        assert_eq!(m.kind.as_deref(), Some("BadRequestError"));
-        assert!(is_context_length(&m));
-    }
-
-    #[test]
-    fn vllm_old_envelope() {
-        let m = parse_error_body(
-            r#"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","param":null,"code":404}"#,
-        );
-        assert_eq!(m.message, "The model `x` does not exist.");
-        assert_eq!(m.code.as_deref(), Some("404"));
-        assert!(!is_context_length(&m));
-    }
-
-    #[test]
-    fn tgi_envelope() {
-        let m = parse_error_body(
-            r#"{"error":"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 2048 `max_new_tokens`","error_type":"validation"}"#,
-        );
-        assert_eq!(m.kind.as_deref(), Some("validation"));
-        assert!(is_context_length(&m));
-    }
-
-    #[test]
-    fn plain_text_body() {
-        let m = parse_error_body("<html>502 Bad Gateway</html>");
-        assert_eq!(m.message, "<html>502 Bad Gateway</html>");
-    }
 
     #[test]
     fn chat_with_tgi_finish_reason_parses() {
@@ -648,12 +373,5 @@ mod tests {
             parse_embeddings(body, 3, None),
             Err(ErrorKind::InvalidResponse { .. })
         ));
-    }
-
-    #[test]
-    fn excerpt_respects_char_boundaries() {
-        let s = "é".repeat(3000);
-        let e = excerpt(&s);
-        assert!(e.contains("bytes in all"));
     }
 }
