@@ -3,19 +3,18 @@
 //! The queries still to answer stream through their stages, at most `queries_in_flight` at once
 //! (`buffer_unordered`); each finished query is appended to the journal and then dropped, so
 //! memory holds only the queries in flight. Ctrl-C stops taking new results; what is in the
-//! journal stays, and `--resume` picks up from it. `run` chains the three parts; the `run`
-//! command calls them itself to draw progress and render the summary and the HTML report.
+//! journal stays, and `--resume` picks up from it. The `run` command (`cli/run.rs`) chains
+//! `prepare`, `drive` and `finish`, drawing progress and rendering the summary and the report.
 
 use std::path::PathBuf;
 
 use futures::StreamExt as _;
 
-use crate::config::{ExperimentConfig, Stage};
+use crate::config::Stage;
 use crate::record::QueryRecord;
 use crate::runs::folder::FolderError;
 use crate::serving::CacheMode;
 
-use super::finish::RunReport;
 use super::prepare::Prepared;
 use super::query;
 
@@ -85,15 +84,4 @@ pub async fn drive(p: &Prepared, mut on_done: impl FnMut(&QueryRecord)) -> Resul
             _ = &mut ctrl_c => return Ok(true),
         }
     }
-}
-
-/// Runs (or resumes) an experiment without drawing anything: prepare, drive, finish.
-pub async fn run(exp: &ExperimentConfig, opts: RunOptions) -> Result<RunReport, RunError> {
-    let prepared = super::prepare::prepare(exp, &opts)?;
-    let report = match drive(&prepared, |_| {}).await {
-        Ok(interrupted) => super::finish::finish(&prepared, interrupted),
-        Err(e) => Err(e),
-    };
-    crate::logging::close_file();
-    report
 }
