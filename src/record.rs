@@ -232,18 +232,6 @@ pub fn predictions<'a>(
     p
 }
 
-/// Failed records counted by `failure_kind` ("other" for records written before kinds existed).
-pub fn failures_by_kind<'a>(
-    records: impl IntoIterator<Item = &'a QueryRecord>,
-) -> BTreeMap<String, usize> {
-    let mut by_kind = BTreeMap::new();
-    for r in records.into_iter().filter(|r| r.status == Status::Failed) {
-        let kind = r.failure_kind.clone().unwrap_or_else(|| "other".into());
-        *by_kind.entry(kind).or_default() += 1;
-    }
-    by_kind
-}
-
 /// Why a query stopped: a kind to count failures by, and the message with the evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

@@ -253,13 +253,13 @@ pub async fn search(
     if open_html {
         let dir = s.runs.join("search");
         std::fs::create_dir_all(&dir)?;
-        let input = crate::report::ReportInput {
-            title: format!("imagescope search: {text}"),
-            stages: s.ctx.params.stages.clone(),
-            metrics: vec![],
-            records: vec![record.clone()],
-            paths: s.ctx.paths.clone(),
-        };
+        let input = crate::report::ReportInput::from_records(
+            format!("imagescope search: {text}"),
+            s.ctx.params.stages.clone(),
+            vec![],
+            s.ctx.paths.clone(),
+            [record.clone()],
+        );
         let page = dir.join(format!(
             "search-{}.html",
             &blake3::hash(text.as_bytes()).to_hex()[..8]

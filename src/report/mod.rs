@@ -10,6 +10,10 @@
 //! and fallbacks, and per query the reference, the instruction, the target descriptions, the top 10
 //! after each stage with the ground truth marked, the verifier's questions and answers and the
 //! evaluator's decisions. A page shows at most `PAGE` queries and says how many it left out.
+//!
+//! A run's journal is streamed (`read`): every query leaves a small `Brief`, and only the queries
+//! a page lists are held whole, so building the report of a 25,000-query run costs about as much
+//! memory as that of a 1,000-query one.
 
 use std::collections::HashMap;
 
@@ -19,6 +23,9 @@ use std::path::{Path, PathBuf};
 use crate::config::Stage;
 use crate::datasets::ImageKey;
 use crate::record::{QueryRecord, RoundRecord, Status};
+
+mod read;
+pub use read::{ReportError, from_run_folder};
 
 /// Most queries on one page.
 pub const PAGE: usize = 300;
@@ -31,18 +38,109 @@ fn stage_name(s: Stage) -> &'static str {
     }
 }
 
-/// Everything a report is made from.
+/// Everything a report is made from. A run's report holds a small brief of every query and the
+/// whole record only of the queries some page shows, so its size does not grow with the run's
+/// length beyond a few dozen bytes a query (see `read`).
 pub struct ReportInput {
     /// Page title (dataset, split, run).
     pub title: String,
-    /// Stages run.
+    /// Stages run, in order.
     pub stages: Vec<Stage>,
     /// Metric tables per stage, in order.
     pub metrics: Vec<(Stage, Vec<(String, f64)>)>,
-    /// Journal records in query order.
-    pub records: Vec<QueryRecord>,
     /// Gallery key → image file.
     pub paths: HashMap<ImageKey, PathBuf>,
+    /// One brief per query, in natural id order.
+    briefs: Vec<Brief>,
+    /// Whole records of the queries a page shows, by id.
+    details: HashMap<String, QueryRecord>,
+}
+
+impl ReportInput {
+    /// A report of records already in memory (the `search` page, tests): each is briefed and kept.
+    /// A later record of an id replaces an earlier one, as in a resumed journal.
+    pub fn from_records(
+        title: String,
+        stages: Vec<Stage>,
+        metrics: Vec<(Stage, Vec<(String, f64)>)>,
+        paths: HashMap<ImageKey, PathBuf>,
+        records: impl IntoIterator<Item = QueryRecord>,
+    ) -> Self {
+        let mut stages = stages;
+        stages.sort();
+        let mut briefs = HashMap::new();
+        let mut details = HashMap::new();
+        for r in records {
+            briefs.insert(r.id.clone(), Brief::of(&r, &stages));
+            details.insert(r.id.clone(), r);
+        }
+        ReportInput {
+            title,
+            stages,
+            metrics,
+            paths,
+            briefs: read::in_natural_order(briefs),
+            details,
+        }
+    }
+
+    /// Number of queries the report covers.
+    pub fn queries(&self) -> usize {
+        self.briefs.len()
+    }
+
+    /// Number of whole records held (at most those the pages show).
+    pub fn records_held(&self) -> usize {
+        self.details.len()
+    }
+}
+
+/// What the report keeps of every query: enough for the curve, the counts and the choice of
+/// which queries each page shows.
+#[derive(Debug, Clone)]
+struct Brief {
+    id: String,
+    /// The failure kind, when the query failed.
+    failed: Option<String>,
+    /// The query has ground truth, so it counts in the curve.
+    scored: bool,
+    /// Rank of the first target found after each stage of `ReportInput::stages`.
+    ranks: Box<[Option<u32>]>,
+    misses: bool,
+    changed: bool,
+    fallbacks: usize,
+}
+
+impl Brief {
+    fn of(r: &QueryRecord, stages: &[Stage]) -> Self {
+        let ranks = stages
+            .iter()
+            .map(|&s| {
+                r.rounds
+                    .last()
+                    .and_then(|round| rank(round, s, &r.targets))
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            })
+            .collect();
+        Brief {
+            id: r.id.clone(),
+            failed: (r.status == Status::Failed)
+                .then(|| r.failure_kind.clone().unwrap_or_else(|| "other".into())),
+            scored: !r.targets.is_empty(),
+            ranks,
+            misses: keep(r, View::Misses, stages),
+            changed: keep(r, View::Changed, stages),
+            fallbacks: r.fallbacks.len(),
+        }
+    }
+
+    fn shown_in(&self, view: View) -> bool {
+        match view {
+            View::All => true,
+            View::Misses => self.misses,
+            View::Changed => self.changed,
+        }
+    }
 }
 
 /// Which queries a page shows.
@@ -148,27 +246,18 @@ struct Curve {
 fn curve(input: &ReportInput) -> Curve {
     let (w, h, pad) = (520.0, 240.0, 34.0);
     let colours = ["#1f77b4", "#d62728", "#2ca02c"];
-    let scored: Vec<&QueryRecord> = input
-        .records
-        .iter()
-        .filter(|r| !r.targets.is_empty())
-        .collect();
+    let scored: Vec<&Brief> = input.briefs.iter().filter(|b| b.scored).collect();
     let mut lines = Vec::new();
     if !scored.is_empty() {
         for (i, stage) in input.stages.iter().enumerate() {
-            let ranks: Vec<Option<usize>> = scored
-                .iter()
-                .map(|r| {
-                    r.rounds
-                        .last()
-                        .and_then(|round| rank(round, *stage, &r.targets))
-                })
-                .collect();
-            let points: Vec<String> = (1..=50)
+            let points: Vec<String> = (1..=50u32)
                 .map(|k| {
-                    let recall = ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count() as f64
-                        / ranks.len() as f64;
-                    let x = pad + (k - 1) as f64 / 49.0 * (w - pad - 10.0);
+                    let hits = scored
+                        .iter()
+                        .filter(|b| b.ranks.get(i).copied().flatten().is_some_and(|r| r <= k))
+                        .count();
+                    let recall = hits as f64 / scored.len() as f64;
+                    let x = pad + f64::from(k - 1) / 49.0 * (w - pad - 10.0);
                     let y = h - pad - recall * (h - 2.0 * pad);
                     format!("{x:.1},{y:.1}")
                 })
@@ -373,38 +462,38 @@ pub fn render(input: &ReportInput, view: View) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let failed: Vec<serde_json::Value> = input
-        .records
-        .iter()
-        .filter(|r| r.status == Status::Failed)
-        .map(|r| {
+    let failed_briefs = || input.briefs.iter().filter(|b| b.failed.is_some());
+    let failed: Vec<serde_json::Value> = failed_briefs()
+        .take(PAGE)
+        .map(|b| {
+            let error = input.details.get(&b.id).and_then(|r| r.error.as_deref());
             serde_json::json!({
-                "id": r.id,
-                "kind": r.failure_kind.as_deref().unwrap_or("other"),
-                "error": r.error.as_deref().unwrap_or(""),
+                "id": b.id,
+                "kind": b.failed.as_deref().unwrap_or("other"),
+                "error": error.unwrap_or(""),
             })
         })
         .collect();
-    let failed_by_kind: Vec<String> = crate::record::failures_by_kind(&input.records)
-        .iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
+    let mut by_kind: std::collections::BTreeMap<&str, usize> = Default::default();
+    for kind in failed_briefs().filter_map(|b| b.failed.as_deref()) {
+        *by_kind.entry(kind).or_default() += 1;
+    }
+    let failed_by_kind: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
     let fallbacks: Vec<serde_json::Value> = input
-        .records
+        .briefs
         .iter()
+        .filter(|b| b.fallbacks > 0)
+        .filter_map(|b| input.details.get(&b.id))
         .flat_map(|r| r.fallbacks.iter().map(move |f| (r, f)))
+        .take(PAGE)
         .map(|(r, f)| {
             serde_json::json!({"id": r.id, "step": f.step, "round": f.round, "reason": f.reason, "action": f.action})
         })
         .collect();
-    let shown: Vec<&QueryRecord> = input
-        .records
-        .iter()
-        .filter(|r| keep(r, view, &input.stages))
-        .collect();
-    let queries: Vec<QueryView> = shown
-        .iter()
+    let shown = || input.briefs.iter().filter(|b| b.shown_in(view));
+    let queries: Vec<QueryView> = shown()
         .take(PAGE)
+        .filter_map(|b| input.details.get(&b.id))
         .map(|r| query_view(r, input))
         .collect();
     let ctx = serde_json::json!({
@@ -414,10 +503,11 @@ pub fn render(input: &ReportInput, view: View) -> String {
         "metric_rows": metric_rows,
         "curve": curve(input),
         "failed": failed,
+        "failed_total": failed_briefs().count(),
         "failed_by_kind": failed_by_kind,
-        "fallbacks_total": fallbacks.len(),
-        "fallbacks": fallbacks.into_iter().take(PAGE).collect::<Vec<_>>(),
-        "queries_total": shown.len(),
+        "fallbacks_total": input.briefs.iter().map(|b| b.fallbacks).sum::<usize>(),
+        "fallbacks": fallbacks,
+        "queries_total": shown().count(),
         "queries": queries,
     });
     let mut env = minijinja::Environment::new();
@@ -446,95 +536,4 @@ pub fn write_all(input: &ReportInput, dir: &Path) -> std::io::Result<Vec<PathBuf
             Ok(path)
         })
         .collect()
-}
-
-/// A report problem, naming the run folder.
-#[derive(Debug, thiserror::Error)]
-#[error("report for {dir}: {message}")]
-pub struct ReportError {
-    /// The run folder.
-    pub dir: PathBuf,
-    /// What is wrong.
-    pub message: String,
-}
-
-#[derive(serde::Deserialize)]
-struct Resolved {
-    dataset: crate::config::DatasetSection,
-    pipeline: crate::config::PipelineParams,
-}
-
-/// Reads a run folder (journal, metrics, resolved config) and the gallery it ran on.
-pub fn from_run_folder(dir: &Path) -> Result<ReportInput, ReportError> {
-    let bad = |message: String| ReportError {
-        dir: dir.to_path_buf(),
-        message,
-    };
-    let config = std::fs::read_to_string(dir.join("config.resolved.toml")).map_err(|e| {
-        bad(format!(
-            "no config.resolved.toml ({e}); is this a run folder?"
-        ))
-    })?;
-    let resolved: Resolved =
-        toml::from_str(&config).map_err(|e| bad(format!("config.resolved.toml: {e}")))?;
-    let journal = std::fs::read_to_string(dir.join("queries.jsonl")).unwrap_or_default();
-    let mut records: Vec<QueryRecord> = journal
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    records.sort_by_key(|r| natural(&r.id));
-    let metrics_json: serde_json::Map<String, serde_json::Value> =
-        std::fs::read_to_string(dir.join("metrics.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-    let mut metrics = Vec::new();
-    for (stage_name, table) in &metrics_json {
-        let Ok(stage) = stage_name.parse::<Stage>() else {
-            continue;
-        };
-        let rows = table
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        metrics.push((stage, rows));
-    }
-    let d = &resolved.dataset;
-    let spec = crate::datasets::DatasetSpec {
-        name: d.name,
-        root: d.root.clone(),
-        split: d.split.clone(),
-        image_ext: d.image_ext.clone(),
-    };
-    let paths = crate::datasets::load_gallery(&spec)
-        .map(|g| g.into_iter().map(|i| (i.key, i.path)).collect())
-        .unwrap_or_else(|e| {
-            tracing::warn!("images will not show: {e}");
-            HashMap::new()
-        });
-    let mut stages = resolved.pipeline.stages.clone();
-    stages.sort();
-    Ok(ReportInput {
-        title: format!(
-            "imagescope: {} {} — {}",
-            d.name,
-            d.split,
-            dir.file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ),
-        stages,
-        metrics,
-        records,
-        paths,
-    })
-}
-
-/// Sort key putting "9" before "10".
-fn natural(id: &str) -> (u64, String) {
-    (id.parse().unwrap_or(u64::MAX), id.to_string())
 }
