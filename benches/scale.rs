@@ -5,6 +5,7 @@
 //! cargo bench --bench scale                                  # 1,000, 10,000 and 25,000 queries
 //! SCALE_QUERIES=1000,5000 cargo bench --bench scale          # other sizes
 //! IMAGESCOPE_BIN=/path/to/imagescope cargo bench --bench scale   # measure another build
+//! SCALE_STAGES=s1 SCALE_QUERIES=1000 cargo bench --bench scale  # no image requests: the base
 //! ```
 //!
 //! A folder gallery of `SCALE_IMAGES` (default 2,000) distinct noise JPEGs of 1024×1024 pixels,
@@ -261,6 +262,9 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
+    // SCALE_STAGES=s1: the same runs without stage 2, i.e. without a single image request, to
+    // measure what the binary holds besides the images in flight.
+    let stages = std::env::var("SCALE_STAGES").unwrap_or_else(|_| "s1,s2".into());
     let dir = root.join("target/scale-bench");
     std::fs::create_dir_all(&dir).unwrap();
     let photos = gallery(&dir, images);
@@ -307,7 +311,7 @@ async fn main() {
     .await
     .unwrap();
     println!(
-        "binary: {}\nindex of {images} images: {:.0} s wall, {:.0} MiB peak RSS\n",
+        "binary: {}\nstages: {stages}\nindex of {images} images: {:.0} s wall, {:.0} MiB peak RSS\n",
         bin.display(),
         index.wall_s,
         index.peak_rss_mib
@@ -317,7 +321,7 @@ async fn main() {
     );
     for n in sizes {
         queries(&photos, n, images);
-        let (bin, work) = (bin.clone(), work.clone());
+        let (bin, work, stages) = (bin.clone(), work.clone(), stages.clone());
         let m = tokio::task::spawn_blocking(move || {
             let name = format!("scale-{n}");
             measure(
@@ -329,7 +333,7 @@ async fn main() {
                     "--run-name",
                     &name,
                     "--stages",
-                    "s1,s2",
+                    &stages,
                     "--cache",
                     "off",
                     "--json",
