@@ -6,6 +6,7 @@
 //! SCALE_QUERIES=1000,5000 cargo bench --bench scale          # other sizes
 //! IMAGESCOPE_BIN=/path/to/imagescope cargo bench --bench scale   # measure another build
 //! SCALE_STAGES=s1 SCALE_QUERIES=1000 cargo bench --bench scale  # no image requests: the base
+//! SCALE_IN_FLIGHT=512 SCALE_QUERIES=1000 cargo bench --bench scale  # a longer queue
 //! ```
 //!
 //! A folder gallery of `SCALE_IMAGES` (default 2,000) distinct noise JPEGs of 1024×1024 pixels,
@@ -265,6 +266,11 @@ async fn main() {
     // SCALE_STAGES=s1: the same runs without stage 2, i.e. without a single image request, to
     // measure what the binary holds besides the images in flight.
     let stages = std::env::var("SCALE_STAGES").unwrap_or_else(|_| "s1,s2".into());
+    // SCALE_IN_FLIGHT=N: queries in flight (the queue the driving loop keeps), default 128.
+    let in_flight: usize = std::env::var("SCALE_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
     let dir = root.join("target/scale-bench");
     std::fs::create_dir_all(&dir).unwrap();
     let photos = gallery(&dir, images);
@@ -289,7 +295,7 @@ async fn main() {
     }
     std::fs::write(work.join("servers.toml"), servers).unwrap();
     let exp = format!(
-        "servers = \"servers.toml\"\nprompts = {:?}\nruns = \"runs\"\nimage_db = \"image_db\"\ncaptions = {:?}\n\n[dataset]\nname = \"folder\"\nroot = {:?}\nsplit = \"all\"\n\n[pipeline]\ntop_k = 2\nalpha = 1\nreask = 0\n",
+        "servers = \"servers.toml\"\nprompts = {:?}\nruns = \"runs\"\nimage_db = \"image_db\"\ncaptions = {:?}\n\n[dataset]\nname = \"folder\"\nroot = {:?}\nsplit = \"all\"\n\n[pipeline]\ntop_k = 2\nalpha = 1\nreask = 0\nqueries_in_flight = {in_flight}\n",
         root.join("prompts").display().to_string(),
         dir.join("captions.json").display().to_string(),
         photos.display().to_string()
@@ -311,7 +317,7 @@ async fn main() {
     .await
     .unwrap();
     println!(
-        "binary: {}\nstages: {stages}\nindex of {images} images: {:.0} s wall, {:.0} MiB peak RSS\n",
+        "binary: {}\nstages: {stages}, {in_flight} queries in flight\nindex of {images} images: {:.0} s wall, {:.0} MiB peak RSS\n",
         bin.display(),
         index.wall_s,
         index.peak_rss_mib

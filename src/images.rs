@@ -5,14 +5,14 @@
 //! encoded bytes and their identity (a content hash used in cache keys and snapshots).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use base64::Engine as _;
 
 /// An encoded image (PNG, JPEG, WebP...) ready to be sent.
 #[derive(Clone, PartialEq, Eq)]
 pub struct EncodedImage {
-    bytes: Arc<[u8]>,
+    /// Shared, not copied: `Bytes` takes the read buffer as it is and clones by reference count.
+    bytes: bytes::Bytes,
     mime: &'static str,
     hash: String,
     path: Option<PathBuf>,
@@ -68,7 +68,7 @@ impl EncodedImage {
         })?;
         let hash = blake3::hash(&bytes).to_hex().to_string();
         Ok(EncodedImage {
-            bytes: bytes.into(),
+            bytes: bytes::Bytes::from(bytes),
             mime,
             hash,
             path: None,
@@ -188,6 +188,35 @@ pub fn decode_oriented(
     Ok((img, rotated))
 }
 
+/// The longer side and the EXIF orientation of encoded bytes, read from the header alone (no
+/// pixels are decoded), within the same size limits as `decode`.
+fn probe(bytes: &[u8], what: &str) -> Result<(u32, image::metadata::Orientation), ImageError> {
+    use image::ImageDecoder as _;
+    let err = |message: String| ImageError::Decode {
+        what: what.to_string(),
+        message,
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
+        return Err(err(format!(
+            "{w}×{h} pixels is outside 1..={MAX_SIDE} on a side"
+        )));
+    }
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    Ok((w.max(h), orientation))
+}
+
 /// Encodes pixels as JPEG at quality 90 (RGB).
 pub fn encode_jpeg(img: &image::DynamicImage, what: &str) -> Result<EncodedImage, ImageError> {
     let rgb = img.to_rgb8();
@@ -214,15 +243,20 @@ pub fn encode_png(img: &image::DynamicImage, what: &str) -> Result<EncodedImage,
 
 /// Reads an image file for a role: its bytes as they are, unless the longer side exceeds
 /// `max_side` or an EXIF orientation must be applied, in which case it is decoded, turned,
-/// shrunk and re-encoded as JPEG.
+/// shrunk and re-encoded as JPEG. Whether to is read from the header alone, so a photo sent as it
+/// is costs no pixel decoding (gallery images were fully decoded once, when indexed; a file cut
+/// after that is sent as it is, and the server's refusal is recorded with that request).
 pub fn load_for_role(path: &Path, max_side: Option<u32>) -> Result<EncodedImage, ImageError> {
     let original = EncodedImage::from_file(path)?;
     let what = path.display().to_string();
-    let (pixels, rotated) = decode_oriented(original.bytes(), &what)?;
-    let too_big = max_side.is_some_and(|m| pixels.width().max(pixels.height()) > m);
-    if !rotated && !too_big {
+    // The header says whether anything must change; most photos are sent as they are, without
+    // decoding megabytes of pixels first.
+    let (side, orientation) = probe(original.bytes(), &what)?;
+    let too_big = max_side.is_some_and(|m| side > m);
+    if orientation == image::metadata::Orientation::NoTransforms && !too_big {
         return Ok(original);
     }
+    let (pixels, _) = decode_oriented(original.bytes(), &what)?;
     let img = match max_side {
         Some(m) if too_big => pixels.resize(m, m, image::imageops::FilterType::Triangle),
         _ => pixels,
@@ -285,6 +319,62 @@ mod tests {
         let png = tiny_png();
         assert!(decode(&png[..png.len() / 2], "cut.png").is_err());
         assert_eq!(decode(&png, "ok.png").unwrap().width(), 3);
+    }
+
+    /// A JPEG of `w`×`h` with an EXIF APP1 segment holding `orientation` (big-endian TIFF).
+    fn jpeg_with_orientation(w: u32, h: u32, orientation: u8) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, _| image::Rgb([(x * 20) as u8, 0, 0]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&img)
+            .unwrap();
+        let mut tiff = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+        tiff.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, orientation, 0, 0]);
+        tiff.extend_from_slice(&[0, 0, 0, 0]);
+        let len = u16::try_from(tiff.len() + 2).unwrap().to_be_bytes();
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1, len[0], len[1]]);
+        out.extend_from_slice(&tiff);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn a_photo_that_needs_nothing_is_sent_as_read_and_others_are_turned_or_shrunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.jpg");
+        std::fs::write(&plain, jpeg_with_orientation(40, 20, 1)).unwrap();
+        let turned = dir.path().join("turned.jpg");
+        std::fs::write(&turned, jpeg_with_orientation(40, 20, 6)).unwrap();
+
+        let same = load_for_role(&plain, Some(40)).unwrap();
+        assert_eq!(
+            same.bytes(),
+            std::fs::read(&plain).unwrap(),
+            "not re-encoded"
+        );
+        let small = load_for_role(&plain, Some(10)).unwrap();
+        let px = decode(small.bytes(), "small").unwrap();
+        assert_eq!(
+            (px.width(), px.height()),
+            (10, 5),
+            "shrunk to the longer side"
+        );
+        let upright = load_for_role(&turned, None).unwrap();
+        assert_ne!(upright.bytes(), std::fs::read(&turned).unwrap());
+        let px = decode(upright.bytes(), "upright").unwrap();
+        assert_eq!(
+            (px.width(), px.height()),
+            (20, 40),
+            "EXIF 6 turns it a quarter"
+        );
+
+        // A bomb is refused from its header, before any pixel is decoded.
+        let bomb = dir.path().join("bomb.png");
+        let big = image::GrayImage::new(MAX_SIDE + 1, 1);
+        big.save(&bomb).unwrap();
+        let err = load_for_role(&bomb, None).unwrap_err().to_string();
+        assert!(err.contains("bomb.png"), "{err}");
     }
 
     #[test]

@@ -278,11 +278,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn doctor(config: PathBuf, timeout: f64, json: bool) -> anyhow::Result<ExitCode> {
+    let timeout = doctor_timeout(timeout)?;
     let (servers, path) = crate::doctor::load_servers(&config)?;
-    if !(timeout.is_finite() && timeout > 0.0) {
-        anyhow::bail!("--timeout must be a positive number of seconds, got {timeout}");
-    }
-    let reports = crate::doctor::run(&servers, &path, doctor_timeout(timeout)?).await?;
+    let reports = crate::doctor::run(&servers, &path, timeout).await?;
     let text = if json {
         serde_json::to_string_pretty(&reports)? + "\n"
     } else {
