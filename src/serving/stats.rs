@@ -1,12 +1,18 @@
 //! Per-role traffic counters: attempts, successes, failures, retries, replicas set aside, errors
-//! by kind and answer latencies, for run summaries and `doctor`.
+//! by kind and answer latencies, for run summaries and `doctor`. Latencies go into a fixed-size
+//! histogram (two significant digits, 1 µs to an hour), so the counters do not grow with the run.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
+
 use super::errors::ErrorKind;
+
+/// Longest latency told apart, microseconds (an hour); longer ones count as an hour.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
 
 /// Counters of one role's traffic, shared by every clone of its client.
 #[derive(Debug, Default)]
@@ -20,7 +26,7 @@ pub struct RoleStats {
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
-    latencies_ms: Mutex<Vec<f32>>,
+    latencies_us: Mutex<Option<Histogram<u64>>>,
     body_bytes: AtomicU64,
     peak_body_bytes: AtomicU64,
 }
@@ -80,7 +86,14 @@ impl RoleStats {
     }
     pub(crate) fn record_success(&self, latency: Duration) {
         self.successes.fetch_add(1, Ordering::Relaxed);
-        lock(&self.latencies_ms).push(latency.as_secs_f32() * 1000.0);
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let mut h = lock(&self.latencies_us);
+        if h.is_none() {
+            *h = Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).ok();
+        }
+        if let Some(h) = h.as_mut() {
+            h.saturating_record(us.clamp(1, LATENCY_MAX_US));
+        }
     }
     pub(crate) fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
@@ -113,14 +126,12 @@ impl RoleStats {
 
     /// Copies the counters and computes latency percentiles.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let mut lat = lock(&self.latencies_ms).clone();
-        lat.sort_by(f32::total_cmp);
-        let pct = |p: f64| -> Option<f32> {
-            if lat.is_empty() {
-                return None;
+        let (p50, p95) = match lock(&self.latencies_us).as_ref() {
+            Some(h) if !h.is_empty() => {
+                let ms = |q: f64| Some(h.value_at_quantile(q) as f32 / 1000.0);
+                (ms(0.5), ms(0.95))
             }
-            let i = ((lat.len() - 1) as f64 * p).round() as usize;
-            lat.get(i).copied()
+            _ => (None, None),
         };
         StatsSnapshot {
             attempts: self.attempts.load(Ordering::Relaxed),
@@ -132,8 +143,8 @@ impl RoleStats {
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
             errors: lock(&self.errors).clone(),
-            latency_p50_ms: pct(0.5),
-            latency_p95_ms: pct(0.95),
+            latency_p50_ms: p50,
+            latency_p95_ms: p95,
             peak_body_bytes: self.peak_body_bytes.load(Ordering::Relaxed),
         }
     }
@@ -152,8 +163,10 @@ mod tests {
         s.record_error(&ErrorKind::Timeout(Duration::from_secs(1)));
         let snap = s.snapshot();
         assert_eq!(snap.successes, 100);
-        assert_eq!(snap.latency_p50_ms.map(f32::round), Some(51.0));
-        assert_eq!(snap.latency_p95_ms.map(f32::round), Some(95.0));
+        // Two significant digits: each percentile within 1% of the exact one (50 and 95 ms).
+        let (p50, p95) = (snap.latency_p50_ms.unwrap(), snap.latency_p95_ms.unwrap());
+        assert!((50.0..=50.5).contains(&p50), "{p50}");
+        assert!((95.0..=96.0).contains(&p95), "{p95}");
         assert_eq!(snap.errors.get("timeout"), Some(&1));
     }
 }
