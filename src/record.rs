@@ -50,6 +50,11 @@ pub struct S1Record {
     pub ranking: Vec<ImageKey>,
     /// Fused scores of `ranking`.
     pub scores: Vec<f32>,
+    /// Dialogues: the rank (from 1) of the query's target in the whole gallery after this stage
+    /// 1, also when it is beyond `ranking`; BRI is measured on it. Stages 2 and 3 reorder only
+    /// the top K, so a target beyond the kept ranking keeps this rank after them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gallery_rank: Option<usize>,
 }
 
 /// One verifier answer.
@@ -210,6 +215,16 @@ pub fn predictions<'a>(
 ) -> Predictions {
     let mut p = Predictions::default();
     for r in records.into_iter().filter(|r| r.status == Status::Done) {
+        if dialogue {
+            let ranks: std::collections::BTreeMap<usize, usize> = r
+                .rounds
+                .iter()
+                .filter_map(|round| Some((round.round, round.s1.as_ref()?.gallery_rank?)))
+                .collect();
+            if !ranks.is_empty() {
+                p.gallery_ranks.insert(r.id.clone(), ranks);
+            }
+        }
         let pred = if dialogue {
             Prediction::Rounds(
                 r.rounds

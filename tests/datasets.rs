@@ -231,6 +231,25 @@ fn visdial_rounds_scored_by_hand() {
         "{:?}",
         m.metrics
     );
+    // A run records the whole-gallery rank of a target beyond its list: with d2's at 1,000 in
+    // round 1 every rank is known, and the literature's BRI is reported, named without a depth.
+    // A gallery rank where the list has the target changes nothing (the list's rank is used).
+    let mut with_gallery = preds.clone();
+    with_gallery
+        .gallery_ranks
+        .insert("2".into(), [(1, 1000), (2, 2)].into());
+    with_gallery
+        .gallery_ranks
+        .insert("0".into(), [(1, 77)].into());
+    let g = protocol::score(DatasetName::Visdial, &q, &with_gallery, Default::default()).unwrap();
+    let exact = ((3f64.ln() / 2.0) + 0.0 + (1000f64.ln() + 2f64.ln()) / 2.0) / 3.0;
+    assert!(g.get("BRI@4").is_none());
+    assert!(
+        (g.get("BRI").unwrap() - exact).abs() < 1e-9,
+        "{:?}",
+        g.metrics
+    );
+    assert_eq!(g.get("Hits@5/round2"), m.get("Hits@5/round2"));
 }
 
 fn copy_cirr(dir: &Path) {

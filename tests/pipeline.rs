@@ -290,6 +290,23 @@ async fn a_two_round_dialogue_carries_its_description_and_scores_cumulative_hits
         rounds[2]["reference_description"], rounds[1]["s1"]["descriptions"][0],
         "the description is carried"
     );
+    // Every round records its target's whole-gallery rank (here the gallery is smaller than the
+    // kept ranking, so it is the target's place in it), and BRI is the whole-gallery one.
+    for dialogue in &j {
+        let target = dialogue["targets"][0].as_str().unwrap();
+        for round in dialogue["rounds"].as_array().unwrap() {
+            let s1 = &round["s1"];
+            let place = s1["ranking"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .position(|k| k == target)
+                .unwrap();
+            assert_eq!(s1["gallery_rank"], place + 1, "{s1}");
+        }
+    }
+    Env::metric(&report, "s1", "BRI");
+    assert!(report["metrics"]["s1"].get("BRI@12").is_none(), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

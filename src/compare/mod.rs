@@ -211,12 +211,16 @@ struct Resolved {
     pipeline: PipelineParams,
 }
 
+/// One query's prediction after one stage, and (dialogues) its target's whole-gallery rank per
+/// round.
+type StagePrediction = (Prediction, Option<BTreeMap<usize, usize>>);
+
 /// A run folder as compare needs it: rankings per query and stage, not whole records.
 struct Loaded {
     side: Side,
     resolved: Resolved,
-    /// Query id → (done, prediction after each stage).
-    rankings: HashMap<String, (bool, BTreeMap<Stage, Prediction>)>,
+    /// Query id → (done, prediction after each stage with the dialogue's whole-gallery ranks).
+    rankings: HashMap<String, (bool, BTreeMap<Stage, StagePrediction>)>,
     roles: BTreeMap<String, Cost>,
 }
 
@@ -236,9 +240,12 @@ impl Loaded {
         let mut p = Predictions::default();
         for q in ids {
             if let Some((true, by_stage)) = self.rankings.get(&q.id)
-                && let Some(pred) = by_stage.get(&stage)
+                && let Some((pred, gallery)) = by_stage.get(&stage)
             {
                 p.entries.insert(q.id.clone(), pred.clone());
+                if let Some(g) = gallery {
+                    p.gallery_ranks.insert(q.id.clone(), g.clone());
+                }
             }
         }
         p
@@ -268,7 +275,8 @@ fn load(dir: &Path) -> Result<Loaded, CompareError> {
             .iter()
             .filter_map(|&s| {
                 let mut p = crate::record::predictions([&r], s, dialogue);
-                p.entries.remove(&r.id).map(|pred| (s, pred))
+                let gallery = p.gallery_ranks.remove(&r.id);
+                p.entries.remove(&r.id).map(|pred| (s, (pred, gallery)))
             })
             .collect();
         rankings.insert(r.id.clone(), (done, by_stage));

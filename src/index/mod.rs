@@ -369,6 +369,23 @@ impl ImageDb {
             .collect()
     }
 
+    /// The rank (from 1) of `key` in the whole gallery, or among `allowed`, for the fused score of
+    /// `query`; `None` when `key` is not indexed. Costs one exact pass over the gallery.
+    pub fn rank_of(
+        &self,
+        query: &[f32],
+        tau: f32,
+        key: &ImageKey,
+        allowed: Option<&HashSet<ImageKey>>,
+    ) -> Result<Option<usize>, IndexError> {
+        let Some(&id) = self.ids.get(key) else {
+            return Ok(None);
+        };
+        let allowed_ids: Option<HashSet<u64>> =
+            allowed.map(|a| a.iter().filter_map(|k| self.ids.get(k).copied()).collect());
+        Ok(self.vectors.rank_of(query, tau, id, allowed_ids.as_ref())?)
+    }
+
     /// The top `k` images for the fused score of `query` (a unit or mean description vector),
     /// restricted to `allowed` keys when given.
     pub fn search(

@@ -349,6 +349,35 @@ impl Vectors {
         Ok(scored)
     }
 
+    /// The rank (from 1) of row `id` in the whole gallery (or among `allowed`) under the fused
+    /// score of `query`, ties by gallery order as in `search`; `None` when `id` is not indexed.
+    /// One exact pass over every vector: the cost of an exact search.
+    pub fn rank_of(
+        &self,
+        query: &[f32],
+        tau: f32,
+        id: u64,
+        allowed: Option<&HashSet<u64>>,
+    ) -> Result<Option<usize>, VectorError> {
+        let q = self.weighted(query, tau)?;
+        if !self.position.contains_key(&id) {
+            return Ok(None);
+        }
+        let m = self
+            .slots
+            .run(|| self.index.exact_search(&q, self.ids.len()))
+            .map_err(ue("search"))?;
+        let scored = || m.keys.iter().zip(&m.distances).map(|(k, d)| (*k, 1.0 - d));
+        let Some(target) = scored().find(|(k, _)| *k == id) else {
+            return Ok(None);
+        };
+        let better = scored()
+            .filter(|(k, _)| *k != id && allowed.is_none_or(|a| a.contains(k)))
+            .filter(|s| self.cmp(s, &target) == std::cmp::Ordering::Less)
+            .count();
+        Ok(Some(better + 1))
+    }
+
     fn cmp(&self, a: &(u64, f32), b: &(u64, f32)) -> std::cmp::Ordering {
         let pa = self.position.get(&a.0).copied().unwrap_or(usize::MAX);
         let pb = self.position.get(&b.0).copied().unwrap_or(usize::MAX);
@@ -457,6 +486,27 @@ mod tests {
         let got = v.search(&unit(5, 32), 0.15, 2, Some(&allowed)).unwrap();
         assert_eq!(got.len(), 2);
         assert!(got.iter().all(|(id, _)| allowed.contains(id)));
+    }
+
+    #[test]
+    fn the_rank_of_any_image_in_the_whole_gallery_matches_brute_force() {
+        let rows: Vec<_> = (0..600u64)
+            .map(|i| (i + 1, Some(unit(i, 32)), unit(i + 10_000, 32)))
+            .collect();
+        let v = Vectors::build(rows.clone(), VectorOptions::default()).unwrap();
+        let q = unit(99_123, 32);
+        let order = brute(&rows, &q, 0.15, rows.len());
+        for at in [0, 1, 99, 100, 350, 599] {
+            let id = order[at];
+            assert_eq!(v.rank_of(&q, 0.15, id, None).unwrap(), Some(at + 1));
+        }
+        assert_eq!(v.rank_of(&q, 0.15, 9_999, None).unwrap(), None);
+        // Among allowed ids only: the last of the whole order, with two others allowed, is third.
+        let allowed: HashSet<u64> = [order[0], order[10], order[599]].into();
+        assert_eq!(
+            v.rank_of(&q, 0.15, order[599], Some(&allowed)).unwrap(),
+            Some(3)
+        );
     }
 
     #[test]

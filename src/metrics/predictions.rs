@@ -31,6 +31,10 @@ pub struct Predictions {
     pub cirr_metric: Option<String>,
     /// `version` field of a CIRR submission, when present.
     pub cirr_version: Option<String>,
+    /// Dialogues: query id → round → the target's rank (from 1) in the whole gallery, where the
+    /// run recorded it (`S1Record::gallery_rank`). BRI uses it for a target beyond the ranking;
+    /// a predictions file has none, and its BRI is then measured at the ranking's depth.
+    pub gallery_ranks: BTreeMap<String, BTreeMap<usize, usize>>,
 }
 
 /// A problem in a predictions file, naming the file and the query.

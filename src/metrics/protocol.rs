@@ -8,7 +8,7 @@
 //! | `circo` | `mAP@5/10/25/50`, `Recall@5/10/25/50`, `semantic_mAP@10/<aspect>` | as predicted; duplicates refused |
 //! | `fashioniq-*` | `R@10`, `R@50` | as predicted (the reference is not removed) |
 //! | `flickr30k`, `mscoco` | `R@1/5/10` | as predicted |
-//! | `visdial` | `Hits@K/roundR` (cumulative), `BRI@N` (N = ranking depth) | per round |
+//! | `visdial` | `Hits@K/roundR` (cumulative), `BRI` (whole gallery; `BRI@N` at ranking depth N when a rank is unknown) | per round |
 //!
 //! A query without a prediction counts as a miss and is listed in `Scored::missing`.
 
@@ -331,13 +331,16 @@ fn dialogues_per_query(
     let mut longest = 0;
     for q in queries {
         let target: HashSet<&ImageKey> = q.targets.first().into_iter().collect();
+        let in_gallery = predictions.gallery_ranks.get(&q.id);
         let per_round: Vec<Option<usize>> = match predictions.entries.get(&q.id) {
             Some(Prediction::Rounds(m)) => rounds
                 .iter()
                 .map(|r| {
                     m.get(r).and_then(|list| {
                         longest = longest.max(list.len());
+                        // Beyond the list, the whole-gallery rank the run recorded, if any.
                         first_hit(list, &target)
+                            .or_else(|| in_gallery.and_then(|g| g.get(r)).copied())
                     })
                 })
                 .collect(),
@@ -364,16 +367,22 @@ fn dialogues_per_query(
             });
         }
     }
-    // A target not in a list of n ranks at n + 1, i.e. 0-based rank n. Rankings cut at depth n
-    // (a run keeps the top 100 of a 50,000-image search space) make that an optimistic bound, not
-    // the literature's BRI over the whole gallery, so the name carries the depth: `BRI@100`.
+    // With every rank known (in the list, or the whole-gallery rank a run records for a target
+    // beyond it) this is the literature's BRI. Otherwise a target not in a list of n ranks at
+    // n + 1, i.e. 0-based rank n: rankings cut at depth n (a predictions file keeps the top 100 of
+    // a 50,000-image search space) make that an optimistic bound, so the name carries the depth.
+    let exact = ranks.iter().flatten().all(Option::is_some);
     let per_dialogue: Vec<Option<f64>> = ranks
         .iter()
         .map(|d| bri(std::slice::from_ref(d), longest))
         .collect();
     if per_dialogue.iter().all(Option::is_some) {
         out.metrics.push(MetricValues {
-            name: format!("BRI@{longest}"),
+            name: if exact {
+                "BRI".into()
+            } else {
+                format!("BRI@{longest}")
+            },
             scale: 1.0,
             values: per_dialogue,
         });
@@ -416,6 +425,7 @@ mod tests {
 
     fn preds(entries: &[(&str, &[&str])]) -> Predictions {
         Predictions {
+            gallery_ranks: BTreeMap::new(),
             entries: entries
                 .iter()
                 .map(|(id, r)| {

@@ -141,6 +141,10 @@ fn read_back(p: &Prepared) -> Result<ReadBack, RunError> {
                 Some(x) => pred.entries.insert(r.id.clone(), x),
                 None => pred.entries.remove(&r.id),
             };
+            match one.gallery_ranks.remove(&r.id) {
+                Some(g) => pred.gallery_ranks.insert(r.id.clone(), g),
+                None => pred.gallery_ranks.remove(&r.id),
+            };
         }
         outcomes.insert(
             r.id.clone(),

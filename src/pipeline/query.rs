@@ -93,6 +93,7 @@ pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
                 reference: q.reference.clone(),
                 subset: q.subset.clone(),
                 caption_only: false,
+                rank_target: None,
             }]
         }
         Instruction::Dialogue { caption, turns } => {
@@ -106,6 +107,7 @@ pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
                     reference: None,
                     subset: None,
                     caption_only: true,
+                    rank_target: q.targets.first().cloned(),
                 };
                 match run_round(ctx, &round0, &mut tally, &mut timings).await {
                     Ok(r) => rounds.push(r),
@@ -126,6 +128,7 @@ pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
                     reference: None,
                     subset: None,
                     caption_only: false,
+                    rank_target: q.targets.first().cloned(),
                 };
                 match run_round(ctx, &input, &mut tally, &mut timings).await {
                     Ok(r) => {

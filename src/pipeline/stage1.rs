@@ -30,6 +30,8 @@ pub struct RoundInput {
     pub subset: Option<Vec<ImageKey>>,
     /// Skip the reasoner and search with the reference description itself (dialogue round 0).
     pub caption_only: bool,
+    /// The image whose whole-gallery rank to record (a dialogue's target, for BRI).
+    pub rank_target: Option<ImageKey>,
 }
 
 impl RoundInput {
@@ -140,6 +142,11 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, tally: &mut Tally) -> Result<S1R
     // A search over a large gallery is tens of milliseconds of CPU (BENCHMARKS.md): it runs on the
     // blocking pool so that it never stalls the task that drives every other query.
     let (db, tau) = (ctx.db.clone(), ctx.params.tau as f32);
+    let query_for_rank = if input.rank_target.is_some() {
+        query.clone()
+    } else {
+        Vec::new()
+    };
     let hits = tokio::task::spawn_blocking(move || db.search(&query, tau, k, allowed.as_deref()))
         .await
         .map_err(|e| Failure::new("search", format!("the gallery search crashed: {e}")))?
@@ -149,11 +156,48 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, tally: &mut Tally) -> Result<S1R
         .filter(|(key, _)| !(exclude && Some(key) == input.reference.as_ref()))
         .take(ctx.keep)
         .unzip();
+    let gallery_rank = match &input.rank_target {
+        Some(target) => gallery_rank(ctx, &ranking, target, query_for_rank, tau).await,
+        None => None,
+    };
     Ok(S1Record {
         edits: reasoning.edits,
         descriptions: reasoning.descriptions,
         answers,
         ranking,
         scores,
+        gallery_rank,
     })
+}
+
+/// The target's rank in the whole gallery: its place in the kept ranking, or else one more exact
+/// pass over the gallery (on the blocking pool). A rank that cannot be computed is left out (BRI
+/// is then reported at the ranking's depth) and logged, not a failure of the query.
+async fn gallery_rank(
+    ctx: &Ctx,
+    ranking: &[ImageKey],
+    target: &ImageKey,
+    query: Vec<f32>,
+    tau: f32,
+) -> Option<usize> {
+    if let Some(p) = ranking.iter().position(|k| k == target) {
+        return Some(p + 1);
+    }
+    let (db, target_for) = (ctx.db.clone(), target.clone());
+    let allowed = ctx.allowed.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        db.rank_of(&query, tau, &target_for, allowed.as_deref())
+    })
+    .await;
+    match found {
+        Ok(Ok(rank)) => rank,
+        Ok(Err(e)) => {
+            tracing::warn!("the gallery rank of {target} could not be computed: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("the gallery rank of {target} crashed: {e}");
+            None
+        }
+    }
 }

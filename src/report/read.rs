@@ -198,6 +198,7 @@ mod tests {
                     answers: vec![],
                     ranking,
                     scores: vec![],
+                    gallery_rank: None,
                 }),
                 s2: None,
                 s3: None,
