@@ -101,7 +101,8 @@ pub struct StageDiff {
 pub struct RankMove {
     /// Query id.
     pub id: String,
-    /// 1-based rank in A (`None`: not in the kept ranking, or the query failed).
+    /// 1-based rank in A (`None`: not in the kept ranking, or the query failed; a dialogue
+    /// beyond its list gives the whole-gallery rank its run recorded).
     pub a: Option<usize>,
     /// Rank in B.
     pub b: Option<usize>,
@@ -474,13 +475,25 @@ fn target_rank(
     p: &Predictions,
     opts: ScoreOptions,
 ) -> Option<usize> {
-    let predicted: &[ImageKey] = match p.entries.get(&q.id)? {
-        Prediction::Ranking(r) => r,
-        Prediction::Rounds(m) => m.values().next_back()?,
+    let (predicted, last_round): (&[ImageKey], Option<usize>) = match p.entries.get(&q.id)? {
+        Prediction::Ranking(r) => (r, None),
+        Prediction::Rounds(m) => m
+            .iter()
+            .next_back()
+            .map(|(r, k)| (k.as_slice(), Some(*r)))?,
     };
     let ranking = protocol::protocol_ranking(dataset, q, predicted, opts);
     let target = q.targets.first()?;
-    ranking.iter().position(|k| k == target).map(|i| i + 1)
+    // Beyond the list, a dialogue's whole-gallery rank when the run recorded it.
+    let in_gallery = || {
+        let round = last_round?;
+        p.gallery_ranks.get(&q.id)?.get(&round).copied()
+    };
+    ranking
+        .iter()
+        .position(|k| k == target)
+        .map(|i| i + 1)
+        .or_else(in_gallery)
 }
 
 fn rank_moves(
@@ -576,4 +589,39 @@ fn changes(a: &Path, b: &Path) -> Vec<FileDiff> {
             file,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasets::Instruction;
+
+    #[test]
+    fn a_dialogue_target_beyond_its_list_has_its_whole_gallery_rank() {
+        let q = Query {
+            id: "0".into(),
+            reference: None,
+            instruction: Instruction::Text { text: "x".into() },
+            targets: vec![ImageKey::from("t")],
+            subset: None,
+            aspects: vec![],
+            shared_concept: None,
+        };
+        let mut p = Predictions::default();
+        let rounds = [
+            (1, vec![ImageKey::from("a"), ImageKey::from("t")]),
+            (2, vec![ImageKey::from("a")]),
+        ];
+        p.entries
+            .insert("0".into(), Prediction::Rounds(rounds.into_iter().collect()));
+        let opts = ScoreOptions::default();
+        assert_eq!(target_rank(DatasetName::Visdial, &q, &p, opts), None);
+        p.gallery_ranks
+            .insert("0".into(), [(1, 2), (2, 480)].into());
+        assert_eq!(
+            target_rank(DatasetName::Visdial, &q, &p, opts),
+            Some(480),
+            "last round"
+        );
+    }
 }
