@@ -250,6 +250,12 @@ fn visdial_rounds_scored_by_hand() {
         g.metrics
     );
     assert_eq!(g.get("Hits@5/round2"), m.get("Hits@5/round2"));
+    // Hits@K are read from the lists only: a gallery rank of 1 for a target missing from its list
+    // (an approximate search can do that) makes no hit.
+    let mut odd = preds.clone();
+    odd.gallery_ranks.insert("2".into(), [(1, 1)].into());
+    let o = protocol::score(DatasetName::Visdial, &q, &odd, Default::default()).unwrap();
+    assert_eq!(o.get("Hits@1/round1"), m.get("Hits@1/round1"));
 }
 
 fn copy_cirr(dir: &Path) {

@@ -327,20 +327,21 @@ fn dialogues_per_query(
         .min()
         .unwrap_or(0);
     let rounds: Vec<usize> = (first_round..=max_round).collect();
+    // Hits@K count ranks in the lists; BRI also takes, beyond a list, the whole-gallery rank a
+    // run records (only ever beyond it with the default exact search).
     let mut ranks: Vec<Vec<Option<usize>>> = Vec::with_capacity(queries.len());
+    let mut bri_ranks: Vec<Vec<Option<usize>>> = Vec::with_capacity(queries.len());
     let mut longest = 0;
     for q in queries {
         let target: HashSet<&ImageKey> = q.targets.first().into_iter().collect();
-        let in_gallery = predictions.gallery_ranks.get(&q.id);
+        let in_gallery = |r: &usize| predictions.gallery_ranks.get(&q.id)?.get(r).copied();
         let per_round: Vec<Option<usize>> = match predictions.entries.get(&q.id) {
             Some(Prediction::Rounds(m)) => rounds
                 .iter()
                 .map(|r| {
                     m.get(r).and_then(|list| {
                         longest = longest.max(list.len());
-                        // Beyond the list, the whole-gallery rank the run recorded, if any.
                         first_hit(list, &target)
-                            .or_else(|| in_gallery.and_then(|g| g.get(r)).copied())
                     })
                 })
                 .collect(),
@@ -353,7 +354,19 @@ fn dialogues_per_query(
                 vec![None; rounds.len()]
             }
         };
+        let with_gallery = match predictions.entries.get(&q.id) {
+            Some(Prediction::Rounds(m)) => rounds
+                .iter()
+                .zip(&per_round)
+                .map(|(r, rank)| match m.get(r) {
+                    Some(_) => rank.or_else(|| in_gallery(r)),
+                    None => None,
+                })
+                .collect(),
+            _ => per_round.clone(),
+        };
         ranks.push(per_round);
+        bri_ranks.push(with_gallery);
     }
     for &k in ks(DatasetName::Visdial) {
         for (i, r) in rounds.iter().enumerate() {
@@ -371,8 +384,8 @@ fn dialogues_per_query(
     // beyond it) this is the literature's BRI. Otherwise a target not in a list of n ranks at
     // n + 1, i.e. 0-based rank n: rankings cut at depth n (a predictions file keeps the top 100 of
     // a 50,000-image search space) make that an optimistic bound, so the name carries the depth.
-    let exact = ranks.iter().flatten().all(Option::is_some);
-    let per_dialogue: Vec<Option<f64>> = ranks
+    let exact = bri_ranks.iter().flatten().all(Option::is_some);
+    let per_dialogue: Vec<Option<f64>> = bri_ranks
         .iter()
         .map(|d| bri(std::slice::from_ref(d), longest))
         .collect();
