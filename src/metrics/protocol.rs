@@ -335,36 +335,29 @@ fn dialogues_per_query(
     for q in queries {
         let target: HashSet<&ImageKey> = q.targets.first().into_iter().collect();
         let in_gallery = |r: &usize| predictions.gallery_ranks.get(&q.id)?.get(r).copied();
-        let per_round: Vec<Option<usize>> = match predictions.entries.get(&q.id) {
-            Some(Prediction::Rounds(m)) => rounds
-                .iter()
-                .map(|r| {
-                    m.get(r).and_then(|list| {
-                        longest = longest.max(list.len());
-                        first_hit(list, &target)
+        let (per_round, with_gallery): (Vec<Option<usize>>, Vec<Option<usize>>) =
+            match predictions.entries.get(&q.id) {
+                Some(Prediction::Rounds(m)) => rounds
+                    .iter()
+                    .map(|r| match m.get(r) {
+                        Some(list) => {
+                            longest = longest.max(list.len());
+                            let hit = first_hit(list, &target);
+                            (hit, hit.or_else(|| in_gallery(r)))
+                        }
+                        None => (None, None),
                     })
-                })
-                .collect(),
-            Some(Prediction::Ranking(list)) => {
-                longest = longest.max(list.len());
-                vec![first_hit(list, &target); rounds.len()]
-            }
-            None => {
-                out.missing.push(q.id.clone());
-                vec![None; rounds.len()]
-            }
-        };
-        let with_gallery = match predictions.entries.get(&q.id) {
-            Some(Prediction::Rounds(m)) => rounds
-                .iter()
-                .zip(&per_round)
-                .map(|(r, rank)| match m.get(r) {
-                    Some(_) => rank.or_else(|| in_gallery(r)),
-                    None => None,
-                })
-                .collect(),
-            _ => per_round.clone(),
-        };
+                    .unzip(),
+                Some(Prediction::Ranking(list)) => {
+                    longest = longest.max(list.len());
+                    let hit = first_hit(list, &target);
+                    (vec![hit; rounds.len()], vec![hit; rounds.len()])
+                }
+                None => {
+                    out.missing.push(q.id.clone());
+                    (vec![None; rounds.len()], vec![None; rounds.len()])
+                }
+            };
         ranks.push(per_round);
         bri_ranks.push(with_gallery);
     }

@@ -83,16 +83,6 @@ impl ReportInput {
             details,
         }
     }
-
-    /// Number of queries the report covers.
-    pub fn queries(&self) -> usize {
-        self.briefs.len()
-    }
-
-    /// Number of whole records held (at most those the pages show).
-    pub fn records_held(&self) -> usize {
-        self.details.len()
-    }
 }
 
 /// What the report keeps of every query: enough for the curve, the counts and the choice of
