@@ -163,53 +163,50 @@ pub fn decode_oriented(
     what: &str,
 ) -> Result<(image::DynamicImage, bool), ImageError> {
     use image::ImageDecoder as _;
-    let err = |e: image::ImageError| ImageError::Decode {
+    let mut decoder = limited_decoder(bytes, what)?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| decode_error(what, e))?;
+    let rotated = orientation != image::metadata::Orientation::NoTransforms;
+    img.apply_orientation(orientation);
+    Ok((img, rotated))
+}
+
+/// A decoding error naming what was decoded.
+fn decode_error(what: &str, e: impl std::fmt::Display) -> ImageError {
+    ImageError::Decode {
         what: what.to_string(),
         message: e.to_string(),
-    };
+    }
+}
+
+/// A decoder for encoded bytes (format sniffed) that refuses images over `MAX_SIDE` on a side
+/// or over 1 GiB of pixels: the one setup `decode_oriented` and `probe` share.
+fn limited_decoder<'a>(
+    bytes: &'a [u8],
+    what: &str,
+) -> Result<impl image::ImageDecoder + 'a, ImageError> {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| ImageError::Decode {
-            what: what.to_string(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| decode_error(what, e))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(1 << 30);
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(err)?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(err)?;
-    let rotated = orientation != image::metadata::Orientation::NoTransforms;
-    img.apply_orientation(orientation);
-    Ok((img, rotated))
+    reader.into_decoder().map_err(|e| decode_error(what, e))
 }
 
 /// The longer side and the EXIF orientation of encoded bytes, read from the header alone (no
 /// pixels are decoded), within the same size limits as `decode`.
 fn probe(bytes: &[u8], what: &str) -> Result<(u32, image::metadata::Orientation), ImageError> {
     use image::ImageDecoder as _;
-    let err = |message: String| ImageError::Decode {
-        what: what.to_string(),
-        message,
-    };
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(1 << 30);
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let mut decoder = limited_decoder(bytes, what)?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
-        return Err(err(format!(
-            "{w}×{h} pixels is outside 1..={MAX_SIDE} on a side"
-        )));
+        let message = format!("{w}×{h} pixels is outside 1..={MAX_SIDE} on a side");
+        return Err(decode_error(what, message));
     }
     let orientation = decoder
         .orientation()

@@ -434,11 +434,17 @@ mod tests {
             .collect()
     }
 
+    /// `n` rows of ids 1..=n with an image vector and a caption vector of `d` dimensions
+    /// (caption seeds offset by `caption_seed`).
+    fn fused_rows(n: u64, d: usize, caption_seed: u64) -> Vec<VectorRow> {
+        (0..n)
+            .map(|i| (i + 1, Some(unit(i, d)), unit(i + caption_seed, d)))
+            .collect()
+    }
+
     #[test]
     fn many_more_concurrent_searches_than_thread_contexts_on_a_loaded_index() {
-        let rows: Vec<_> = (0..400u64)
-            .map(|i| (i + 1, Some(unit(i, 16)), unit(i + 7_000, 16)))
-            .collect();
+        let rows = fused_rows(400, 16, 7_000);
         let built = Vectors::build(rows.clone(), VectorOptions::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         built.save(dir.path()).unwrap();
@@ -468,9 +474,7 @@ mod tests {
 
     #[test]
     fn exact_fused_search_matches_brute_force() {
-        let rows: Vec<_> = (0..600u64)
-            .map(|i| (i + 1, Some(unit(i, 32)), unit(i + 10_000, 32)))
-            .collect();
+        let rows = fused_rows(600, 32, 10_000);
         let v = Vectors::build(rows.clone(), VectorOptions::default()).unwrap();
         for s in 0..5 {
             let q = unit(99_000 + s, 32);
@@ -490,9 +494,7 @@ mod tests {
 
     #[test]
     fn the_rank_of_any_image_in_the_whole_gallery_matches_brute_force() {
-        let rows: Vec<_> = (0..600u64)
-            .map(|i| (i + 1, Some(unit(i, 32)), unit(i + 10_000, 32)))
-            .collect();
+        let rows = fused_rows(600, 32, 10_000);
         let v = Vectors::build(rows.clone(), VectorOptions::default()).unwrap();
         let q = unit(99_123, 32);
         let order = brute(&rows, &q, 0.15, rows.len());
