@@ -15,6 +15,8 @@ pub mod compare;
 pub mod config;
 pub mod datasets;
 pub mod doctor;
+pub mod files;
+pub mod identity;
 pub mod images;
 pub mod index;
 pub mod logging;

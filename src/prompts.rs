@@ -270,26 +270,54 @@ impl PromptSet {
         })
     }
 
-    /// blake3 of the texts of every template file, for cache keys and fingerprints.
+    /// The files a rendering of `names` can read: the names and, transitively, every file of
+    /// the set that their texts name in a string literal (`{% include "general/_x.j2" %}`). A
+    /// template that includes, imports or extends a computed name could read any `_` piece, so
+    /// then every `_` file is counted.
+    pub fn referenced(&self, names: &[String]) -> std::collections::BTreeSet<String> {
+        let dynamic = regex::Regex::new(r#"\{%-?\s*(include|import|from|extends)\s+[^"'\s]"#).ok();
+        let literal = regex::Regex::new(r#""([^"\n]+)"|'([^'\n]+)'"#).ok();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo: Vec<String> = names.to_vec();
+        while let Some(n) = todo.pop() {
+            if !seen.insert(n.clone()) {
+                continue;
+            }
+            let Some(text) = self.files.get(&n) else {
+                continue;
+            };
+            if dynamic.as_ref().is_none_or(|d| d.is_match(text)) {
+                todo.extend(self.files.keys().filter(|k| is_piece(k)).cloned());
+            }
+            for c in literal.iter().flat_map(|l| l.captures_iter(text)) {
+                if let Some(m) = c.get(1).or_else(|| c.get(2))
+                    && self.files.contains_key(m.as_str())
+                {
+                    todo.push(m.as_str().to_string());
+                }
+            }
+        }
+        seen
+    }
+
+    /// blake3 of the names and texts of the files a rendering of `names` reads (`referenced`),
+    /// for the image database's fingerprint: editing a reasoning template does not change the
+    /// caption prompt's hash.
     pub fn fingerprint_of(&self, names: &[String]) -> String {
         let mut h = blake3::Hasher::new();
-        for n in names {
+        for n in self.referenced(names) {
             h.update(n.as_bytes());
             h.update(&[0]);
-            // Included pieces change a rendering too, so every `_` file is part of every hash.
-            h.update(self.files.get(n).map_or(&[][..], |t| t.as_bytes()));
+            h.update(self.files.get(&n).map_or(&[][..], |t| t.as_bytes()));
             h.update(&[0]);
-        }
-        for (n, t) in self
-            .files
-            .iter()
-            .filter(|(n, _)| n.rsplit('/').next().is_some_and(|b| b.starts_with('_')))
-        {
-            h.update(n.as_bytes());
-            h.update(t.as_bytes());
         }
         h.finalize().to_hex()[..16].to_string()
     }
+}
+
+/// A shared piece (`_name.j2`), included by other templates.
+fn is_piece(name: &str) -> bool {
+    name.rsplit('/').next().is_some_and(|b| b.starts_with('_'))
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<(), PromptError> {
@@ -349,6 +377,50 @@ mod tests {
             std::fs::write(p, text).unwrap();
         }
         PromptSet::load(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn a_fingerprint_covers_the_pieces_a_template_includes_and_no_others() {
+        let files = |task: &str, caption: &str| {
+            set(&[
+                ("general/caption.user.j2", caption),
+                ("general/_caption_style.j2", "Be exact."),
+                (
+                    "general/reason.user.j2",
+                    "{% include \"general/_reason_task.j2\" %}",
+                ),
+                ("general/_reason_task.j2", task),
+            ])
+        };
+        let caption = vec!["general/caption.user.j2".to_string()];
+        let reason = vec!["general/reason.user.j2".to_string()];
+        let a = files("Find it.", "Describe.");
+        assert!(a.referenced(&reason).contains("general/_reason_task.j2"));
+        assert!(!a.referenced(&caption).contains("general/_reason_task.j2"));
+        let edited = files("Find it, briefly.", "Describe.");
+        assert_eq!(a.fingerprint_of(&caption), edited.fingerprint_of(&caption));
+        assert_ne!(a.fingerprint_of(&reason), edited.fingerprint_of(&reason));
+        let with_piece = files("Find it.", "Describe. {% include '_caption_style.j2' %}");
+        assert!(
+            !with_piece
+                .referenced(&caption)
+                .contains("general/_caption_style.j2")
+        );
+        let named = files(
+            "Find it.",
+            "Describe. {% include 'general/_caption_style.j2' %}",
+        );
+        assert!(
+            named
+                .referenced(&caption)
+                .contains("general/_caption_style.j2")
+        );
+        let computed = files("Find it.", "{% include piece %}");
+        assert!(
+            computed
+                .referenced(&caption)
+                .contains("general/_reason_task.j2")
+        );
     }
 
     #[test]

@@ -10,29 +10,6 @@ pub fn rank_order(a: (f32, usize), b: (f32, usize)) -> Ordering {
     compare(a.0, b.0).then(a.1.cmp(&b.1))
 }
 
-/// Gallery indices ordered by descending score; ties keep gallery order; NaN last.
-pub fn order_by_score(scores: &[f32]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| rank_order((scores[a], a), (scores[b], b)));
-    idx
-}
-
-/// The best `k` indices in the same order as `order_by_score`, without sorting everything.
-pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
-    let k = k.min(scores.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    let cmp = |a: &usize, b: &usize| rank_order((scores[*a], *a), (scores[*b], *b));
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k - 1, cmp);
-        idx.truncate(k);
-    }
-    idx.sort_by(cmp);
-    idx
-}
-
 /// Descending by score, NaN after every number.
 fn compare(a: f32, b: f32) -> Ordering {
     match (a.is_nan(), b.is_nan()) {
@@ -43,6 +20,15 @@ fn compare(a: f32, b: f32) -> Ordering {
     }
 }
 
+/// Gallery indices ordered by descending score (the rule applied to a whole score list), for
+/// tests that check a search against brute force.
+#[cfg(test)]
+pub(crate) fn order_by_score(scores: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| rank_order((scores[a], a), (scores[b], b)));
+    idx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,22 +37,5 @@ mod tests {
     fn ties_keep_gallery_order_and_nan_is_last() {
         let s = [0.5, f32::NAN, 0.9, 0.5, 0.9];
         assert_eq!(order_by_score(&s), vec![2, 4, 0, 3, 1]);
-        assert_eq!(top_k(&s, 3), vec![2, 4, 0]);
-        assert_eq!(top_k(&s, 10), order_by_score(&s));
-        assert!(top_k(&s, 0).is_empty());
-    }
-
-    #[test]
-    fn top_k_equals_the_full_sort_prefix() {
-        let mut x = 12345u32;
-        let s: Vec<f32> = (0..500)
-            .map(|_| {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                ((x >> 16) % 50) as f32 / 10.0
-            })
-            .collect();
-        for k in [1, 7, 50, 499, 500] {
-            assert_eq!(top_k(&s, k), order_by_score(&s)[..k].to_vec(), "k={k}");
-        }
     }
 }

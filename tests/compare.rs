@@ -289,3 +289,28 @@ async fn compare_refuses_other_splits_and_uses_the_shared_queries_of_a_partial_r
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_whose_dataset_folder_moved_are_scored_from_their_journals() {
+    let (env, a, b) = two_runs().await;
+    let (code, out, err) = compare(&env, &a, &b, &["--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let before: Value = serde_json::from_str(&out).unwrap();
+    std::fs::rename(&env.data, env.path("data/moved-away")).unwrap();
+    let (code, out, err) = compare(&env, &a, &b, &["--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("--data"), "compare has no --data flag: {err}");
+    let after: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        metric(&after, "s1", "Recall@1"),
+        metric(&before, "s1", "Recall@1"),
+        "the journals' targets score the same"
+    );
+    assert!(
+        after["notes"]
+            .to_string()
+            .contains("scored from the targets the journals record"),
+        "{}",
+        after["notes"]
+    );
+}

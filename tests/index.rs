@@ -329,8 +329,11 @@ async fn exact_search_equals_brute_force_over_the_stored_vectors() {
                 0.85 * d(i) + 0.15 * d(c)
             })
             .collect();
-        let want: Vec<ImageKey> = imagescope::ranking::top_k(&scores, 50)
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| imagescope::ranking::rank_order((scores[a], a), (scores[b], b)));
+        let want: Vec<ImageKey> = order
             .into_iter()
+            .take(50)
             .map(|p| rows[p].0.clone())
             .collect();
         let got: Vec<ImageKey> = db

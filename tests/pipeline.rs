@@ -7,7 +7,16 @@ mod support;
 use std::path::PathBuf;
 
 use support::env::{Env, write_cirr};
-use support::fake_server::Route;
+use support::fake_server::{FakeServer, Recorded, Route};
+
+/// The chat requests a fake server saw (not the `/models` probe that asks for its checkpoint).
+fn chats(server: &FakeServer) -> Vec<Recorded> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|r| r.route == Route::Chat)
+        .collect()
+}
 
 /// Four CIRR queries built so that stage 1 gets two wrong and stage 2 fixes them (see world.rs).
 const CIRR_QUERIES: [(u64, usize, &str, usize); 4] = [
@@ -127,6 +136,7 @@ async fn caption_grounded_verifier_and_evaluator_read_stored_captions() {
         .requests()
         .iter()
         .chain(env.evaluator.requests().iter())
+        .filter(|r| r.route == Route::Chat)
     {
         assert!(
             r.body["messages"][0]["content"].is_string(),
@@ -134,7 +144,7 @@ async fn caption_grounded_verifier_and_evaluator_read_stored_captions() {
             r.body
         );
     }
-    let v = env.verifier.requests()[0].body["messages"][0]["content"]
+    let v = chats(&env.verifier)[0].body["messages"][0]["content"]
         .as_str()
         .unwrap()
         .to_string();
@@ -240,7 +250,7 @@ async fn fashioniq_runs_with_its_own_prompt_family() {
     env.index(&config).await;
     let report = env.run(&config, &[]).await;
     assert_eq!(Env::metric(&report, "s3", "R@10"), 100.0, "{report}");
-    let first = env.reasoner[0].requests()[0].body["messages"][0]["content"]
+    let first = chats(&env.reasoner[0])[0].body["messages"][0]["content"]
         .as_str()
         .unwrap()
         .to_string();

@@ -384,7 +384,12 @@ async fn bad_inputs_are_clear_errors() {
         ])
         .await;
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("another configuration"), "{err}");
+    assert!(
+        err.contains("cannot resume")
+            && err.contains("pipeline.stages: [\"s1\"] → [\"s1\",\"s2\",\"s3\"]"),
+        "{err}"
+    );
+    assert!(err.contains("roles.verifier: added"), "{err}");
 }
 
 fn proc_sample(pid: u32) -> Option<(f64, usize)> {

@@ -200,7 +200,7 @@ async fn search_uses_the_run_commands_database_lookup_and_its_checks() {
     let (code, _, err) = env.imagescope(&args).await;
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("queries must be embedded by the same model"),
+        err.contains("queries must be embedded by the same weights as the gallery"),
         "{err}"
     );
 }

@@ -64,7 +64,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let html = compare::html::render(&c, page_dir)?;
-    std::fs::write(&page, html)
+    crate::files::write_atomic(&page, html)
         .map_err(|e| anyhow::anyhow!("cannot write the page {}: {e}", page.display()))?;
     let out = if args.json {
         serde_json::to_string_pretty(&c)? + "\n"

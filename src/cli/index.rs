@@ -192,8 +192,16 @@ pub async fn run(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
         }
         None => (None, None),
     };
+    let mut servers = p.servers.clone();
+    servers
+        .roles
+        .retain(|r, _| *r == Role::Embedder || (*r == Role::Captioner && captions.is_none()));
+    // The weights behind each served name go into the fingerprint: another checkpoint under the
+    // same name cannot extend this database.
+    let models = Clients::new(&servers, &p.servers_path)?.identify().await?;
+    let servers = crate::serving::models::with_checkpoints(&servers, &models);
     let fp = fingerprint(
-        &p.servers,
+        &servers,
         &p.servers_path,
         &p.prompts,
         p.family,
@@ -204,10 +212,6 @@ pub async fn run(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| db_dir(&p.db_root, &p.db, &fp)),
     )?;
-    let mut servers = p.servers.clone();
-    if captions.is_some() {
-        servers.roles.remove(&Role::Captioner);
-    }
     let clients = Clients::new(&servers, &p.servers_path)?;
     let embedder: RoleClient = clients.get(Role::Embedder)?.clone();
     let captions = match captions {
@@ -239,11 +243,12 @@ pub async fn run(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
     .await?;
     let server_failures = report.failures.iter().filter(|f| f.1 == "server").count();
     let mut text = format!(
-        "{} of {} gallery images indexed in {} ({} new, {} worked on this run, {:.1}s)\n",
+        "{} of {} gallery images indexed in {} ({} new, {} changed since indexed, {} worked on this run, {:.1}s)\n",
         report.done,
         report.gallery,
         report.dir.display(),
         report.registered,
+        report.changed,
         report.processed,
         report.seconds
     );

@@ -111,6 +111,10 @@ pub enum Command {
         /// Request cache: on, off, read-only or write-only.
         #[arg(long, default_value = "on")]
         cache: crate::serving::CacheMode,
+        /// Test splits: write submission files even when some queries are unanswered (their
+        /// file names then carry the answered count); by default only a complete run writes them.
+        #[arg(long)]
+        allow_partial: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -236,6 +240,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             run_name,
             resume,
             cache,
+            allow_partial,
             json,
         } => {
             let mut exp = crate::config::ExperimentConfig::load(&config)?;
@@ -257,6 +262,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 run_name,
                 resume,
                 cache,
+                allow_partial,
             };
             run::run(&exp, &config, opts, json).await
         }

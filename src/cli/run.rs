@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use crate::config::{PipelineParams, Stage};
 use crate::datasets::Query;
-use crate::pipeline::finish::{RunReport, metrics_table};
+use crate::pipeline::finish::{RunReport, metrics_text};
 use crate::pipeline::run::RunOptions;
 use crate::record::Status;
 
@@ -59,7 +59,10 @@ pub async fn run(
     opts: RunOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut prepared = crate::pipeline::prepare::prepare(exp, &opts)?;
+    // Listening starts before anything is prepared, so a signal at any moment stops the run the
+    // same way, and a second one during `finish` exits at once.
+    let stop = crate::pipeline::run::stop_signals();
+    let mut prepared = crate::pipeline::prepare::prepare(exp, &opts).await?;
     let bars = if json {
         None
     } else {
@@ -69,7 +72,7 @@ pub async fn run(
         prepared.ctx.progress = Some(stages.clone());
     }
     let queries_bar = bars.as_ref().map(|(_, q)| q.clone());
-    let driven = crate::pipeline::run::drive(&prepared, |record| {
+    let driven = crate::pipeline::run::drive(&prepared, stop, |record| {
         if let Some(b) = &queries_bar {
             b.inc(1);
             if record.status == Status::Failed {
@@ -89,7 +92,7 @@ pub async fn run(
         queries.finish();
         stages.iter().for_each(indicatif::ProgressBar::finish);
     }
-    let report = crate::pipeline::finish::finish(&prepared, interrupted);
+    let report = crate::pipeline::finish::finish(&prepared, interrupted, opts.allow_partial);
     // Every queued log line and cache answer is written before the summary is printed.
     crate::logging::close_file();
     drop(prepared);
@@ -122,7 +125,7 @@ pub fn render(report: &RunReport, config: &Path) -> String {
     for n in &report.notes {
         out.push_str(&format!("note: {n}\n"));
     }
-    out.push_str(&metrics_table(&report.metrics));
+    out.push_str(&metrics_text(&report.metrics, report.partial.as_ref()));
     out.push_str(&format!(
         "\n{} queries ({} finished earlier), {} failed\n",
         report.queries,

@@ -57,7 +57,7 @@ struct Session {
     runs: PathBuf,
 }
 
-fn open(t: &SearchTarget) -> anyhow::Result<Session> {
+async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
     let (servers, servers_path, prompts_dir, db_root, runs, mut params, index_options): (
         ServersConfig,
         PathBuf,
@@ -118,6 +118,10 @@ fn open(t: &SearchTarget) -> anyhow::Result<Session> {
             " (add --captions FILE if you indexed with one)"
         }
     );
+    let mut needed = servers.clone();
+    Ctx::needed_roles(&mut needed, &params.stages);
+    let models = Clients::new(&needed, &servers_path)?.identify().await?;
+    let servers = crate::serving::models::with_checkpoints(&needed, &models);
     let db = Arc::new(index::open_existing(
         &dir,
         &servers,
@@ -131,8 +135,6 @@ fn open(t: &SearchTarget) -> anyhow::Result<Session> {
         split: "all".into(),
         image_ext: None,
     })?;
-    let mut servers = servers;
-    Ctx::needed_roles(&mut servers, &params.stages);
     let cache = Arc::new(Cache::open(&runs.join("cache.sqlite"), CacheMode::On)?);
     let clients = Clients::new(&servers, &servers_path)?.with_cache(cache);
     let ctx = Ctx::new(
@@ -222,7 +224,7 @@ pub async fn search(
     if text.trim().is_empty() {
         anyhow::bail!("the query text is empty; say what you are looking for");
     }
-    let s = open(&t)?;
+    let s = open(&t).await?;
     let reference = match &image {
         None => None,
         Some(p) => Some(key_in_folder(&s, p).ok_or_else(|| {
@@ -264,7 +266,7 @@ pub async fn search(
             "search-{}.html",
             &blake3::hash(text.as_bytes()).to_hex()[..8]
         ));
-        std::fs::write(
+        crate::files::write_atomic(
             &page,
             crate::report::render(&input, crate::report::View::All),
         )?;
@@ -290,7 +292,7 @@ fn eprintln_safe(s: &str) {
 /// turn (or any refinement); after each, the current top results are printed. An empty line or
 /// end of input ends the chat.
 pub async fn chat(t: SearchTarget) -> anyhow::Result<ExitCode> {
-    let s = open(&t)?;
+    let s = open(&t).await?;
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     let mut caption: Option<String> = None;

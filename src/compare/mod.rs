@@ -14,6 +14,7 @@
 //! splits are refused. `html` renders the page; the CLI prints the text and the JSON.
 
 pub mod html;
+mod queries;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DatasetName, DatasetSection, PipelineParams, Profile, Stage};
-use crate::datasets::{self, DatasetSpec, ImageKey, Query};
+use crate::datasets::{DatasetSpec, ImageKey, Query};
 use crate::metrics::paired::{self, Bootstrap};
 use crate::metrics::predictions::{Prediction, Predictions};
 use crate::metrics::protocol::{self, ScoreOptions};
@@ -223,6 +224,8 @@ struct Loaded {
     /// Query id → (done, prediction after each stage with the dialogue's whole-gallery ranks).
     rankings: HashMap<String, (bool, BTreeMap<Stage, StagePrediction>)>,
     roles: BTreeMap<String, Cost>,
+    /// Each query as the journal records it, in journal order (scoring's fallback).
+    recorded: Vec<queries::Recorded>,
 }
 
 impl Loaded {
@@ -270,7 +273,11 @@ fn load(dir: &Path) -> Result<Loaded, CompareError> {
     let mut stages = resolved.pipeline.stages.clone();
     stages.sort();
     let mut rankings = HashMap::new();
+    let mut recorded = Vec::new();
     read_journal(&dir.join("queries.jsonl"), |r| {
+        if !rankings.contains_key(&r.id) {
+            recorded.push((r.id.clone(), r.reference.clone(), r.targets.clone()));
+        }
         let done = r.status == Status::Done;
         let by_stage = stages
             .iter()
@@ -302,6 +309,7 @@ fn load(dir: &Path) -> Result<Loaded, CompareError> {
         resolved,
         rankings,
         roles,
+        recorded,
     })
 }
 
@@ -329,12 +337,7 @@ pub fn compare(a_dir: &Path, b_dir: &Path, how: Bootstrap) -> Result<Comparison,
         split: d.split.clone(),
         image_ext: d.image_ext.clone(),
     };
-    let queries = datasets::load_queries(&spec).map_err(|e| {
-        bad(format!(
-            "cannot load the {} {} annotations that run A ran on, which scoring needs: {e}",
-            d.name, d.split
-        ))
-    })?;
+    let (queries, from_journal) = queries::for_scoring(&spec, &a.recorded)?;
     let shared: Vec<&Query> = queries
         .iter()
         .filter(|q| a.rankings.contains_key(&q.id) && b.rankings.contains_key(&q.id))
@@ -346,7 +349,7 @@ pub fn compare(a_dir: &Path, b_dir: &Path, how: Bootstrap) -> Result<Comparison,
             .filter(|id| ids.contains(id.as_str()))
             .count()
     };
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = from_journal.into_iter().collect();
     let only_a = in_dataset(&a) - shared.len();
     let only_b = in_dataset(&b) - shared.len();
     if only_a + only_b > 0 {
@@ -380,6 +383,21 @@ pub fn compare(a_dir: &Path, b_dir: &Path, how: Bootstrap) -> Result<Comparison,
             }
             (Err(e), _) | (_, Err(e)) => return Err(bad(format!("scoring: {e}"))),
         };
+        let names = |v: &protocol::PerQuery| -> BTreeSet<String> {
+            v.metrics.iter().map(|m| m.name.clone()).collect()
+        };
+        let (na, nb) = (names(&va), names(&vb));
+        let only: Vec<String> = na
+            .symmetric_difference(&nb)
+            .map(|n| format!("{n} ({})", if na.contains(n) { "A" } else { "B" }))
+            .collect();
+        if !only.is_empty() {
+            notes.push(format!(
+                "{}: metrics only one run reports, not compared: {}",
+                stage.as_str(),
+                only.join(", ")
+            ));
+        }
         stages.push(StageDiff {
             stage,
             metrics: metric_diffs(&va.metrics, &vb.metrics, how),

@@ -194,6 +194,12 @@ pub struct RoleServer {
     pub endpoints: Vec<String>,
     /// Model name the server serves (the `model` field of every request).
     pub model: String,
+    /// The weights behind `model`, when you want to name them yourself (a path, a hub id with
+    /// revision, a hash). It wins over what the server reports (vLLM's `/v1/models` `root`), so
+    /// the same weights at different paths on different hosts count as one model. It is part of
+    /// the request cache key and the image database's fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
     /// Server software at the endpoints.
     pub api: ApiFlavour,
     /// Name of the environment variable holding the API key; the key itself never goes in a file.
@@ -348,6 +354,13 @@ fn check_limits(role: Role, s: &RoleServer) -> Result<(), (String, String)> {
     let k = |field: &str| format!("roles.{role}.{field}");
     if s.model.trim().is_empty() {
         return Err((k("model"), "must name the served model".into()));
+    }
+    if s.checkpoint.as_ref().is_some_and(|c| c.trim().is_empty()) {
+        return Err((
+            k("checkpoint"),
+            "must name the weights (a path, hub id or hash), or be left out to ask the server"
+                .into(),
+        ));
     }
     if let Some(var) = &s.api_key_env {
         let valid = !var.is_empty() && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');

@@ -223,7 +223,7 @@ fn check_root(spec: &DatasetSpec) -> Result<(), DatasetError> {
     Err(DatasetError::MissingRoot {
         path: spec.root.clone(),
         hint: format!(
-            "put {} there (conventionally data/{folder}) or pass its location with --data",
+            "put {} there (conventionally data/{folder}), or say where it is: `root` under [dataset] in the experiment file (run, index), `--data` (score, check-submission)",
             spec.name
         ),
     })

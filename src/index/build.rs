@@ -27,6 +27,8 @@ use super::{IndexError, fingerprint::Fingerprint};
 pub struct Prepared {
     /// blake3 of the file bytes.
     pub content_hash: String,
+    /// The file's size and modification time, taken before it was read.
+    pub stamp: Option<super::store::Stamp>,
     /// What the captioner gets.
     pub for_captioner: EncodedImage,
     /// What the embedder gets.
@@ -47,6 +49,7 @@ pub fn prepare(
     captioner_max: Option<u32>,
     embedder_max: Option<u32>,
 ) -> Result<Prepared, String> {
+    let stamp = super::store::Stamp::of(path);
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     if bytes.is_empty() {
         return Err("zero-byte file".into());
@@ -69,6 +72,7 @@ pub fn prepare(
     };
     Ok(Prepared {
         content_hash,
+        stamp,
         for_captioner: for_role(captioner_max)?,
         for_embedder: for_role(embedder_max)?,
     })
@@ -154,6 +158,8 @@ pub struct BuildReport {
     pub gallery: usize,
     /// Images new to the database in this run.
     pub registered: usize,
+    /// Images whose photo changed since they were indexed (captioned and embedded again).
+    pub changed: usize,
     /// Images worked on in this run.
     pub processed: usize,
     /// Images indexed in total.
@@ -286,6 +292,7 @@ async fn process(p: Pending, ctx: &Ctx) -> Outcome {
     Outcome::Done {
         idx,
         content_hash: prepared.content_hash,
+        stamp: prepared.stamp,
         caption,
         image_vec,
         caption_vec,
@@ -298,6 +305,18 @@ pub async fn build(input: BuildInput) -> Result<BuildReport, IndexError> {
     super::prepare_dir(&input.dir, &input.fingerprint)?;
     let mut store = Store::open(&input.dir.join(super::STORE_FILE))?;
     let registered = store.register(&input.gallery)?;
+    // Photos replaced since they were indexed are captioned and embedded again.
+    let fresh = super::freshness::check(&store, &input.gallery, true)?;
+    if !fresh.changed.is_empty() {
+        tracing::warn!(
+            "{} photo(s) changed since they were indexed; captioning and embedding them again",
+            fresh.changed.len()
+        );
+        let idxs: Vec<u64> = fresh.changed.iter().map(|c| c.0).collect();
+        store.reset(&idxs)?;
+    }
+    store.set_stamps(&fresh.restamp)?;
+    let changed = fresh.changed.len();
     let pending = store.pending(input.retry_failed)?;
     let processed = pending.len();
     let bars = (input.progress && processed > 0).then(|| {
@@ -362,6 +381,7 @@ pub async fn build(input: BuildInput) -> Result<BuildReport, IndexError> {
         dir: input.dir,
         gallery: input.gallery.len(),
         registered,
+        changed,
         processed,
         done: counts.done,
         failures: store

@@ -16,6 +16,10 @@ pub enum CaptionSource {
     Model {
         /// Served model.
         model: String,
+        /// The checkpoint behind it, when known (`serving::models`); absent when only the
+        /// served name was known, so such databases keep the id they had.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<String>,
         /// blake3 of the caption prompt template(s).
         prompt: String,
         /// Sampling and extra body fields sent.
@@ -40,6 +44,10 @@ pub enum CaptionSource {
 pub struct EmbedderPrint {
     /// Served model.
     pub model: String,
+    /// The checkpoint behind it, when known: another checkpoint under the same served name is
+    /// another embedding space, so another database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
     /// Request shape.
     pub shape: String,
     /// Vectors normalised.
@@ -83,6 +91,7 @@ impl Fingerprint {
             version: VERSION,
             captions: CaptionSource::Model {
                 model: captioner.model.clone(),
+                checkpoint: captioner.checkpoint.clone(),
                 prompt: prompt_hash.to_string(),
                 request,
                 image_max_side: captioner.image_max_side,
@@ -92,10 +101,51 @@ impl Fingerprint {
         }
     }
 
-    /// Short id: 16 hex digits of blake3 over the canonical JSON.
+    /// Short id: 16 hex digits of blake3 over the canonical JSON without the checkpoints. The
+    /// folder is found from the servers file alone (a run need not reach the captioner); the
+    /// checkpoints are compared when the database is opened or extended (`checkpoint_conflicts`).
     pub fn id(&self) -> String {
-        let json = serde_json::to_string(self).unwrap_or_default();
+        let json = serde_json::to_string(&self.without_checkpoints()).unwrap_or_default();
         blake3::hash(json.as_bytes()).to_hex()[..16].to_string()
+    }
+
+    /// The same fingerprint with both checkpoints unknown.
+    pub fn without_checkpoints(&self) -> Fingerprint {
+        let mut f = self.clone();
+        f.embedder.checkpoint = None;
+        if let CaptionSource::Model { checkpoint, .. } = &mut f.captions {
+            *checkpoint = None;
+        }
+        f
+    }
+
+    fn checkpoints(&self) -> [(&'static str, Option<&str>); 2] {
+        let captioner = match &self.captions {
+            CaptionSource::Model { checkpoint, .. } => checkpoint.as_deref(),
+            _ => None,
+        };
+        [
+            ("captions.checkpoint", captioner),
+            ("embedder.checkpoint", self.embedder.checkpoint.as_deref()),
+        ]
+    }
+
+    /// Checkpoints known on both sides that differ (`path: built → wanted`): the database was
+    /// made by other weights under the same served name. A side that is unknown is listed in
+    /// the second vector (it cannot be checked).
+    pub fn checkpoint_conflicts(&self, wanted: &Fingerprint) -> (Vec<String>, Vec<String>) {
+        let mut conflicts = Vec::new();
+        let mut unchecked = Vec::new();
+        for ((path, built), (_, want)) in self.checkpoints().into_iter().zip(wanted.checkpoints()) {
+            match (built, want) {
+                (Some(b), Some(w)) if b != w => conflicts.push(format!("{path}: {b:?} → {w:?}")),
+                (None, Some(w)) => unchecked.push(format!(
+                    "{path}: the database does not record which checkpoint built it; the server now reports {w:?}"
+                )),
+                _ => {}
+            }
+        }
+        (conflicts, unchecked)
     }
 
     /// Dotted paths whose values differ between two fingerprints.
@@ -103,8 +153,10 @@ impl Fingerprint {
         let a = serde_json::to_value(self).unwrap_or(Value::Null);
         let b = serde_json::to_value(other).unwrap_or(Value::Null);
         let mut out = Vec::new();
-        diff_values("", &a, &b, &mut out);
-        out
+        crate::identity::diff_paths("", &a, &b, &mut out);
+        out.into_iter()
+            .map(|(path, a, b)| format!("{path}: {a} → {b}"))
+            .collect()
     }
 }
 
@@ -113,6 +165,7 @@ impl EmbedderPrint {
     pub fn of(s: &RoleServer) -> Self {
         EmbedderPrint {
             model: s.model.clone(),
+            checkpoint: s.checkpoint.clone(),
             shape: serde_json::to_value(s.embed_shape)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
@@ -121,30 +174,5 @@ impl EmbedderPrint {
             images: s.embeds_images(),
             image_max_side: s.image_max_side,
         }
-    }
-}
-
-fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                diff_values(
-                    &p,
-                    x.get(k).unwrap_or(&Value::Null),
-                    y.get(k).unwrap_or(&Value::Null),
-                    out,
-                );
-            }
-        }
-        _ if a != b => out.push(format!("{path}: {a} → {b}")),
-        _ => {}
     }
 }

@@ -81,24 +81,30 @@ pub fn parse_npy(b: &[u8]) -> Result<Npy, String> {
                 .map_err(|_| format!("bad shape {shape_text:?}"))
         })
         .collect::<Result<_, _>>()?;
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape_text:?} holds more items than can be addressed"))?;
+    // The data must hold `count` items of `item` bytes: checked, so no shape can overflow.
+    let need = |item: usize| -> Result<usize, String> {
+        count
+            .checked_mul(item)
+            .filter(|&n| n <= data_len(b, start + header_len))
+            .ok_or_else(|| "data shorter than the shape says".to_string())
+    };
     let data = &b[start + header_len..];
     match descr {
         "<f4" => {
-            if data.len() < count * 4 {
-                return Err("data shorter than the shape says".into());
-            }
-            let v = data[..count * 4]
+            let n = need(4)?;
+            let v = data[..n]
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
             Ok(Npy::Float { shape, data: v })
         }
         "<f8" => {
-            if data.len() < count * 8 {
-                return Err("data shorter than the shape says".into());
-            }
-            let v = data[..count * 8]
+            let n = need(8)?;
+            let v = data[..n]
                 .chunks_exact(8)
                 .map(|c| {
                     f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
@@ -107,11 +113,16 @@ pub fn parse_npy(b: &[u8]) -> Result<Npy, String> {
             Ok(Npy::Float { shape, data: v })
         }
         d if d.starts_with("<U") => {
-            let width: usize = d[2..].parse().map_err(|_| format!("bad dtype {d}"))?;
-            if data.len() < count * width * 4 {
-                return Err("data shorter than the shape says".into());
-            }
-            let strings = data[..count * width * 4]
+            let width: usize = d[2..]
+                .parse()
+                .ok()
+                .filter(|&w| w > 0)
+                .ok_or_else(|| format!("bad dtype {d} (expected <U1 or wider)"))?;
+            let item = width
+                .checked_mul(4)
+                .ok_or_else(|| format!("bad dtype {d}"))?;
+            let n = need(item)?;
+            let strings = data[..n]
                 .chunks_exact(width * 4)
                 .map(|item| {
                     item.chunks_exact(4)
@@ -127,6 +138,10 @@ pub fn parse_npy(b: &[u8]) -> Result<Npy, String> {
             "dtype {other} is not supported (expected <f4, <f8 or <U)"
         )),
     }
+}
+
+fn data_len(b: &[u8], from: usize) -> usize {
+    b.len().saturating_sub(from)
 }
 
 /// What an import did.
@@ -176,6 +191,7 @@ fn outcomes(
             (Some(iv), Some(cv)) => batch.push(Outcome::Done {
                 idx: p.idx,
                 content_hash: String::new(),
+                stamp: None,
                 caption,
                 image_vec: Some(iv),
                 caption_vec: cv,
@@ -262,6 +278,7 @@ pub fn import(
         },
         embedder: EmbedderPrint {
             model: embedder_model.to_string(),
+            checkpoint: None,
             shape: "imported".into(),
             normalize: true,
             images: true,
@@ -319,6 +336,24 @@ pub(crate) mod tests {
                 v
             })
             .collect()
+    }
+
+    #[test]
+    fn odd_headers_are_errors_not_panics() {
+        for (descr, shape) in [
+            ("<U0", "(2,)"),
+            ("<U", "(2,)"),
+            ("<U99999999999999999999", "(1,)"),
+            ("<U4611686018427387904", "(1,)"),
+            ("<f4", "(18446744073709551615, 2)"),
+            ("<f8", "(4294967296, 4294967296)"),
+            ("<f4", "(3074457345618258603,)"),
+            ("<i8", "(1,)"),
+        ] {
+            let bytes = npy_bytes(descr, shape, &[0u8; 16]);
+            assert!(parse_npy(&bytes).is_err(), "{descr} {shape}");
+        }
+        assert!(parse_npy(b"\x93NUMPY\x01\x00\xff\xff").is_err());
     }
 
     #[test]

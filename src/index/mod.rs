@@ -13,6 +13,7 @@
 
 pub mod build;
 pub mod fingerprint;
+pub mod freshness;
 pub mod import;
 pub mod store;
 pub mod vectors;
@@ -161,18 +162,29 @@ pub fn open_existing(
     db.set_ef_search(options.ef_search);
     let embedder = servers.role(crate::config::Role::Embedder, servers_path)?;
     if let Some(fp) = db.fingerprint()
-        && (fp.embedder.model != embedder.model || fp.embedder.normalize != embedder.normalize)
+        && (fp.embedder.model != embedder.model
+            || fp.embedder.normalize != embedder.normalize
+            || matches!(
+                (&fp.embedder.checkpoint, &embedder.checkpoint),
+                (Some(a), Some(b)) if a != b
+            ))
     {
         return Err(IndexError::Input(format!(
-            "the image database {} was embedded by {:?} (normalize = {}), but the configured embedder is {:?} (normalize = {}); queries must be embedded by the same model",
+            "the image database {} was embedded by {:?} (checkpoint {}, normalize = {}), but the configured embedder is {:?} (checkpoint {}, normalize = {}); queries must be embedded by the same weights as the gallery. Build a database for this embedder (`imagescope index` without index_dir), or serve the checkpoint that built this one",
             dir.display(),
             fp.embedder.model,
+            show_checkpoint(fp.embedder.checkpoint.as_deref()),
             fp.embedder.normalize,
             embedder.model,
+            show_checkpoint(embedder.checkpoint.as_deref()),
             embedder.normalize
         )));
     }
     Ok(db)
+}
+
+fn show_checkpoint(c: Option<&str>) -> String {
+    c.map_or_else(|| "unknown".to_string(), |c| format!("{c:?}"))
 }
 
 /// The folder of a dataset's database with this fingerprint.
@@ -195,15 +207,34 @@ fn read_fingerprint(dir: &Path) -> Result<Option<Fingerprint>, IndexError> {
     })
 }
 
-/// Refuses a database built differently from `wanted`.
+/// Refuses a database built differently from `wanted`: other settings, or other weights under
+/// the same served names (checkpoints known on both sides that differ). A checkpoint the
+/// database does not record cannot be checked, which is said once as a warning.
 pub fn check_fingerprint(dir: &Path, wanted: &Fingerprint) -> Result<(), IndexError> {
-    match read_fingerprint(dir)? {
-        Some(built) if &built != wanted => Err(IndexError::Mismatch {
+    let Some(built) = read_fingerprint(dir)? else {
+        return Ok(());
+    };
+    let (plain_built, plain_wanted) = (built.without_checkpoints(), wanted.without_checkpoints());
+    if plain_built != plain_wanted {
+        return Err(IndexError::Mismatch {
             dir: dir.to_path_buf(),
-            diffs: built.diff(wanted),
-        }),
-        _ => Ok(()),
+            diffs: plain_built.diff(&plain_wanted),
+        });
     }
+    let (conflicts, unchecked) = built.checkpoint_conflicts(wanted);
+    if !conflicts.is_empty() {
+        return Err(IndexError::Input(format!(
+            "the image database {} was built by other weights under the same served name:\n  {}\nits captions and vectors must not be mixed with these. Move it aside (`mv {} {}.old`) and index again, or pass a new folder with --index-dir, or serve the checkpoint that built it",
+            dir.display(),
+            conflicts.join("\n  "),
+            dir.display(),
+            dir.display()
+        )));
+    }
+    for u in unchecked {
+        tracing::warn!("{}: {u}", dir.display());
+    }
+    Ok(())
 }
 
 /// Creates the folder and its fingerprint file, or checks an existing one.
@@ -215,7 +246,7 @@ pub(crate) fn prepare_dir(dir: &Path, fp: &Fingerprint) -> Result<(), IndexError
     if !path.exists() {
         let json =
             serde_json::to_string_pretty(fp).map_err(|e| IndexError::Input(e.to_string()))?;
-        std::fs::write(&path, json)
+        crate::files::write_atomic(&path, json)
             .map_err(|e| IndexError::Input(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(())
@@ -250,7 +281,7 @@ pub(crate) fn rebuild_vectors(
     vectors.save(dir)?;
     let json =
         serde_json::to_string_pretty(&built).map_err(|e| IndexError::Input(e.to_string()))?;
-    std::fs::write(dir.join(BUILT_FILE), json)
+    crate::files::write_atomic(&dir.join(BUILT_FILE), json)
         .map_err(|e| IndexError::Input(format!("cannot write {BUILT_FILE}: {e}")))?;
     Ok(Some(vectors))
 }

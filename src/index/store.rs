@@ -49,6 +49,8 @@ pub enum Outcome {
         idx: u64,
         /// blake3 of the file.
         content_hash: String,
+        /// The file's size and modification time when it was read (the quick change check).
+        stamp: Option<Stamp>,
         /// The caption.
         caption: String,
         /// Unit image vector (absent for caption-only galleries).
@@ -99,6 +101,35 @@ fn blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// What the store recorded of a done image's file: row id, content hash, stamp.
+pub type DoneFile = (u64, String, Option<Stamp>);
+
+/// A file's size and modification time: the quick check that it is what was indexed (a differing
+/// stamp sends the file to a hash comparison, which decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
+impl Stamp {
+    /// The stamp of a file now, if it can be read.
+    pub fn of(path: &Path) -> Option<Stamp> {
+        let m = std::fs::metadata(path).ok()?;
+        let mtime = m.modified().ok()?;
+        let ns = match mtime.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+        };
+        Some(Stamp {
+            size: m.len(),
+            mtime_ns: ns,
+        })
+    }
+}
+
 /// Decodes a little-endian f32 blob.
 pub fn unblob(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
@@ -131,10 +162,93 @@ impl Store {
                  image_vec BLOB,
                  caption_vec BLOB,
                  error TEXT,
-                 error_kind TEXT
+                 error_kind TEXT,
+                 file_size INTEGER,
+                 file_mtime_ns INTEGER
              );",
         )?;
+        // Stores made before files were stamped get the two columns (empty: checked by hash once).
+        let has_stamp: bool = s
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('images') WHERE name = 'file_size'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| s.err(e))?
+            > 0;
+        if !has_stamp {
+            s.exec(
+                "ALTER TABLE images ADD COLUMN file_size INTEGER;
+                 ALTER TABLE images ADD COLUMN file_mtime_ns INTEGER;",
+            )?;
+        }
         Ok(s)
+    }
+
+    /// Every done image: key → (row id, content hash, stamp when recorded).
+    pub fn done_files(&self) -> Result<std::collections::HashMap<ImageKey, DoneFile>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT idx, key, COALESCE(content_hash, ''), file_size, file_mtime_ns FROM images WHERE status = 'done'")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let size: Option<i64> = r.get(3)?;
+                let mtime: Option<i64> = r.get(4)?;
+                Ok((
+                    ImageKey(r.get(1)?),
+                    (
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, String>(2)?,
+                        size.zip(mtime).map(|(size, mtime_ns)| Stamp {
+                            size: size as u64,
+                            mtime_ns,
+                        }),
+                    ),
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Sends rows back to `pending` (their photo changed): caption, vectors and hash cleared, so
+    /// the next build captions and embeds them again.
+    pub fn reset(&mut self, idxs: &[u64]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |e: rusqlite::Error| StoreError {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        for idx in idxs {
+            tx.execute(
+                "UPDATE images SET status = 'pending', content_hash = NULL, caption = NULL, image_vec = NULL,
+                 caption_vec = NULL, error = NULL, error_kind = NULL, file_size = NULL, file_mtime_ns = NULL
+                 WHERE idx = ?1",
+                params![*idx as i64],
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)
+    }
+
+    /// Records the stamps of rows found unchanged by their hash (so the next check is quick).
+    pub fn set_stamps(&mut self, stamps: &[(u64, Stamp)]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |e: rusqlite::Error| StoreError {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        for (idx, s) in stamps {
+            tx.execute(
+                "UPDATE images SET file_size = ?2, file_mtime_ns = ?3 WHERE idx = ?1",
+                params![*idx as i64, s.size as i64, s.mtime_ns],
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
@@ -212,14 +326,24 @@ impl Store {
                 Outcome::Done {
                     idx,
                     content_hash,
+                    stamp,
                     caption,
                     image_vec,
                     caption_vec,
                 } => {
                     tx.execute(
                         "UPDATE images SET status = 'done', content_hash = ?2, caption = ?3, image_vec = ?4,
-                         caption_vec = ?5, error = NULL, error_kind = NULL WHERE idx = ?1",
-                        params![*idx as i64, content_hash, caption, image_vec.as_deref().map(blob), blob(caption_vec)],
+                         caption_vec = ?5, error = NULL, error_kind = NULL, file_size = ?6, file_mtime_ns = ?7
+                         WHERE idx = ?1",
+                        params![
+                            *idx as i64,
+                            content_hash,
+                            caption,
+                            image_vec.as_deref().map(blob),
+                            blob(caption_vec),
+                            stamp.map(|s| s.size as i64),
+                            stamp.map(|s| s.mtime_ns)
+                        ],
                     )
                     .map_err(e)?;
                 }
@@ -358,6 +482,7 @@ mod tests {
             Outcome::Done {
                 idx: p[0].idx,
                 content_hash: "h".into(),
+                stamp: None,
                 caption: "a cat".into(),
                 image_vec: Some(vec![1.0, 0.0]),
                 caption_vec: vec![0.0, 1.0],

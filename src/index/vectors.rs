@@ -428,8 +428,9 @@ mod tests {
                 (1.0 - tau) * d(i.as_ref().unwrap()) + tau * d(c)
             })
             .collect();
-        crate::ranking::top_k(&scores, k)
+        crate::ranking::order_by_score(&scores)
             .into_iter()
+            .take(k)
             .map(|p| rows[p].0)
             .collect()
     }

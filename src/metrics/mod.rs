@@ -17,6 +17,37 @@ use std::collections::HashSet;
 
 use crate::datasets::ImageKey;
 
+/// Rows of a table with one column per stage (or run), joined by metric name: each name once, in
+/// the order first seen, with each column's value of that name (`None` where a column lacks it).
+/// Tables must never join by position: CIRCO's aspect rows are ordered by value per stage.
+pub fn rows_by_name<T>(columns: &[(T, Vec<(String, f64)>)]) -> Vec<(&str, Vec<Option<f64>>)> {
+    let mut names: Vec<&str> = Vec::new();
+    for (_, metrics) in columns {
+        for (n, _) in metrics {
+            if !names.contains(&n.as_str()) {
+                names.push(n);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let values = columns
+                .iter()
+                .map(|(_, m)| m.iter().find(|(n, _)| n == name).map(|x| x.1))
+                .collect();
+            (name, values)
+        })
+        .collect()
+}
+
+/// The image Recall@K / R@K / Hits@K look for: a query's primary target (the first of its
+/// ground truth; CIRCO's other ground-truth images count in mAP only). Everything that marks a
+/// hit (the report's curve and marks included) uses this one definition.
+pub fn primary_target(targets: &[ImageKey]) -> Option<&ImageKey> {
+    targets.first()
+}
+
 /// 1-based rank of the first element of `ranking` that is in `positives`, or `None`.
 pub fn first_hit(ranking: &[ImageKey], positives: &HashSet<&ImageKey>) -> Option<usize> {
     ranking
@@ -86,6 +117,23 @@ pub fn bri(ranks: &[Vec<Option<usize>>], not_found: usize) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_join_columns_by_name_not_position() {
+        let cols = vec![
+            ("s1", vec![("a".to_string(), 1.0), ("b".to_string(), 2.0)]),
+            ("s2", vec![("b".to_string(), 20.0), ("a".to_string(), 10.0)]),
+            ("s3", vec![("c".to_string(), 3.0)]),
+        ];
+        assert_eq!(
+            rows_by_name(&cols),
+            vec![
+                ("a", vec![Some(1.0), Some(10.0), None]),
+                ("b", vec![Some(2.0), Some(20.0), None]),
+                ("c", vec![None, None, Some(3.0)]),
+            ]
+        );
+    }
 
     fn keys(s: &[&str]) -> Vec<ImageKey> {
         s.iter().map(|k| ImageKey::from(*k)).collect()

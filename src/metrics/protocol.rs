@@ -8,7 +8,7 @@
 //! | `circo` | `mAP@5/10/25/50`, `Recall@5/10/25/50`, `semantic_mAP@10/<aspect>` | as predicted; duplicates refused |
 //! | `fashioniq-*` | `R@10`, `R@50` | as predicted (the reference is not removed) |
 //! | `flickr30k`, `mscoco` | `R@1/5/10` | as predicted |
-//! | `visdial` | `Hits@K/roundR` (cumulative), `BRI` (whole gallery; `BRI@N` at ranking depth N when a rank is unknown) | per round |
+//! | `visdial` | `Hits@K/roundR` (cumulative), `BRI` (whole gallery; `BRI@N` at ranking depth N when a rank is unknown; left out when a dialogue has no prediction) | per round |
 //!
 //! A query without a prediction counts as a miss and is listed in `Scored::missing`.
 
@@ -254,7 +254,7 @@ pub fn per_query(
             }
         };
         let ranking = protocol_ranking(dataset, q, predicted, opts);
-        let primary: HashSet<&ImageKey> = q.targets.first().into_iter().collect();
+        let primary: HashSet<&ImageKey> = super::primary_target(&q.targets).into_iter().collect();
         ranks.push(first_hit(&ranking, &primary));
         if dataset == DatasetName::Circo {
             let mut seen = HashSet::with_capacity(ranking.len());
@@ -333,7 +333,7 @@ fn dialogues_per_query(
     let mut bri_ranks: Vec<Vec<Option<usize>>> = Vec::with_capacity(queries.len());
     let mut longest = 0;
     for q in queries {
-        let target: HashSet<&ImageKey> = q.targets.first().into_iter().collect();
+        let target: HashSet<&ImageKey> = super::primary_target(&q.targets).into_iter().collect();
         let in_gallery = |r: &usize| predictions.gallery_ranks.get(&q.id)?.get(r).copied();
         let (per_round, with_gallery): (Vec<Option<usize>>, Vec<Option<usize>>) =
             match predictions.entries.get(&q.id) {
@@ -377,6 +377,12 @@ fn dialogues_per_query(
     // beyond it) this is the literature's BRI. Otherwise a target not in a list of n ranks at
     // n + 1, i.e. 0-based rank n: rankings cut at depth n (a predictions file keeps the top 100 of
     // a 50,000-image search space) make that an optimistic bound, so the name carries the depth.
+    // A dialogue with no prediction at all (failed) has no rank to place anywhere: BRI is then
+    // left out rather than renamed, so it never changes name because a dialogue failed (scoring
+    // the answered dialogues only gives it).
+    if !out.missing.is_empty() {
+        return Ok(out);
+    }
     let exact = bri_ranks.iter().flatten().all(Option::is_some);
     let per_dialogue: Vec<Option<f64>> = bri_ranks
         .iter()

@@ -1,22 +1,24 @@
 //! Getting a run ready (`imagescope run`, part 1 of 3): the command-line overrides, the split's
 //! queries (parity cap, `--queries`, `--limit`), the gallery and its image database, the role
 //! clients on the request cache, and the run folder (new: resolved config and prompt copies; or
-//! reopened with `--resume`, keeping only the ids already done). Nothing is sent to a server here.
+//! reopened with `--resume`, keeping only the ids already done, and only if the run's identity is
+//! unchanged). The only requests sent here ask each server which checkpoint it serves.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::config::{
-    DatasetName, DatasetSection, ExperimentConfig, IndexSection, PipelineParams, ServersConfig,
-    Stage,
+    DatasetName, DatasetSection, ExperimentConfig, IndexSection, PipelineParams, Role,
+    ServersConfig, Stage,
 };
 use crate::datasets::{self, DatasetSpec, ImageKey, Query};
+use crate::identity::{self, IdentitySource, ModelIdentity, QuerySelection, RunIdentity};
 use crate::index::{self, ImageDb};
 use crate::prompts::{Family, PromptSet};
 use crate::runs::folder::RunFolder;
-use crate::serving::{Cache, Clients};
+use crate::serving::{Cache, CacheMode, Clients};
 
 use super::context::Ctx;
 use super::run::{RunError, RunOptions};
@@ -122,8 +124,9 @@ fn select_queries(
     Ok((queries, notes))
 }
 
-/// Prepares a run (or a resumed one) of `exp` with the command-line `opts`.
-pub fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepared, RunError> {
+/// Prepares a run (or a resumed one) of `exp` with the command-line `opts`. Asks each needed
+/// role's server which checkpoint it serves (`serving::models`) before anything else is decided.
+pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepared, RunError> {
     let (dataset, params) = overrides(exp, opts)?;
     let spec = DatasetSpec {
         name: dataset.name,
@@ -135,7 +138,24 @@ pub fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepared, Ru
     let gallery = datasets::load_gallery(&spec)?;
     let family = Family::for_dataset(dataset.name);
     let prompts = Arc::new(PromptSet::load(&exp.prompts_dir)?);
-    let db = Arc::new(open_db(exp, &prompts, family)?);
+
+    let mut servers = exp.servers.clone();
+    Ctx::needed_roles(&mut servers, &params.stages);
+    let models = Clients::new(&servers, &exp.servers_path)?
+        .identify()
+        .await
+        .map_err(|e| RunError::Other(e.to_string()))?;
+    let servers = crate::serving::models::with_checkpoints(&servers, &models);
+
+    let db = Arc::new(open_db(exp, &servers, &prompts, family)?);
+    index::freshness::refuse_changed(
+        db.dir(),
+        &gallery,
+        &format!(
+            "Index them again with `imagescope index --config {}`",
+            exp.path.display()
+        ),
+    )?;
     let missing = gallery.iter().filter(|g| !db.contains(&g.key)).count();
     if missing > 0 {
         tracing::warn!(
@@ -146,11 +166,17 @@ pub fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepared, Ru
     let gallery_keys: HashSet<ImageKey> = gallery.iter().map(|g| g.key.clone()).collect();
     let allowed = (db.len() != gallery_keys.len() || missing > 0).then_some(gallery_keys);
 
-    let mut servers = exp.servers.clone();
-    Ctx::needed_roles(&mut servers, &params.stages);
-    let cache = Arc::new(Cache::open(&exp.runs_dir.join("cache.sqlite"), opts.cache)?);
-    let clients = Clients::new(&servers, &exp.servers_path)?.with_cache(cache);
+    // `--cache off` never opens the file, so a damaged cache cannot stop a run that does not use it.
+    let clients = Clients::new(&servers, &exp.servers_path)?;
+    let clients = match opts.cache {
+        CacheMode::Off => clients,
+        mode => clients.with_cache(Arc::new(Cache::open(
+            &exp.runs_dir.join("cache.sqlite"),
+            mode,
+        )?)),
+    };
 
+    let used = used_prompts(&prompts, family);
     let resolved = Resolved {
         dataset: &dataset,
         pipeline: &params,
@@ -161,18 +187,31 @@ pub fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepared, Ru
     };
     let resolved_toml = toml::to_string(&resolved).map_err(|e| RunError::Other(e.to_string()))?;
     let hash = blake3::hash(resolved_toml.as_bytes()).to_hex().to_string();
+    let (identity, scheduling) = identity_of(
+        &dataset, &params, &queries, &used, &servers, &models, &db, exp,
+    );
     let profile: &str = params.profile.into();
-    let info = RunFolder::info(hash, dataset.name.as_str(), &dataset.split, profile);
+    let mut info = RunFolder::info(
+        hash,
+        identity.to_json_and_hash(),
+        scheduling,
+        dataset.name.as_str(),
+        &dataset.split,
+        profile,
+    );
+    info.models = models;
     let (folder, done) = match &opts.resume {
         Some(path) => {
             let (f, _, done) = RunFolder::resume(path, &info)?;
+            // The scheduling may have changed; the file says what this invocation uses.
+            f.write_text("config.resolved.toml", &resolved_toml)?;
             (f, done)
         }
         None => {
             let f = RunFolder::create(&exp.runs_dir, dataset.name.as_str(), &opts.run_name)?;
             f.write_json("run.json", &info)?;
             f.write_text("config.resolved.toml", &resolved_toml)?;
-            f.copy_prompts(prompts.files())?;
+            f.copy_prompts(&used)?;
             (f, HashSet::new())
         }
     };
@@ -202,8 +241,73 @@ pub fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepared, Ru
     })
 }
 
+/// The templates a run of `family` can render, by file name: its own folder's and `general/`'s
+/// (the fallback) templates and the `_` pieces they include (`PromptSet::referenced`).
+fn used_prompts(prompts: &PromptSet, family: Family) -> BTreeMap<String, String> {
+    let own = format!("{}/", family.dir());
+    let roots: Vec<String> = prompts
+        .files()
+        .keys()
+        .filter(|name| name.starts_with(&own) || name.starts_with("general/"))
+        .filter(|name| !name.rsplit('/').next().is_some_and(|b| b.starts_with('_')))
+        .cloned()
+        .collect();
+    prompts
+        .referenced(&roots)
+        .into_iter()
+        .filter_map(|n| prompts.files().get(&n).map(|t| (n, t.clone())))
+        .collect()
+}
+
+/// The run's identity (what decides its answers) and its scheduling (`crate::identity`).
+#[allow(clippy::too_many_arguments)]
+fn identity_of(
+    dataset: &DatasetSection,
+    params: &PipelineParams,
+    queries: &[Query],
+    used: &BTreeMap<String, String>,
+    servers: &ServersConfig,
+    models: &BTreeMap<Role, ModelIdentity>,
+    db: &ImageDb,
+    exp: &ExperimentConfig,
+) -> (RunIdentity, serde_json::Value) {
+    let (pipeline, pipeline_sched) = identity::pipeline_parts(params);
+    let mut roles = BTreeMap::new();
+    let mut roles_sched = serde_json::Map::new();
+    for (role, server) in &servers.roles {
+        let model = models.get(role).cloned().unwrap_or(ModelIdentity {
+            served: server.model.clone(),
+            checkpoint: server.checkpoint.clone(),
+            source: IdentitySource::ServedName,
+            max_model_len: None,
+        });
+        let (id, sched) = identity::role_parts(server, &model);
+        roles.insert(*role, id);
+        roles_sched.insert(role.as_str().to_string(), sched);
+    }
+    let image_db = db
+        .fingerprint()
+        .map_or_else(|| db.dir().display().to_string(), |f| f.id());
+    let identity = RunIdentity {
+        dataset: dataset.name.as_str().to_string(),
+        split: dataset.split.clone(),
+        queries: QuerySelection::of(queries.iter().map(|q| q.id.as_str())),
+        pipeline,
+        prompts: used
+            .iter()
+            .map(|(n, t)| (n.clone(), identity::content_hash(t)))
+            .collect(),
+        roles,
+        image_db,
+        index: serde_json::to_value(exp.index).unwrap_or_default(),
+    };
+    let scheduling = serde_json::json!({"pipeline": pipeline_sched, "roles": roles_sched});
+    (identity, scheduling)
+}
+
 fn open_db(
     exp: &ExperimentConfig,
+    servers: &ServersConfig,
     prompts: &PromptSet,
     family: Family,
 ) -> Result<ImageDb, RunError> {
@@ -231,7 +335,7 @@ fn open_db(
     );
     Ok(index::open_existing(
         &dir,
-        &exp.servers,
+        servers,
         &exp.servers_path,
         &exp.index,
         &hint,

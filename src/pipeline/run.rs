@@ -2,8 +2,9 @@
 //!
 //! The queries still to answer stream through their stages, at most `queries_in_flight` at once
 //! (`buffer_unordered`); each finished query is appended to the journal and then dropped, so
-//! memory holds only the queries in flight. Ctrl-C stops taking new results; what is in the
-//! journal stays, and `--resume` picks up from it. The `run` command (`cli/run.rs`) chains
+//! memory holds only the queries in flight. Ctrl-C, SIGTERM (docker, Slurm, systemd) and SIGHUP
+//! stop taking new results; what is in the journal stays, and `--resume` picks up from it. A
+//! second signal exits at once (`stop_signals`). The `run` command (`cli/run.rs`) chains
 //! `prepare`, `drive` and `finish`, drawing progress and rendering the summary and the report.
 
 use std::path::PathBuf;
@@ -35,6 +36,8 @@ pub struct RunOptions {
     pub resume: Option<PathBuf>,
     /// Request-cache mode.
     pub cache: CacheMode,
+    /// Write test-split submissions even when some queries are unanswered.
+    pub allow_partial: bool,
 }
 
 /// A run that could not start or finish.
@@ -63,15 +66,76 @@ pub enum RunError {
     Other(String),
 }
 
+/// Listens for Ctrl-C, SIGTERM and SIGHUP for the rest of the process. The first sets the
+/// returned flag (the run stops taking results and finishes its journal and metrics); a second
+/// exits at once with status 130. The journal is then still readable: lines are whole or, cut by
+/// the exit, skipped and closed off by `--resume`; the cache's last transaction is rolled back.
+pub fn stop_signals() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut seen = 0;
+        while next_signal().await {
+            seen += 1;
+            if seen == 1 {
+                tracing::warn!(
+                    "stopping: finishing the journal and the metrics (a second signal exits at once)"
+                );
+                let _ = tx.send(true);
+            } else {
+                eprintln!(
+                    "second signal: exiting now; the journal is intact, resume with --resume"
+                );
+                std::process::exit(130);
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for the next stop signal; false when none can be listened for.
+#[cfg(unix)]
+async fn next_signal() -> bool {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ];
+    let mut streams = Vec::new();
+    for k in kinds {
+        match signal(k) {
+            Ok(s) => streams.push(s),
+            Err(e) => tracing::warn!("cannot listen for signal {k:?}: {e}"),
+        }
+    }
+    if streams.is_empty() {
+        return false;
+    }
+    let waits = streams.iter_mut().map(|s| Box::pin(s.recv()));
+    futures::future::select_all(waits).await;
+    true
+}
+
+#[cfg(not(unix))]
+async fn next_signal() -> bool {
+    tokio::signal::ctrl_c().await.is_ok()
+}
+
 /// Answers the queries of `p` not answered yet, appending each to the journal as it finishes and
-/// handing it to `on_done` (progress) before dropping it. Returns whether Ctrl-C stopped it.
-pub async fn drive(p: &Prepared, mut on_done: impl FnMut(&QueryRecord)) -> Result<bool, RunError> {
+/// handing it to `on_done` (progress) before dropping it. Returns whether `stop` (see
+/// `stop_signals`) ended it early.
+pub async fn drive(
+    p: &Prepared,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut on_done: impl FnMut(&QueryRecord),
+) -> Result<bool, RunError> {
     let ctx = &p.ctx;
     let mut stream = futures::stream::iter(p.todo())
         .map(|q| query::run(ctx, q))
         .buffer_unordered(p.params.queries_in_flight);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    if *stop.borrow() {
+        return Ok(true);
+    }
     loop {
         tokio::select! {
             next = stream.next() => match next {
@@ -81,7 +145,7 @@ pub async fn drive(p: &Prepared, mut on_done: impl FnMut(&QueryRecord)) -> Resul
                 }
                 None => return Ok(false),
             },
-            _ = &mut ctrl_c => return Ok(true),
+            _ = stop.wait_for(|s| *s) => return Ok(true),
         }
     }
 }

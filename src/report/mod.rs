@@ -155,11 +155,13 @@ impl View {
     }
 }
 
+/// The rank of the query's primary target, the one Recall@K counts (`metrics::primary_target`).
 fn rank(round: &RoundRecord, stage: Stage, targets: &[ImageKey]) -> Option<usize> {
+    let primary = crate::metrics::primary_target(targets)?;
     round
         .ranking_after(stage)?
         .iter()
-        .position(|k| targets.contains(k))
+        .position(|k| k == primary)
         .map(|p| p + 1)
 }
 
@@ -370,8 +372,10 @@ fn query_view(r: &QueryRecord, input: &ReportInput) -> QueryView {
                     .take(10)
                     .enumerate()
                     .map(|(i, key)| {
-                        let class = if r.targets.contains(key) {
+                        let class = if crate::metrics::primary_target(&r.targets) == Some(key) {
                             "hit"
+                        } else if r.targets.contains(key) {
+                            "gt"
                         } else {
                             "cand"
                         };
@@ -434,24 +438,16 @@ pub fn render(input: &ReportInput, view: View) -> String {
             serde_json::json!({"file": v.file(), "label": label, "current": v == view})
         })
         .collect();
-    let metric_rows: Vec<serde_json::Value> = input
-        .metrics
-        .first()
-        .map(|(_, first)| {
-            first
+    let metric_rows: Vec<serde_json::Value> = crate::metrics::rows_by_name(&input.metrics)
+        .into_iter()
+        .map(|(name, values)| {
+            let values: Vec<String> = values
                 .iter()
-                .enumerate()
-                .map(|(i, (name, _))| {
-                    let values: Vec<String> = input
-                        .metrics
-                        .iter()
-                        .map(|(_, m)| format!("{:.2}", m.get(i).map_or(f64::NAN, |x| x.1)))
-                        .collect();
-                    serde_json::json!({"name": name, "values": values})
-                })
-                .collect()
+                .map(|v| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}")))
+                .collect();
+            serde_json::json!({"name": name, "values": values})
         })
-        .unwrap_or_default();
+        .collect();
     let failed_briefs = || input.briefs.iter().filter(|b| b.failed.is_some());
     let failed: Vec<serde_json::Value> = failed_briefs()
         .take(PAGE)
@@ -522,7 +518,7 @@ pub fn write_all(input: &ReportInput, dir: &Path) -> std::io::Result<Vec<PathBuf
         .into_iter()
         .map(|v| {
             let path = dir.join(v.file());
-            std::fs::write(&path, render(input, v))?;
+            crate::files::write_atomic(&path, render(input, v))?;
             Ok(path)
         })
         .collect()

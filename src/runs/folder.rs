@@ -1,6 +1,6 @@
 //! Run folders: `runs/<dataset>/<run-name>/<UTC timestamp>/`, created atomically (two runs started
-//! in the same second get `-2`, `-3`... rather than colliding), holding `run.json` (version and
-//! config hash, checked on `--resume`), `config.resolved.toml`, `prompts/` (the templates used),
+//! in the same second get `-2`, `-3`... rather than colliding), holding `run.json` (version, the
+//! run's identity and scheduling (`crate::identity`), checked on `--resume`), `config.resolved.toml`, `prompts/` (the templates used),
 //! `output.log`, `queries.jsonl` (the journal: one line per finished query, appended and flushed),
 //! `metrics.json`, `metrics.txt`, `summary.json` and submission files on test splits.
 
@@ -18,8 +18,23 @@ use crate::record::{QueryRecord, Status};
 pub struct RunInfo {
     /// imagescope version that started it.
     pub version: String,
-    /// blake3 of `config.resolved.toml`.
+    /// blake3 of `config.resolved.toml` (everything, scheduling included; informational).
     pub config_hash: String,
+    /// blake3 of `identity` (what decides the answers; `--resume` requires it unchanged).
+    #[serde(default)]
+    pub identity_hash: String,
+    /// The run's identity (`crate::identity::RunIdentity`), as JSON.
+    #[serde(default)]
+    pub identity: serde_json::Value,
+    /// How the work was scheduled (endpoints, limits...); a resume may change it.
+    #[serde(default)]
+    pub scheduling: serde_json::Value,
+    /// Scheduling changes made by resumes, each with its time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scheduling_changes: Vec<String>,
+    /// What each role's server said about its weights.
+    #[serde(default)]
+    pub models: BTreeMap<crate::config::Role, crate::identity::ModelIdentity>,
     /// Dataset.
     pub dataset: String,
     /// Split.
@@ -181,13 +196,32 @@ impl RunFolder {
                 info.version, expected.version
             )));
         }
-        if info.config_hash != expected.config_hash {
+        if info.identity.is_null() {
+            return Err(bad(
+                "it was started by an imagescope that did not record what decides its answers (its identity), so a resume could mix two configurations unseen; start a new run".into(),
+            ));
+        }
+        if info.identity_hash != expected.identity_hash {
+            let diffs = crate::identity::differences(&info.identity, &expected.identity);
             return Err(bad(format!(
-                "it was made with another configuration (config hash {} ≠ {}); compare its config.resolved.toml, or start a new run",
-                &info.config_hash[..12.min(info.config_hash.len())],
-                &expected.config_hash[..12.min(expected.config_hash.len())]
+                "cannot resume: what decides its answers changed since it started:\n  - {}\nundo the change, or start a new run (without --resume) to answer with the new setting",
+                if diffs.is_empty() {
+                    "the identity's layout (a newer imagescope)".to_string()
+                } else {
+                    diffs.join("\n  - ")
+                }
             )));
         }
+        let now = now_rfc3339();
+        let mut sched = Vec::new();
+        crate::identity::diff_paths("", &info.scheduling, &expected.scheduling, &mut sched);
+        for (key, a, b) in sched {
+            let change = format!("{now}: {key}: {a} → {b}");
+            tracing::info!("resume with a scheduling change: {key}: {a} → {b}");
+            info.scheduling_changes.push(change);
+        }
+        info.scheduling = expected.scheduling.clone();
+        info.models = expected.models.clone();
         let journal = path.join("queries.jsonl");
         let mut done: HashSet<String> = HashSet::new();
         let skipped = match read_journal(&journal, |r| {
@@ -207,7 +241,7 @@ impl RunFolder {
             );
         }
         let ends_mid_line = last_byte(&journal).is_some_and(|b| b != b'\n');
-        info.resumed.push(now_rfc3339());
+        info.resumed.push(now);
         let folder = Self::open_journal(path.to_path_buf())?;
         // A partial last line must not glue onto the next record.
         if ends_mid_line {
@@ -254,13 +288,10 @@ impl RunFolder {
     /// Writes a text file in the folder (atomically: a temporary file renamed into place).
     pub fn write_text(&self, name: &str, text: &str) -> Result<(), FolderError> {
         let path = self.path.join(name);
-        let tmp = self.path.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| FolderError {
-                path: path.clone(),
-                message: e.to_string(),
-            })
+        crate::files::write_atomic(&path, text).map_err(|e| FolderError {
+            path: path.clone(),
+            message: e.to_string(),
+        })
     }
 
     /// Copies the prompt templates used into `prompts/`.
@@ -273,7 +304,7 @@ impl RunFolder {
                     message: e.to_string(),
                 })?;
             }
-            std::fs::write(&path, text).map_err(|e| FolderError {
+            crate::files::write_atomic(&path, text).map_err(|e| FolderError {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
@@ -281,11 +312,23 @@ impl RunFolder {
         Ok(())
     }
 
-    /// `RunInfo` for a new run.
-    pub fn info(config_hash: String, dataset: &str, split: &str, profile: &str) -> RunInfo {
+    /// `RunInfo` for a new run: `identity` and `scheduling` as `crate::identity` splits them.
+    pub fn info(
+        config_hash: String,
+        (identity, identity_hash): (serde_json::Value, String),
+        scheduling: serde_json::Value,
+        dataset: &str,
+        split: &str,
+        profile: &str,
+    ) -> RunInfo {
         RunInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             config_hash,
+            identity_hash,
+            identity,
+            scheduling,
+            scheduling_changes: Vec::new(),
+            models: BTreeMap::new(),
             dataset: dataset.into(),
             split: split.into(),
             profile: profile.into(),
@@ -299,6 +342,20 @@ impl RunFolder {
 mod tests {
     use super::*;
 
+    fn test_info() -> RunInfo {
+        RunFolder::info(
+            "abc".into(),
+            (
+                serde_json::json!({"prompts": {"general/a.j2": "11"}}),
+                "id1".into(),
+            ),
+            serde_json::json!({"roles": {"reasoner": {"max_in_flight": 4}}}),
+            "cirr",
+            "val",
+            "default",
+        )
+    }
+
     #[test]
     fn runs_started_in_the_same_second_do_not_collide() {
         let dir = tempfile::tempdir().unwrap();
@@ -311,15 +368,24 @@ mod tests {
     fn resume_checks_version_and_config() {
         let dir = tempfile::tempdir().unwrap();
         let f = RunFolder::create(dir.path(), "cirr", "x").unwrap();
-        let info = RunFolder::info("abc".into(), "cirr", "val", "default");
+        let info = test_info();
         f.write_json("run.json", &info).unwrap();
         let mut other = info.clone();
-        other.config_hash = "def".into();
+        other.identity = serde_json::json!({"prompts": {"general/a.j2": "22"}});
+        other.identity_hash = "def".into();
         let err = RunFolder::resume(f.path(), &other)
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("another configuration"), "{err}");
+        assert!(
+            err.contains("prompts/general/a.j2 changed since this run started"),
+            "{err}"
+        );
+        let mut moved = info.clone();
+        moved.scheduling = serde_json::json!({"roles": {"reasoner": {"max_in_flight": 9}}});
+        let (_, resumed, _) = RunFolder::resume(f.path(), &moved).unwrap();
+        assert_eq!(resumed.scheduling_changes.len(), 1, "{resumed:?}");
+        assert!(resumed.scheduling_changes[0].contains("roles.reasoner.max_in_flight: 4 → 9"));
         let mut old = info.clone();
         old.version = "0.0.1".into();
         assert!(
@@ -349,7 +415,7 @@ mod tests {
     fn journal_is_streamed_and_survives_a_cut_line() {
         let dir = tempfile::tempdir().unwrap();
         let f = RunFolder::create(dir.path(), "cirr", "x").unwrap();
-        let info = RunFolder::info("abc".into(), "cirr", "val", "default");
+        let info = test_info();
         f.write_json("run.json", &info).unwrap();
         let mut text = line("1", "done") + &line("2", "failed") + &line("3", "done");
         text += &line("2", "done");

@@ -110,21 +110,33 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// The key of a request: blake3 over the role and the canonical body.
-pub fn key(role: Role, body: &serde_json::Value) -> String {
+/// The key of a request: blake3 over the role, the checkpoint behind the served name (when known:
+/// another checkpoint under the same name must not reuse these answers) and the canonical body.
+/// Without a checkpoint the key is the role and body alone.
+pub fn key(role: Role, checkpoint: Option<&str>, body: &serde_json::Value) -> String {
     let mut h = blake3::Hasher::new();
     h.update(role.as_str().as_bytes());
     h.update(&[0]);
+    if let Some(c) = checkpoint {
+        h.update(b"checkpoint:");
+        h.update(c.as_bytes());
+        h.update(&[0]);
+    }
     h.update(body.to_string().as_bytes());
     h.finalize().to_hex().to_string()
 }
 
 impl Cache {
     /// Opens (creating) the cache at `path`.
+    /// A file that is not a readable cache is an error that names both ways out; it is never
+    /// reset silently (the answers in it may be all a run has).
     pub fn open(path: &Path, mode: CacheMode) -> Result<Self, CacheError> {
         let err = |e: rusqlite::Error| CacheError {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: format!(
+                "{e}; the file is damaged or is not an imagescope cache. Run with `--cache off` to go on without it, or move it aside (`mv {p} {p}.damaged`) to start a new cache",
+                p = path.display()
+            ),
         };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| CacheError {
@@ -145,6 +157,11 @@ impl Cache {
                  created INTEGER NOT NULL
              );",
         )
+        .map_err(err)?;
+        // A damaged file can pass the pragmas above; reading the table's root page finds it.
+        conn.query_row("SELECT COUNT(*) FROM answers WHERE key = ''", [], |r| {
+            r.get::<_, i64>(0)
+        })
         .map_err(err)?;
         let writer_conn = Connection::open(path).map_err(err)?;
         writer_conn
@@ -234,13 +251,6 @@ impl Cache {
         }
     }
 
-    /// `PRAGMA integrity_check` answered "ok".
-    pub fn integrity_ok(&self) -> bool {
-        self.conn()
-            .query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
-            .is_ok_and(|s| s == "ok")
-    }
-
     /// Number of stored answers.
     pub fn len(&self) -> usize {
         self.conn()
@@ -263,11 +273,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.sqlite");
         let c = Cache::open(&p, CacheMode::On).unwrap();
-        let k = key(Role::Reasoner, &serde_json::json!({"a": 1}));
+        let k = key(Role::Reasoner, None, &serde_json::json!({"a": 1}));
         assert_ne!(
             k,
-            key(Role::Verifier, &serde_json::json!({"a": 1})),
+            key(Role::Verifier, None, &serde_json::json!({"a": 1})),
             "the role is part of the key"
+        );
+        let a = key(Role::Reasoner, Some("/m/a"), &serde_json::json!({"a": 1}));
+        assert_ne!(a, k, "a known checkpoint is part of the key");
+        assert_ne!(
+            a,
+            key(Role::Reasoner, Some("/m/b"), &serde_json::json!({"a": 1})),
+            "another checkpoint under the same served name is another key"
         );
         c.put(&k, Role::Reasoner, "m", "answer");
         c.close();
@@ -282,7 +299,11 @@ mod tests {
         assert_eq!(ro.get(&k).as_deref(), Some("answer"));
         let wo = Cache::open(&p, CacheMode::WriteOnly).unwrap();
         assert_eq!(wo.get(&k), None);
-        assert!(c.integrity_ok());
+        let check: String = c
+            .conn()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
     }
 
     #[test]

@@ -205,7 +205,7 @@ impl RoleClient {
                     self.error(self.inner.endpoints.all()[0].base.clone(), 0, kind, vec![])
                 })?
                 .iter()
-                .map(|b| Some(cache::key(self.inner.role, b)))
+                .map(|b| Some(self.key_of(b)))
                 .collect(),
             None => vec![None; bodies.len()],
         };
@@ -286,10 +286,15 @@ impl RoleClient {
     }
 
     fn cache_key(&self, body: impl FnOnce() -> Value) -> Option<String> {
-        self.inner
-            .cache
-            .as_ref()
-            .map(|_| cache::key(self.inner.role, &body()))
+        self.inner.cache.as_ref().map(|_| self.key_of(&body()))
+    }
+
+    fn key_of(&self, body: &Value) -> String {
+        cache::key(
+            self.inner.role,
+            self.inner.server.checkpoint.as_deref(),
+            body,
+        )
     }
 
     fn check_model(&self, got: Option<&str>) -> Result<(), ErrorKind> {

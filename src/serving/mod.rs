@@ -8,7 +8,8 @@
 //! - `retry`: the pure backoff arithmetic;
 //! - `endpoints`: replicas, per-endpoint in-flight limits, setting unwell replicas aside;
 //! - `client`: `RoleClient`, the call loop (limits, rate, timeout, retries);
-//! - `stats`: per-role counters.
+//! - `stats`: per-role counters;
+//! - `models`: which checkpoint stands behind each served name (`/models`, or the servers file).
 //!
 //! Why plain reqwest and our own serde types rather than async-openai: see ARCHITECTURE.md
 //! ("Serving"). In short, vLLM's integer error `code`, TGI's `finish_reason: "eos_token"`, image
@@ -21,6 +22,7 @@ pub mod dialect;
 mod endpoints;
 mod errors;
 mod inline;
+pub mod models;
 mod retry;
 mod stats;
 pub mod wire;

@@ -46,7 +46,8 @@ impl Drop for HeldBody<'_> {
 }
 
 /// A point-in-time copy of the counters.
-#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct StatsSnapshot {
     /// HTTP attempts sent.
     pub attempts: u64,
@@ -74,6 +75,27 @@ pub struct StatsSnapshot {
     /// only once an in-flight slot is free, so this stays near `max_in_flight` bodies however long
     /// the queue of waiting requests is.
     pub peak_body_bytes: u64,
+}
+
+impl StatsSnapshot {
+    /// These counters with an earlier invocation's added (a resumed run's totals): counts add,
+    /// the peak is the larger; latency percentiles cannot be merged from percentiles, so they
+    /// stay this invocation's.
+    pub fn plus(mut self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        self.attempts += earlier.attempts;
+        self.successes += earlier.successes;
+        self.failures += earlier.failures;
+        self.retries += earlier.retries;
+        self.set_aside += earlier.set_aside;
+        self.cache_hits += earlier.cache_hits;
+        self.prompt_tokens += earlier.prompt_tokens;
+        self.completion_tokens += earlier.completion_tokens;
+        for (k, v) in &earlier.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        self.peak_body_bytes = self.peak_body_bytes.max(earlier.peak_body_bytes);
+        self
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -76,6 +76,8 @@ pub type EmbedResponder = Arc<dyn Fn(&Value, usize) -> Vec<f32> + Send + Sync>;
 
 pub struct FakeState {
     pub model: Mutex<String>,
+    /// The checkpoint `/v1/models` reports as `root` (as vLLM does), if any.
+    pub root: Mutex<Option<String>>,
     pub dim: usize,
     scripts: Mutex<HashMap<Route, VecDeque<Scripted>>>,
     delays: Mutex<HashMap<Route, Duration>>,
@@ -118,6 +120,7 @@ impl FakeServer {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(FakeState {
             model: Mutex::new(model.to_string()),
+            root: Mutex::new(None),
             dim,
             scripts: Mutex::new(HashMap::new()),
             delays: Mutex::new(HashMap::new()),
@@ -203,6 +206,11 @@ impl FakeServer {
     }
 
     /// Requests received so far.
+    /// Reports `root` as the checkpoint behind the served name in `/v1/models`, as vLLM does.
+    pub fn set_root(&self, root: &str) {
+        *self.state.root.lock().unwrap() = Some(root.to_string());
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.records.lock().unwrap().clone()
     }
@@ -350,9 +358,20 @@ async fn embeddings(
 }
 
 async fn models(State(state): State<Arc<FakeState>>, headers: HeaderMap) -> Response {
-    handle(state.clone(), Route::Models, headers, Bytes::new(), |s, _| {
-        json!({"object": "list", "data": [{"id": *s.model.lock().unwrap(), "object": "model"}]})
-    })
+    handle(
+        state.clone(),
+        Route::Models,
+        headers,
+        Bytes::new(),
+        |s, _| {
+            let mut entry = json!({"id": *s.model.lock().unwrap(), "object": "model"});
+            if let Some(root) = s.root.lock().unwrap().clone() {
+                entry["root"] = json!(root);
+                entry["max_model_len"] = json!(4096);
+            }
+            json!({"object": "list", "data": [entry]})
+        },
+    )
     .await
 }
 

@@ -1,0 +1,172 @@
+//! Which weights stand behind each role's served name: the servers file's `checkpoint` when it
+//! names one, else what each endpoint's `GET /models` reports (vLLM: the entry's `root`, the model
+//! folder or hub id it loaded, and `max_model_len`), else only the served name, with a warning.
+//! Replicas of one role that report different checkpoints are an error: their answers cannot
+//! share a cache or an index.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::config::Role;
+use crate::identity::{IdentitySource, ModelIdentity};
+
+use super::{Clients, RoleClient};
+
+/// Replicas of one role disagree about their weights.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the {role} replicas serve {model:?} from different checkpoints ({listing}); their answers cannot be mixed. Serve the same weights on every replica, or, if they are the same weights at different paths, name them with `checkpoint = \"...\"` under [roles.{role}] in {path}"
+)]
+pub struct IdentityError {
+    /// The role.
+    pub role: Role,
+    /// The served name.
+    pub model: String,
+    /// `endpoint → checkpoint` pairs.
+    pub listing: String,
+    /// The servers file.
+    pub path: String,
+}
+
+/// What one `/models` entry says about `served`: its checkpoint (`root`) and context length.
+pub fn reported(body: &str, served: &str) -> Option<(Option<String>, Option<u64>)> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let entry = v
+        .get("data")?
+        .as_array()?
+        .iter()
+        .find(|m| m.get("id").and_then(Value::as_str) == Some(served))?;
+    let root = entry
+        .get("root")
+        .and_then(Value::as_str)
+        .filter(|r| !r.trim().is_empty())
+        .map(str::to_string);
+    let len = entry.get("max_model_len").and_then(Value::as_u64);
+    Some((root, len))
+}
+
+/// Asks every endpoint of `client` which checkpoint it serves.
+async fn identify_one(client: &RoleClient, path: &str) -> Result<ModelIdentity, IdentityError> {
+    let s = client.server();
+    if let Some(c) = &s.checkpoint {
+        return Ok(ModelIdentity {
+            served: s.model.clone(),
+            checkpoint: Some(c.clone()),
+            source: IdentitySource::Explicit,
+            max_model_len: None,
+        });
+    }
+    let probes = (0..s.endpoints.len()).map(|i| client.probe_get(i, "/models", false));
+    let answers = futures::future::join_all(probes).await;
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut max_len = None;
+    let mut silent = Vec::new();
+    for (endpoint, answer) in s.endpoints.iter().zip(answers) {
+        match answer {
+            Ok((200, body)) => match reported(&body, &s.model) {
+                Some((Some(root), len)) => {
+                    seen.push((endpoint.clone(), root));
+                    max_len = max_len.or(len);
+                }
+                _ => silent.push(format!("{endpoint} lists no checkpoint for {:?}", s.model)),
+            },
+            Ok((status, _)) => silent.push(format!("{endpoint}/models answered HTTP {status}")),
+            Err(e) => silent.push(format!("{endpoint}/models: {e}")),
+        }
+    }
+    let mut distinct: Vec<&String> = seen.iter().map(|(_, c)| c).collect();
+    distinct.sort();
+    distinct.dedup();
+    let role = client.role();
+    match distinct.as_slice() {
+        [] => {
+            tracing::warn!(
+                "{role}: the server did not say which checkpoint it serves ({}); {:?} is known by its served name only, so another checkpoint under that name would reuse cached answers; name it with `checkpoint` in the servers file",
+                silent.join("; "),
+                s.model
+            );
+            Ok(ModelIdentity {
+                served: s.model.clone(),
+                checkpoint: None,
+                source: IdentitySource::ServedName,
+                max_model_len: None,
+            })
+        }
+        [one] => {
+            if !silent.is_empty() {
+                tracing::warn!(
+                    "{role}: {} of {} replicas did not report a checkpoint ({}); using {one:?} from the others",
+                    silent.len(),
+                    s.endpoints.len(),
+                    silent.join("; ")
+                );
+            }
+            Ok(ModelIdentity {
+                served: s.model.clone(),
+                checkpoint: Some((*one).clone()),
+                source: IdentitySource::Server,
+                max_model_len: max_len,
+            })
+        }
+        _ => Err(IdentityError {
+            role,
+            model: s.model.clone(),
+            listing: seen
+                .iter()
+                .map(|(e, c)| format!("{e} → {c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            path: path.to_string(),
+        }),
+    }
+}
+
+impl Clients {
+    /// The model identity of every configured role, asked of the servers at once.
+    pub async fn identify(&self) -> Result<BTreeMap<Role, ModelIdentity>, IdentityError> {
+        let path = self.path.display().to_string();
+        let all = futures::future::join_all(self.all().map(|c| identify_one(c, &path))).await;
+        let mut out = BTreeMap::new();
+        for (client, id) in self.all().zip(all) {
+            out.insert(client.role(), id?);
+        }
+        Ok(out)
+    }
+}
+
+/// The servers with each role's `checkpoint` set to its identity (where known), so the request
+/// cache keys and the image database's fingerprint name the weights, not just the served name.
+pub fn with_checkpoints(
+    servers: &crate::config::ServersConfig,
+    ids: &BTreeMap<Role, ModelIdentity>,
+) -> crate::config::ServersConfig {
+    let mut out = servers.clone();
+    for (role, s) in &mut out.roles {
+        if let Some(id) = ids.get(role) {
+            s.checkpoint.clone_from(&id.checkpoint);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_root_and_context_length_from_a_recorded_vllm_page() {
+        let page = r#"{"object":"list","data":[{"id":"clip","object":"model","owned_by":"vllm","root":"/srv/vllm-cpu/models/clip","parent":null,"max_model_len":77}]}"#;
+        assert_eq!(
+            reported(page, "clip"),
+            Some((Some("/srv/vllm-cpu/models/clip".into()), Some(77)))
+        );
+        assert_eq!(reported(page, "other"), None);
+        assert_eq!(
+            reported(r#"{"data":[{"id":"clip"}]}"#, "clip"),
+            Some((None, None))
+        );
+        assert_eq!(reported("not json", "clip"), None);
+        assert_eq!(reported(r#"{"data":{"id":"clip"}}"#, "clip"), None);
+    }
+}
