@@ -205,6 +205,102 @@ async fn vllm_index_then_run_all_stages_with_every_role_on_vllm() {
     assert!(p_yes > 0, "no verifier probability in the journal");
 }
 
+/// Restarts the CPU stack's reasoner serving `models/reasoner` under its usual served name.
+fn restart_reasoner(models: Option<&Path>) {
+    let down = std::process::Command::new(root().join("launch/down.sh"))
+        .arg("reasoner")
+        .status()
+        .unwrap();
+    assert!(down.success());
+    let mut up = std::process::Command::new(root().join("launch/vllm-cpu/up.sh"));
+    up.arg("reasoner");
+    if let Some(m) = models {
+        up.env("IMAGESCOPE_VLLM_CPU_MODELS", m);
+    }
+    assert!(up.status().unwrap().success(), "the reasoner restarted");
+}
+
+#[tokio::test]
+#[ignore = "needs the vLLM CPU stack; restarts the reasoner twice (a few minutes): run it alone"]
+async fn vllm_same_served_name_over_another_model_folder_misses_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = std::fs::read_to_string(root().join("configs/vllm-cpu-demo.toml"))
+        .unwrap()
+        .replace(
+            "servers = \"servers/vllm-cpu.toml\"",
+            &format!(
+                "servers = {:?}\ncaptions = {:?}",
+                root().join("configs/servers/vllm-cpu.toml"),
+                root().join("launch/demo/captions.json")
+            ),
+        )
+        .replace("\"../prompts\"", &format!("{:?}", root().join("prompts")))
+        .replace("\"../runs\"", "\"runs\"")
+        .replace("\"../data/image_db\"", "\"image_db\"")
+        .replace(
+            "\"../data/demo\"",
+            &format!("{:?}", root().join("data/demo")),
+        )
+        .replace(
+            "profile = \"default\"",
+            "profile = \"default\"\nstages = [\"s1\"]",
+        );
+    let config = dir.path().join("experiment.toml");
+    std::fs::write(&config, exp).unwrap();
+    let config = config.to_str().unwrap();
+    photo("chelsea.png");
+    let (ok, out, err) = imagescope(&["index", "--config", config, "--json"]).await;
+    assert!(ok, "{out}\n{err}");
+
+    let run = || async {
+        let (ok, out, err) = imagescope(&["run", "--config", config, "--json"]).await;
+        assert!(ok, "{out}\n{err}");
+        let report: Value = serde_json::from_str(&out).unwrap();
+        let info: Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                Path::new(report["folder"].as_str().unwrap()).join("run.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let sent = report["roles"]["reasoner"]["attempts"].as_u64().unwrap();
+        let checkpoint = info["models"]["reasoner"]["checkpoint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (sent, checkpoint)
+    };
+    let (sent, first) = run().await;
+    assert!(sent > 0, "the first run asks the reasoner");
+    assert!(
+        first.ends_with("models/reasoner"),
+        "vLLM reports its folder: {first}"
+    );
+    let (again, _) = run().await;
+    assert_eq!(
+        again, 0,
+        "the same checkpoint: every reasoner answer is cached"
+    );
+
+    // The same weights behind a link at another path: another checkpoint to vLLM's `root`.
+    let other = dir.path().join("other-models");
+    std::fs::create_dir_all(&other).unwrap();
+    let home = std::env::var("IMAGESCOPE_VLLM_CPU_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".vllm-cpu"));
+    std::os::unix::fs::symlink(home.join("models/reasoner"), other.join("reasoner")).unwrap();
+    restart_reasoner(Some(&other));
+    let result = std::panic::AssertUnwindSafe(run());
+    let outcome = futures::FutureExt::catch_unwind(result).await;
+    restart_reasoner(None);
+    let (after, second) = outcome.unwrap();
+    assert_ne!(second, first, "the server reports the other folder");
+    assert!(
+        after > 0,
+        "another checkpoint under the same served name sends its requests ({after})"
+    );
+}
+
 #[tokio::test]
 #[ignore = "needs the vLLM CPU stack: launch/vllm-cpu/up.sh"]
 async fn vllm_reasoner_answers_in_schema_with_structured_output() {

@@ -5,6 +5,8 @@
 #   launch/vllm-cpu/up.sh                    all five roles (about 17 GB of memory in use together)
 #   launch/vllm-cpu/up.sh captioner embedder some of them
 #   launch/vllm-cpu/up.sh --dry-run          print the commands, start nothing (tests/launch.rs)
+#   IMAGESCOPE_VLLM_CPU_MODELS=DIR up.sh reasoner   serve DIR/reasoner instead of the built folder
+#                                            (tests/vllm_live.rs: the same served name over another folder)
 # Ports (as on GPUs, configs/servers/vllm-cpu.toml): captioner 8001, reasoner 8002, verifier 8003,
 # evaluator 8004, embedder 8005. Logs and pids: runs/servers/<role>.log|pid. Stop: launch/vllm-cpu/down.sh.
 #
@@ -20,6 +22,7 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=../lib/steps.sh
 . "$root/launch/lib/steps.sh"
 home="${IMAGESCOPE_VLLM_CPU_HOME:-$root/.vllm-cpu}"
+models="${IMAGESCOPE_VLLM_CPU_MODELS:-$home/models}"
 logs="$root/runs/servers"
 dry=0
 roles=()
@@ -48,14 +51,14 @@ export TOKENIZERS_PARALLELISM=false
 for r in "${roles[@]}"; do
   [ -n "${port[$r]:-}" ] || { echo "unknown role $r (captioner reasoner verifier evaluator embedder)" >&2; exit 2; }
   if [ "$dry" = 1 ]; then
-    IMAGESCOPE_VLLM_MODEL="$home/models/$r" IMAGESCOPE_VLLM_SERVED_NAME="$r" DRY_RUN=1 "$root/launch/vllm/$r.sh"
+    IMAGESCOPE_VLLM_MODEL="$models/$r" IMAGESCOPE_VLLM_SERVED_NAME="$r" DRY_RUN=1 "$root/launch/vllm/$r.sh"
     continue
   fi
-  [ -d "$home/models/$r" ] || { echo "no model folder $home/models/$r; run launch/vllm-cpu/setup.sh" >&2; exit 2; }
+  [ -d "$models/$r" ] || { echo "no model folder $models/$r; run launch/vllm-cpu/setup.sh" >&2; exit 2; }
   if running "$r"; then echo "    $r already running (pid $(cat "$logs/$r.pid"))"; continue; fi
   bind=0
   [ "$r" = reasoner ] && bind=$last_core
-  VLLM_CPU_OMP_THREADS_BIND=$bind IMAGESCOPE_VLLM_MODEL="$home/models/$r" IMAGESCOPE_VLLM_SERVED_NAME="$r" \
+  VLLM_CPU_OMP_THREADS_BIND=$bind IMAGESCOPE_VLLM_MODEL="$models/$r" IMAGESCOPE_VLLM_SERVED_NAME="$r" \
     "$root/launch/vllm/$r.sh"
 done
 
