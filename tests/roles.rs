@@ -315,6 +315,32 @@ fn logprob_mode_reads_p_yes_from_a_recorded_vllm_answer() {
 }
 
 #[test]
+fn a_logprob_verdict_is_read_from_top_logprobs_when_the_sampled_text_is_a_newline() {
+    // vLLM's answer with the sampled token replaced by "\n": the text says nothing, the first
+    // token's alternatives still hold the verdict.
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/vllm/chat_logprobs.json")).unwrap(),
+    )
+    .unwrap();
+    let mut body: Value = serde_json::from_str(record["body"].as_str().unwrap()).unwrap();
+    body["choices"][0]["message"]["content"] = json!("\n");
+    body["choices"][0]["logprobs"]["content"][0]["token"] = json!("\n");
+    let answer = wire::parse_chat(&body.to_string()).expect("an answer with probabilities");
+    let v = verifier::decide(&answer, VerifierMode::Logprob);
+    let p = v.p_yes.expect("read from top_logprobs");
+    assert!(p > 0.0 && p < 0.5 && !v.yes, "{v:?}");
+    // Without probabilities, whitespace is still no answer.
+    body["choices"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("logprobs");
+    assert!(matches!(
+        wire::parse_chat(&body.to_string()),
+        Err(imagescope::serving::ErrorKind::EmptyContent { .. })
+    ));
+}
+
+#[test]
 fn prompt_render_needs_no_server() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_imagescope"))
         .current_dir(root())

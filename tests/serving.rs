@@ -255,6 +255,82 @@ async fn a_dead_replica_is_routed_around_and_picked_up_again() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_costs_one_timeout_not_one_per_wave() {
+    let healthy = FakeServer::start("m", 4).await;
+    let hung = FakeServer::start("m", 4).await;
+    // Accepts connections and never answers (well past the timeout).
+    hung.set_delay(Route::Chat, Duration::from_secs(600));
+    let c = client(
+        Role::Reasoner,
+        "m",
+        &[healthy.base_url(), hung.base_url()],
+        "max_in_flight = 4\ntimeout_secs = 1\n[roles.reasoner.retry]\nmax_retries = 3\ninitial_backoff_ms = 1\nmax_backoff_ms = 5\nreplica_cooldown_ms = 60000\n",
+    );
+    let req = hello();
+    let started = std::time::Instant::now();
+    let results = futures::future::join_all((0..40).map(|_| c.chat(&req))).await;
+    let took = started.elapsed();
+    assert!(
+        results.iter().all(Result::is_ok),
+        "every request is answered"
+    );
+    // Half the requests were first assigned to the hung replica, four at a time. Only the first
+    // wave reaches it: the requests queued behind it are assigned again once it is set aside.
+    assert!(
+        hung.count(Route::Chat) <= 4,
+        "{} requests reached the hung replica (took {took:?})",
+        hung.count(Route::Chat)
+    );
+    assert_eq!(healthy.count(Route::Chat), 40);
+    assert_eq!(c.stats().snapshot().set_aside, 1);
+    eprintln!("40 requests around a hung replica with a 1 s timeout: {took:?}");
+}
+
+#[tokio::test]
+async fn a_greedy_unusable_answer_is_sent_once_and_not_held_against_the_replica() {
+    let a = FakeServer::start("m", 4).await;
+    let b = FakeServer::start("m", 4).await;
+    let no_choices = r#"{"model":"m","choices":[]}"#;
+    for f in [&a, &b] {
+        f.script(
+            Route::Chat,
+            [
+                Scripted::status(200, no_choices),
+                Scripted::status(200, no_choices),
+            ],
+        );
+    }
+    let greedy = client(
+        Role::Reasoner,
+        "m",
+        &[a.base_url(), b.base_url()],
+        &format!("sampling = {{ temperature = 0.0 }}\n{FAST_RETRY}"),
+    );
+    let err = greedy.chat(&hello()).await.unwrap_err();
+    assert!(err.to_string().contains("unusable answer"), "{err}");
+    assert_eq!(
+        err.attempts, 1,
+        "the same request at temperature 0 answers the same"
+    );
+    assert_eq!(a.count(Route::Chat) + b.count(Route::Chat), 1);
+    assert_eq!(
+        greedy.stats().snapshot().set_aside,
+        0,
+        "the replica is well"
+    );
+    // Sampling: another attempt can answer otherwise, so it is retried.
+    let sampled = client(
+        Role::Reasoner,
+        "m",
+        &[a.base_url(), b.base_url()],
+        &format!("sampling = {{ temperature = 0.7 }}\n{FAST_RETRY}"),
+    );
+    let ok = sampled.chat(&hello()).await.unwrap();
+    assert!(ok.meta.attempts > 1, "{:?}", ok.meta);
+    assert_eq!(sampled.stats().snapshot().set_aside, 0);
+}
+
 #[tokio::test]
 async fn images_arrive_as_data_urls_of_the_original_bytes() {
     let fake = FakeServer::start("m", 4).await;

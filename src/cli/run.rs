@@ -68,8 +68,8 @@ pub async fn run(
     } else {
         progress_bars(&prepared.todo(), &prepared.params)
     };
-    if let Some((stages, _)) = &bars {
-        prepared.ctx.progress = Some(stages.clone());
+    if let (Some((stages, _)), Some(ctx)) = (&bars, std::sync::Arc::get_mut(&mut prepared.ctx)) {
+        ctx.progress = Some(stages.clone());
     }
     let queries_bar = bars.as_ref().map(|(_, q)| q.clone());
     let driven = crate::pipeline::run::drive(&prepared, stop, |record| {

@@ -39,8 +39,9 @@ pub struct Prepared {
     pub done: HashSet<String>,
     /// The role clients (their counters make the per-role summary).
     pub clients: Clients,
-    /// What every stage reads; set `ctx.progress` to draw stage bars.
-    pub ctx: Ctx,
+    /// What every stage reads, shared by the query tasks; set `progress` (through
+    /// `Arc::get_mut`, before `drive`) to draw stage bars.
+    pub ctx: Arc<Ctx>,
 }
 
 impl Prepared {
@@ -219,7 +220,7 @@ pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepar
         tracing::warn!("cannot write output.log: {e}");
     }
     tracing::info!(folder = %folder.path().display(), queries = queries.len(), "run started");
-    let ctx = Ctx::new(
+    let ctx = Arc::new(Ctx::new(
         params.clone(),
         dataset.name,
         prompts,
@@ -228,7 +229,7 @@ pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepar
         gallery,
         allowed,
         None,
-    )?;
+    )?);
     Ok(Prepared {
         dataset,
         params,

@@ -63,6 +63,25 @@ async fn run_round(
     Ok(record)
 }
 
+/// The record of a query whose task ended without one (it panicked: a bug, said as such).
+pub fn lost(q: &Query, why: &str) -> QueryRecord {
+    QueryRecord {
+        id: q.id.clone(),
+        status: Status::Failed,
+        failure_kind: Some("internal".into()),
+        error: Some(format!("internal error, please report it: {why}")),
+        reference: q.reference.clone(),
+        targets: q.targets.clone(),
+        rounds: vec![],
+        fallbacks: vec![],
+        timings_ms: Default::default(),
+        tokens: Default::default(),
+        requests: 0,
+        cached: 0,
+        retries: 0,
+    }
+}
+
 /// Runs every stage of one query and returns its record.
 pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
     let mut tally = Tally::default();

@@ -1,15 +1,15 @@
 //! `imagescope run`: the driving loop (part 2 of 3, between `prepare` and `finish`).
 //!
-//! The queries still to answer stream through their stages, at most `queries_in_flight` at once
-//! (`buffer_unordered`); each finished query is appended to the journal and then dropped, so
-//! memory holds only the queries in flight. Ctrl-C, SIGTERM (docker, Slurm, systemd) and SIGHUP
+//! The queries still to answer run each in its own task (a `JoinSet`, so their CPU work spreads
+//! over the runtime's threads), at most `queries_in_flight` at once; each finished record is
+//! handed to the journal's writer task (a bounded channel: back-pressure only when the disk is
+//! that far behind) and dropped, so memory holds only the queries in flight and no query waits
+//! for a journal write. Ctrl-C, SIGTERM (docker, Slurm, systemd) and SIGHUP
 //! stop taking new results; what is in the journal stays, and `--resume` picks up from it. A
 //! second signal exits at once (`stop_signals`). The `run` command (`cli/run.rs`) chains
 //! `prepare`, `drive` and `finish`, drawing progress and rendering the summary and the report.
 
 use std::path::PathBuf;
-
-use futures::StreamExt as _;
 
 use crate::config::Stage;
 use crate::record::QueryRecord;
@@ -121,31 +121,55 @@ async fn next_signal() -> bool {
     tokio::signal::ctrl_c().await.is_ok()
 }
 
-/// Answers the queries of `p` not answered yet, appending each to the journal as it finishes and
-/// handing it to `on_done` (progress) before dropping it. Returns whether `stop` (see
-/// `stop_signals`) ended it early.
+/// Records queued for the journal writer before `drive` waits for the disk.
+const JOURNAL_QUEUE: usize = 256;
+
+/// Answers the queries of `p` not answered yet, each in its own task (so their CPU work, from
+/// base64 to parsing, spreads over the runtime's threads), at most `queries_in_flight` at once.
+/// Each finished record goes to `on_done` (progress) and then to the journal's writer task, and
+/// is dropped; nothing awaited here waits for the disk unless the writer is `JOURNAL_QUEUE`
+/// records behind. Returns whether `stop` (see `stop_signals`) ended it early; the records
+/// finished by then are all in the journal when it returns.
 pub async fn drive(
     p: &Prepared,
     mut stop: tokio::sync::watch::Receiver<bool>,
     mut on_done: impl FnMut(&QueryRecord),
 ) -> Result<bool, RunError> {
-    let ctx = &p.ctx;
-    let mut stream = futures::stream::iter(p.todo())
-        .map(|q| query::run(ctx, q))
-        .buffer_unordered(p.params.queries_in_flight);
-    if *stop.borrow() {
-        return Ok(true);
-    }
-    loop {
+    let journal = p.folder.journal_writer(JOURNAL_QUEUE);
+    let mut todo = p.todo().into_iter();
+    let mut running: tokio::task::JoinSet<QueryRecord> = tokio::task::JoinSet::new();
+    let mut ids: std::collections::HashMap<tokio::task::Id, &crate::datasets::Query> =
+        std::collections::HashMap::new();
+    let limit = p.params.queries_in_flight.max(1);
+    let mut stopped = *stop.borrow();
+    while !stopped {
+        while running.len() < limit {
+            let Some(q) = todo.next() else { break };
+            let (ctx, query) = (p.ctx.clone(), q.clone());
+            let handle = running.spawn(async move { query::run(&ctx, &query).await });
+            ids.insert(handle.id(), q);
+        }
         tokio::select! {
-            next = stream.next() => match next {
-                Some(record) => {
-                    p.folder.append_async(&record).await?;
-                    on_done(&record);
-                }
-                None => return Ok(false),
-            },
-            _ = stop.wait_for(|s| *s) => return Ok(true),
+            joined = running.join_next_with_id() => {
+                let record = match joined {
+                    None => break,
+                    Some(Ok((id, record))) => {
+                        ids.remove(&id);
+                        record
+                    }
+                    Some(Err(e)) => match ids.remove(&e.id()) {
+                        // A query task that panicked is a failed query, not a lost run.
+                        Some(q) => query::lost(q, &e.to_string()),
+                        None => continue,
+                    },
+                };
+                on_done(&record);
+                journal.send(record).await?;
+            }
+            _ = stop.wait_for(|s| *s) => stopped = true,
         }
     }
+    running.abort_all();
+    journal.finish().await?;
+    Ok(stopped)
 }

@@ -182,8 +182,10 @@ async fn verify_all(
     use futures::StreamExt as _;
     let max_side = client.server().image_max_side;
     let by_caption = client.server().grounding == Grounding::Caption;
-    futures::stream::iter(candidates)
-        .map(|c| async move {
+    // Owned keys: a closure over `&ImageKey` would not be `Send` for every lifetime, which a
+    // query task (`tokio::spawn`) needs.
+    futures::stream::iter(candidates.iter().cloned())
+        .map(|c: ImageKey| async move {
             // Held until this candidate's questions are answered (no permit needed for captions).
             let _permit = if by_caption {
                 None
@@ -192,11 +194,11 @@ async fn verify_all(
             };
             let evidence = if by_caption {
                 ctx.db
-                    .caption(c)
+                    .caption(&c)
                     .map(|t| Evidence::Caption(t.to_string()))
                     .ok_or_else(|| format!("image {c} has no stored caption"))
             } else {
-                ctx.image_for(c, max_side).await.map(Evidence::Image)
+                ctx.image_for(&c, max_side).await.map(Evidence::Image)
             };
             let evidence = match evidence {
                 Ok(e) => e,

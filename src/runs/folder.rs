@@ -101,6 +101,32 @@ fn write_line(journal: &Mutex<std::fs::File>, path: &Path, s: &str) -> Result<()
         })
 }
 
+/// The journal's writer (`RunFolder::journal_writer`).
+pub struct JournalWriter {
+    tx: tokio::sync::mpsc::Sender<QueryRecord>,
+    handle: tokio::task::JoinHandle<Result<(), FolderError>>,
+    path: PathBuf,
+}
+
+impl JournalWriter {
+    /// Queues a finished query for the journal; waits only while the queue is full.
+    pub async fn send(&self, record: QueryRecord) -> Result<(), FolderError> {
+        self.tx.send(record).await.map_err(|_| FolderError {
+            path: self.path.clone(),
+            message: "the journal writer stopped (see the error that follows)".into(),
+        })
+    }
+
+    /// Writes every queued record and returns the writer's first error, if any.
+    pub async fn finish(self) -> Result<(), FolderError> {
+        drop(self.tx);
+        self.handle.await.map_err(|e| FolderError {
+            path: self.path.clone(),
+            message: format!("the journal writer stopped: {e}"),
+        })?
+    }
+}
+
 /// An open run folder.
 pub struct RunFolder {
     path: PathBuf,
@@ -260,20 +286,28 @@ impl RunFolder {
         write_line(&self.journal, &self.path, s)
     }
 
-    /// Appends one finished query to the journal from the blocking pool, so a slow disk stalls
-    /// no task of the runtime; appends awaited one after another stay in order.
-    pub async fn append_async(&self, record: &QueryRecord) -> Result<(), FolderError> {
-        let line = serde_json::to_string(record).map_err(|e| FolderError {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })? + "\n";
+    /// Starts the journal's writer: records sent to it are serialised and appended, in the order
+    /// sent, one flushed line each, on a thread of the blocking pool, so no query waits for the
+    /// disk. The channel holds `capacity` records; when the disk falls that far behind, `send`
+    /// waits (back-pressure) rather than holding an unbounded queue in memory.
+    pub fn journal_writer(&self, capacity: usize) -> JournalWriter {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<QueryRecord>(capacity.max(1));
         let (journal, path) = (self.journal.clone(), self.path.clone());
-        tokio::task::spawn_blocking(move || write_line(&journal, &path, &line))
-            .await
-            .map_err(|e| FolderError {
-                path: self.path.clone(),
-                message: format!("the journal writer stopped: {e}"),
-            })?
+        let handle = tokio::task::spawn_blocking(move || {
+            while let Some(record) = rx.blocking_recv() {
+                let line = serde_json::to_string(&record).map_err(|e| FolderError {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })? + "\n";
+                write_line(&journal, &path, &line)?;
+            }
+            Ok(())
+        });
+        JournalWriter {
+            tx,
+            handle,
+            path: self.path.clone(),
+        }
     }
 
     /// Writes a pretty JSON file in the folder.

@@ -54,6 +54,9 @@ pub struct CacheError {
     pub message: String,
 }
 
+/// Read connections of one cache (the blocking pool runs lookups side by side).
+const READERS: usize = 4;
+
 /// One answer on its way to the writer thread.
 struct Row {
     key: String,
@@ -64,8 +67,11 @@ struct Row {
 
 /// The request cache.
 pub struct Cache {
-    /// Reads (a short indexed lookup; callers run it on the blocking pool).
-    conn: Mutex<Connection>,
+    /// Read connections (short indexed lookups run on the blocking pool): several, so lookups of
+    /// concurrent requests do not queue behind one lock (WAL lets readers run side by side).
+    readers: Vec<Mutex<Connection>>,
+    /// Where the next lookup starts looking for a free reader.
+    next_reader: std::sync::atomic::AtomicUsize,
     /// Writes go to one writer thread with its own connection, so a request never waits for a
     /// SQLite commit; `None` once closed.
     writer: Mutex<Option<(std::sync::mpsc::Sender<Row>, std::thread::JoinHandle<()>)>>,
@@ -163,6 +169,13 @@ impl Cache {
             r.get::<_, i64>(0)
         })
         .map_err(err)?;
+        let mut readers = vec![Mutex::new(conn)];
+        for _ in 1..READERS {
+            let c = Connection::open(path).map_err(err)?;
+            c.execute_batch("PRAGMA busy_timeout = 10000;")
+                .map_err(err)?;
+            readers.push(Mutex::new(c));
+        }
         let writer_conn = Connection::open(path).map_err(err)?;
         writer_conn
             .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")
@@ -177,7 +190,8 @@ impl Cache {
                 message: format!("cannot start the writer thread: {e}"),
             })?;
         Ok(Cache {
-            conn: Mutex::new(conn),
+            readers,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
             writer: Mutex::new(Some((tx, handle))),
             path: path.to_path_buf(),
             mode,
@@ -198,8 +212,20 @@ impl Cache {
         &self.path
     }
 
+    /// A free read connection, or (all busy) the next one in turn.
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        let n = self.readers.len();
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for k in 0..n {
+            if let Ok(guard) = self.readers[(start + k) % n].try_lock() {
+                return guard;
+            }
+        }
+        self.readers[start % n]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// A stored answer, when reading is on, looked up on the blocking pool.

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::config::{ApiFlavour, ConfigError, Role, RoleServer};
 
 use super::cache::{self, Cache};
-use super::endpoints::{Endpoint, Endpoints};
+use super::endpoints::{Assignment, Endpoint, Endpoints};
 use super::errors::{ErrorKind, ServingError};
 use super::retry::{backoff_delay, parse_retry_after};
 use super::stats::RoleStats;
@@ -360,10 +360,9 @@ impl RoleClient {
         let mut delays = Vec::new();
         let mut attempt: u32 = 0;
         loop {
-            let assignment = inner.endpoints.assign();
+            let (assignment, permit) = self.slot().await;
             let index = assignment.index;
             let ep = assignment.endpoint();
-            let permit = assignment.permit().await;
             if let Some(limiter) = &inner.limiter {
                 limiter.until_ready().await;
             }
@@ -379,7 +378,9 @@ impl RoleClient {
             attempt += 1;
             match result {
                 Ok((value, text)) => {
-                    inner.endpoints.mark_ok(index);
+                    if inner.endpoints.mark_ok(index) {
+                        tracing::warn!(role = %inner.role, endpoint = %ep.base, "replica back in service: it answered again and takes its share of requests");
+                    }
                     inner.stats.record_success(sent.elapsed());
                     if let (Some(cache), Some(key)) = (&inner.cache, &cache_key) {
                         cache.put(key, inner.role, &inner.server.model, &text);
@@ -401,9 +402,17 @@ impl RoleClient {
                     if !kind.is_endpoint_fault() {
                         // The server answered sensibly (a 4xx, say): it is alive.
                         inner.endpoints.mark_ok(index);
-                    } else if inner.endpoints.all().len() > 1 {
-                        inner.endpoints.mark_failed(index, policy);
+                    } else if inner.endpoints.all().len() > 1
+                        && let Some(cooldown) = inner.endpoints.mark_failed(index, policy)
+                    {
                         inner.stats.record_set_aside();
+                        tracing::warn!(
+                            role = %inner.role,
+                            endpoint = %ep.base,
+                            error = %kind,
+                            "replica set aside for {:.1} s: its requests go to the other replicas; one request probes it when the time is up",
+                            cooldown.as_secs_f64()
+                        );
                     }
                     let may_change = kind.may_change(deterministic)
                         && (!matches!(kind, ErrorKind::WrongModel { .. })
@@ -431,6 +440,25 @@ impl RoleClient {
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// An endpoint and one of its in-flight slots. A request that waited for the slot of an
+    /// endpoint that was set aside meanwhile (it hung, or failed) gives the slot back and is
+    /// assigned again, unless it is that endpoint's probe or no other endpoint is available.
+    async fn slot(&self) -> (Assignment<'_>, tokio::sync::OwnedSemaphorePermit) {
+        let endpoints = &self.inner.endpoints;
+        loop {
+            let assignment = endpoints.assign();
+            let permit = assignment.permit().await;
+            let index = assignment.index;
+            if assignment.is_probe()
+                || !endpoints.is_set_aside(index)
+                || !endpoints.has_other_available(index)
+            {
+                return (assignment, permit);
+            }
+            tracing::debug!(role = %self.inner.role, endpoint = %assignment.endpoint().base, "slot of a replica set aside meanwhile: assigned again");
         }
     }
 

@@ -5,6 +5,10 @@
 //! assigned (waiting for a permit or in flight); ties go to the lowest index after a rotating
 //! offset, so equal replicas share load evenly. When every endpoint is set aside, the one whose
 //! cooldown ends first is tried anyway, so requests fail (and retry) instead of hanging.
+//!
+//! A request that waited for a slot of an endpoint set aside meanwhile (it hung: its in-flight
+//! requests timed out) is assigned again once it holds the slot (`RoleClient::call`), so the
+//! requests queued behind a hung replica cost one timeout, not one per wave.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -87,6 +91,11 @@ impl<'a> Assignment<'a> {
     /// The endpoint.
     pub fn endpoint(&self) -> &'a Endpoint {
         self.endpoint
+    }
+
+    /// Whether this is the one probe of a recovering endpoint.
+    pub fn is_probe(&self) -> bool {
+        self.probe
     }
 
     /// Waits for a free in-flight slot on this endpoint.
@@ -173,22 +182,29 @@ impl Endpoints {
         }
     }
 
-    /// Records a success: the endpoint is healthy again.
-    pub fn mark_ok(&self, index: usize) {
-        *self.list[index].health() = Health::default();
+    /// Records a success: the endpoint is healthy again. Returns whether it had been set aside
+    /// (it is back in service).
+    pub fn mark_ok(&self, index: usize) -> bool {
+        let mut h = self.list[index].health();
+        let was_down = h.down_until.is_some();
+        *h = Health::default();
+        was_down
     }
 
     /// Records an endpoint fault: the endpoint is set aside for a cooldown that doubles with each
     /// failed probe. Failures of requests already in flight when it was set aside do not extend it.
-    pub fn mark_failed(&self, index: usize, policy: &RetryPolicy) {
+    /// Returns the cooldown when this call set it aside.
+    pub fn mark_failed(&self, index: usize, policy: &RetryPolicy) -> Option<std::time::Duration> {
         let now = Instant::now();
         let mut h = self.list[index].health();
         if h.down_until.is_some_and(|t| t > now) {
-            return;
+            return None;
         }
         h.consecutive_failures += 1;
-        h.down_until = Some(now + set_aside_for(policy, h.consecutive_failures));
+        let cooldown = set_aside_for(policy, h.consecutive_failures);
+        h.down_until = Some(now + cooldown);
         h.probing = false;
+        Some(cooldown)
     }
 
     /// Whether some endpoint other than `index` is currently available.

@@ -27,8 +27,18 @@ pub enum ErrorKind {
         /// Body excerpt.
         body: String,
     },
-    /// A 2xx answer that is not what the API promises (not JSON, no choices...).
+    /// A 2xx answer that is not the JSON the API promises (cut short, garbled, an HTML page from
+    /// a proxy): something on the way, which another attempt or replica can change.
     InvalidResponse {
+        /// What is wrong.
+        reason: String,
+        /// Body excerpt.
+        body: String,
+    },
+    /// A well-formed answer whose content cannot be used (no choices, too few embeddings, a NaN
+    /// in a vector): the model's own answer, which greedy decoding repeats, so it is retried only
+    /// when sampling and never held against the replica.
+    UnusableAnswer {
         /// What is wrong.
         reason: String,
         /// Body excerpt.
@@ -118,7 +128,7 @@ impl ErrorKind {
             | ErrorKind::Timeout(_)
             | ErrorKind::InvalidResponse { .. }
             | ErrorKind::WrongModel { .. } => true,
-            ErrorKind::EmptyContent { .. } => !deterministic,
+            ErrorKind::EmptyContent { .. } | ErrorKind::UnusableAnswer { .. } => !deterministic,
             ErrorKind::Http { class, .. } => matches!(
                 class,
                 HttpClass::Server | HttpClass::RequestTimeout | HttpClass::RateLimited
@@ -152,6 +162,7 @@ impl ErrorKind {
                 _ => format!("http-{status}"),
             },
             ErrorKind::InvalidResponse { .. } => "invalid-response".into(),
+            ErrorKind::UnusableAnswer { .. } => "unusable-answer".into(),
             ErrorKind::EmptyContent { .. } => "empty-content".into(),
             ErrorKind::WrongModel { .. } => "wrong-model".into(),
             ErrorKind::WrongDimension { .. } => "wrong-dimension".into(),
@@ -187,6 +198,7 @@ impl fmt::Display for ErrorKind {
                 write!(f, "HTTP {status}{what}: {message}")
             }
             ErrorKind::InvalidResponse { reason, .. } => write!(f, "invalid answer: {reason}"),
+            ErrorKind::UnusableAnswer { reason, .. } => write!(f, "unusable answer: {reason}"),
             ErrorKind::EmptyContent { finish_reason } => match finish_reason {
                 Some(r) => write!(f, "the model returned no text (finish_reason {r})"),
                 None => write!(f, "the model returned no text"),

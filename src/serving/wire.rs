@@ -228,13 +228,17 @@ pub fn parse_chat(body: &str) -> Result<ChatAnswer, ErrorKind> {
     let choice = wire
         .choices
         .and_then(|c| c.into_iter().next())
-        .ok_or_else(|| ErrorKind::InvalidResponse {
+        .ok_or_else(|| ErrorKind::UnusableAnswer {
             reason: "chat answer has no choices".into(),
             body: excerpt(body),
         })?;
     let finish_reason = choice.finish_reason.as_deref().map(finish_reason);
     let content = choice.message.and_then(|m| m.content).unwrap_or_default();
-    if content.trim().is_empty() {
+    let logprobs = choice.logprobs.and_then(|l| l.content);
+    // Whitespace with token probabilities is still an answer: a verifier in logprob mode reads
+    // its verdict from the alternatives of the first token, whatever text was sampled.
+    let has_probabilities = logprobs.as_ref().is_some_and(|l| !l.is_empty());
+    if content.trim().is_empty() && !has_probabilities {
         return Err(ErrorKind::EmptyContent {
             finish_reason: finish_reason.map(|f| format!("{f:?}")),
         });
@@ -243,7 +247,7 @@ pub fn parse_chat(body: &str) -> Result<ChatAnswer, ErrorKind> {
         content,
         finish_reason,
         usage: wire.usage,
-        logprobs: choice.logprobs.and_then(|l| l.content),
+        logprobs,
         model: wire.model,
     })
 }
@@ -286,7 +290,7 @@ pub fn parse_embeddings(
         })?;
     let mut data = wire.data.unwrap_or_default();
     if data.len() != expected {
-        return Err(ErrorKind::InvalidResponse {
+        return Err(ErrorKind::UnusableAnswer {
             reason: format!("asked for {expected} embeddings, got {}", data.len()),
             body: excerpt(body),
         });
@@ -303,7 +307,7 @@ pub fn parse_embeddings(
             });
         }
         if d.embedding.is_empty() || d.embedding.iter().any(|x| !x.is_finite()) {
-            return Err(ErrorKind::InvalidResponse {
+            return Err(ErrorKind::UnusableAnswer {
                 reason: "embedding is empty or holds NaN/inf".into(),
                 body: excerpt(body),
             });
@@ -344,7 +348,7 @@ mod tests {
     fn chat_without_choices_or_content_is_typed() {
         assert!(matches!(
             parse_chat(r#"{"model":"m"}"#),
-            Err(ErrorKind::InvalidResponse { .. })
+            Err(ErrorKind::UnusableAnswer { .. })
         ));
         assert!(matches!(
             parse_chat(r#"{"choices":[{"message":{"content":"  "},"finish_reason":"length"}]}"#),
@@ -371,7 +375,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_embeddings(body, 3, None),
-            Err(ErrorKind::InvalidResponse { .. })
+            Err(ErrorKind::UnusableAnswer { .. })
         ));
     }
 }
