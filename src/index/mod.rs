@@ -187,6 +187,10 @@ fn show_checkpoint(c: Option<&str>) -> String {
     c.map_or_else(|| "unknown".to_string(), |c| format!("{c:?}"))
 }
 
+/// The images a search may return, as the database's row ids (`ImageDb::allowed_ids`).
+#[derive(Debug, Clone, Default)]
+pub struct AllowedIds(HashSet<u64>);
+
 /// The folder of a dataset's database with this fingerprint.
 pub fn db_dir(image_db_root: &Path, dataset: &str, fp: &Fingerprint) -> PathBuf {
     image_db_root.join(dataset).join(fp.id())
@@ -407,14 +411,24 @@ impl ImageDb {
         query: &[f32],
         tau: f32,
         key: &ImageKey,
-        allowed: Option<&HashSet<ImageKey>>,
+        allowed: Option<&AllowedIds>,
     ) -> Result<Option<usize>, IndexError> {
         let Some(&id) = self.ids.get(key) else {
             return Ok(None);
         };
-        let allowed_ids: Option<HashSet<u64>> =
-            allowed.map(|a| a.iter().filter_map(|k| self.ids.get(k).copied()).collect());
-        Ok(self.vectors.rank_of(query, tau, id, allowed_ids.as_ref())?)
+        Ok(self
+            .vectors
+            .rank_of(query, tau, id, allowed.map(|a| &a.0))?)
+    }
+
+    /// The row ids of `keys` (those indexed), made once for the searches restricted to them: a
+    /// split's gallery is converted when a run starts, not for every query.
+    pub fn allowed_ids<'a>(&self, keys: impl IntoIterator<Item = &'a ImageKey>) -> AllowedIds {
+        AllowedIds(
+            keys.into_iter()
+                .filter_map(|k| self.ids.get(k).copied())
+                .collect(),
+        )
     }
 
     /// The top `k` images for the fused score of `query` (a unit or mean description vector),
@@ -424,13 +438,11 @@ impl ImageDb {
         query: &[f32],
         tau: f32,
         k: usize,
-        allowed: Option<&HashSet<ImageKey>>,
+        allowed: Option<&AllowedIds>,
     ) -> Result<Vec<(ImageKey, f32)>, IndexError> {
-        let allowed_ids: Option<HashSet<u64>> =
-            allowed.map(|a| a.iter().filter_map(|k| self.ids.get(k).copied()).collect());
         Ok(self
             .vectors
-            .search(query, tau, k, allowed_ids.as_ref())?
+            .search(query, tau, k, allowed.map(|a| &a.0))?
             .into_iter()
             .filter_map(|(id, s)| self.keys.get(&id).map(|k| (k.clone(), s)))
             .collect())

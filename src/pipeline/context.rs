@@ -39,34 +39,72 @@ pub struct Ctx {
     /// Gallery key → file.
     pub paths: HashMap<ImageKey, PathBuf>,
     /// The split's gallery when the database holds more images than it.
-    pub allowed: Option<Arc<HashSet<ImageKey>>>,
+    pub allowed: Option<Arc<crate::index::AllowedIds>>,
     /// Ranking length kept per stage.
     pub keep: usize,
     /// Progress bars of stages 1, 2 and 3 (rounds done), when drawn.
     pub progress: Option<[indicatif::ProgressBar; 3]>,
-    /// Gallery images held in memory at once across all queries (`image_permit`).
-    pub images: Arc<tokio::sync::Semaphore>,
-    /// How many image permits there are.
-    pub image_permits: usize,
-    /// The most image permits held at once during the run.
-    pub peak_images: std::sync::atomic::AtomicUsize,
+    /// Gallery images held in memory at once, per image role (`image_permit`).
+    pub images: ImagePools,
+}
+
+/// The images in memory across all queries: one pool per image role of `IMAGES_PER_SLOT` × that
+/// role's request slots, so loaded images follow each server's capacity, not the queries in
+/// flight, and stage 3 never waits behind stage 2's queue for the verifier.
+#[derive(Debug)]
+pub struct ImagePools {
+    verifier: Arc<tokio::sync::Semaphore>,
+    evaluator: Arc<tokio::sync::Semaphore>,
+    /// How many permits there are (both pools): the bound on images in memory.
+    pub bound: usize,
+    /// The most permits held at once during the run.
+    pub peak: std::sync::atomic::AtomicUsize,
+}
+
+impl ImagePools {
+    /// Pools for these request slots (at least two each: a stage-3 turn holds two images).
+    pub fn new(verifier_slots: usize, evaluator_slots: usize) -> Self {
+        let v = (IMAGES_PER_SLOT * verifier_slots).max(2);
+        let e = (IMAGES_PER_SLOT * evaluator_slots).max(2);
+        ImagePools {
+            verifier: Arc::new(tokio::sync::Semaphore::new(v)),
+            evaluator: Arc::new(tokio::sync::Semaphore::new(e)),
+            bound: v + e,
+            peak: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits for `n` permits of `role`'s pool (the evaluator's, or else the verifier's).
+    pub async fn acquire(&self, role: Role, n: u32) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let pool = match role {
+            Role::Evaluator => &self.evaluator,
+            _ => &self.verifier,
+        };
+        let permit = pool.clone().acquire_many_owned(n).await.ok();
+        let held =
+            self.bound - self.verifier.available_permits() - self.evaluator.available_permits();
+        self.peak
+            .fetch_max(held, std::sync::atomic::Ordering::Relaxed);
+        permit
+    }
 }
 
 /// Images in memory per request slot of the image roles: one being sent and one ready behind it.
 pub const IMAGES_PER_SLOT: usize = 2;
 
 impl Ctx {
-    /// Waits until a gallery image may be loaded; hold the permit while the image (or the pixels
-    /// decoded from it) is in use. There are `IMAGES_PER_SLOT` × the verifier's and the evaluator's
-    /// request slots, so loaded images follow the servers' capacity, not the number of queries
-    /// in flight (128 queries × K candidates of megabyte photos would otherwise all be in memory
-    /// while they wait for a slot).
-    pub async fn image_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let permit = self.images.clone().acquire_owned().await.ok();
-        let held = self.image_permits - self.images.available_permits();
-        self.peak_images
-            .fetch_max(held, std::sync::atomic::Ordering::Relaxed);
-        permit
+    /// Waits until `n` gallery images may be loaded for `role` (the verifier or the evaluator);
+    /// hold the permit while the images (or the pixels decoded from them) are in use. Each role
+    /// has its own pool of `IMAGES_PER_SLOT` × its request slots, so loaded images follow that
+    /// server's capacity, not the number of queries in flight (128 queries × K candidates of
+    /// megabyte photos would otherwise all be in memory while they wait for a slot), and one
+    /// stage's queue cannot starve the other.
+    pub async fn image_permit(
+        &self,
+        role: Role,
+        n: u32,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.images.acquire(role, n).await
     }
 
     /// Counts one round through `stage` (0, 1, 2) on its progress bar.
@@ -99,7 +137,8 @@ impl Ctx {
                 .map(|c| c.server().endpoints.len() * c.server().max_in_flight)
                 .unwrap_or(0)
         };
-        let images = IMAGES_PER_SLOT * (slots(Role::Verifier) + slots(Role::Evaluator)).max(1);
+        let images = ImagePools::new(slots(Role::Verifier), slots(Role::Evaluator));
+        let allowed = allowed.map(|keys| Arc::new(db.allowed_ids(&keys)));
         Ok(Ctx {
             keep: 100.max(params.top_k + 1),
             params,
@@ -112,11 +151,9 @@ impl Ctx {
             embedder: clients.get(Role::Embedder)?.clone(),
             db,
             paths: gallery.into_iter().map(|g| (g.key, g.path)).collect(),
-            allowed: allowed.map(Arc::new),
+            allowed,
             progress,
-            images: Arc::new(tokio::sync::Semaphore::new(images)),
-            image_permits: images,
-            peak_images: std::sync::atomic::AtomicUsize::new(0),
+            images,
         })
     }
 
@@ -228,5 +265,36 @@ impl Tally {
             raw: crate::roles::cut(raw, 2000),
             action: action.into(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_evaluator_gets_images_while_the_verifier_pool_is_exhausted() {
+        let pools = ImagePools::new(1, 1);
+        assert_eq!(pools.bound, 4);
+        // Stage 2 holds every verifier image and more candidates wait for one.
+        let held = pools.acquire(Role::Verifier, 2).await;
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            pools.acquire(Role::Verifier, 1),
+        )
+        .await;
+        assert!(waiting.is_err(), "the verifier pool is full");
+        // A stage-3 turn (reference and candidate) still gets its images at once.
+        let turn = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            pools.acquire(Role::Evaluator, 2),
+        )
+        .await;
+        assert!(
+            turn.is_ok_and(|p| p.is_some()),
+            "stage 3 does not queue behind stage 2"
+        );
+        assert_eq!(pools.peak.load(std::sync::atomic::Ordering::Relaxed), 4);
+        drop(held);
     }
 }

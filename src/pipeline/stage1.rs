@@ -138,7 +138,9 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, tally: &mut Tally) -> Result<S1R
     };
     let exclude = ctx.params.exclude_reference && subset.is_none();
     let k = ctx.keep + usize::from(exclude && input.reference.is_some());
-    let allowed = subset.map(Arc::new).or_else(|| ctx.allowed.clone());
+    let allowed = subset
+        .map(|s| Arc::new(ctx.db.allowed_ids(&s)))
+        .or_else(|| ctx.allowed.clone());
     // A search over a large gallery is tens of milliseconds of CPU (BENCHMARKS.md): it runs on the
     // blocking pool so that it never stalls the task that drives every other query.
     let (db, tau) = (ctx.db.clone(), ctx.params.tau as f32);

@@ -190,7 +190,7 @@ async fn verify_all(
             let _permit = if by_caption {
                 None
             } else {
-                ctx.image_permit().await
+                ctx.image_permit(crate::config::Role::Verifier, 1).await
             };
             let evidence = if by_caption {
                 ctx.db

@@ -14,7 +14,7 @@ use crate::record::{DecisionRecord, S3Record};
 async fn judge(
     ctx: &Ctx,
     input: &RoundInput,
-    reference: Option<&image::DynamicImage>,
+    reference: Option<image::DynamicImage>,
     candidate: &ImageKey,
     tally: &mut Tally,
 ) -> Result<(bool, String, String, Option<String>), String> {
@@ -53,11 +53,10 @@ async fn judge(
 async fn image_request(
     ctx: &Ctx,
     input: &RoundInput,
-    reference: Option<&image::DynamicImage>,
+    reference: Option<image::DynamicImage>,
     candidate: &ImageKey,
 ) -> Result<crate::serving::ChatRequest, String> {
     let cand = ctx.pixels(candidate).await?;
-    let reference = reference.cloned();
     let composite =
         tokio::task::spawn_blocking(move || evaluator::composite_png(reference.as_ref(), &cand))
             .await
@@ -84,31 +83,35 @@ pub async fn run(
         .evaluator
         .as_ref()
         .is_some_and(|c| c.server().grounding == Grounding::Caption);
-    // Held for the whole stage: the reference's and each candidate's pixels are in memory.
-    let _permit = if by_caption {
-        None
-    } else {
-        ctx.image_permit().await
-    };
-    let reference = match &input.reference {
-        Some(_) if by_caption => None,
-        Some(key) => match ctx.pixels(key).await {
-            Ok(img) => Some(img),
-            Err(e) => {
-                tally.fallback("s3.reference", input.round, e, "", "kept the stage-2 order");
-                return S3Record {
-                    decisions: vec![],
-                    accepted: None,
-                    ranking: ranking.to_vec(),
-                };
-            }
-        },
-        None => None,
-    };
+    // Each turn holds its own permits (the reference and the candidate) from the evaluator's
+    // pool, only while its composite is built and judged: no permit waits across the α calls,
+    // and the reference is read again each turn (from the page cache) rather than kept.
+    let reference_key = input.reference.as_ref().filter(|_| !by_caption);
+    let images = 1 + u32::from(reference_key.is_some());
     let mut decisions = Vec::new();
     let mut accepted = None;
     for (turn, candidate) in ranking.iter().take(ctx.params.alpha).enumerate() {
-        match judge(ctx, input, reference.as_ref(), candidate, tally).await {
+        let _permit = if by_caption {
+            None
+        } else {
+            ctx.image_permit(Role::Evaluator, images).await
+        };
+        let reference = match reference_key {
+            Some(key) => match ctx.pixels(key).await {
+                Ok(img) => Some(img),
+                Err(e) => {
+                    tally.fallback("s3.reference", input.round, e, "", "kept the stage-2 order");
+                    return S3Record {
+                        decisions,
+                        accepted: None,
+                        ranking: ranking.to_vec(),
+                    };
+                }
+            },
+            None => None,
+        };
+        let judged = judge(ctx, input, reference, candidate, tally).await;
+        match judged {
             Ok((yes, explanation, raw, note)) => {
                 decisions.push(DecisionRecord {
                     turn,
