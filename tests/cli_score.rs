@@ -169,3 +169,84 @@ fn unknown_dataset_name_lists_the_choices() {
         "{err}"
     );
 }
+
+/// A finished run folder as `imagescope run` leaves it, reduced to what `fashioniq` reads.
+fn category_run(
+    dir: &Path,
+    category: &str,
+    s1: (f64, f64),
+    s3: (f64, f64),
+    partial: bool,
+) -> PathBuf {
+    let run = dir.join(category);
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("run.json"),
+        serde_json::json!({"dataset": format!("fashioniq-{category}"), "split": "val"}).to_string(),
+    )
+    .unwrap();
+    let mut metrics = serde_json::json!({
+        "s1": {"R@10": s1.0, "R@50": s1.1},
+        "s3": {"R@10": s3.0, "R@50": s3.1},
+    });
+    if partial {
+        metrics["partial"] =
+            serde_json::json!({"answered": 5, "failed": 0, "unanswered": 7, "total": 12});
+    }
+    std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+    run
+}
+
+#[test]
+fn fashioniq_prints_each_category_and_the_average_the_paper_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = category_run(dir.path(), "dress", (20.0, 40.0), (30.0, 50.0), false);
+    let s = category_run(dir.path(), "shirt", (10.0, 30.0), (20.0, 40.0), false);
+    let t = category_run(dir.path(), "toptee", (30.0, 50.0), (40.0, 60.0), false);
+    let (code, out, err) = imagescope(&[
+        "fashioniq",
+        t.to_str().unwrap(),
+        d.to_str().unwrap(),
+        s.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let table: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(table["s1"]["average"]["R@10"], 20.0, "{table}");
+    assert_eq!(table["s3"]["average"]["R@50"], 50.0, "{table}");
+    assert_eq!(table["s3"]["shirt"]["R@10"], 20.0, "{table}");
+    let (code, text, _) = imagescope(&[
+        "fashioniq",
+        d.to_str().unwrap(),
+        s.to_str().unwrap(),
+        t.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    assert!(text.contains("average R@10"), "{text}");
+
+    // A partial category run is not averaged with whole-split numbers.
+    let p = category_run(
+        &dir.path().join("p"),
+        "toptee",
+        (1.0, 2.0),
+        (3.0, 4.0),
+        true,
+    );
+    let (code, _, err) = imagescope(&[
+        "fashioniq",
+        d.to_str().unwrap(),
+        s.to_str().unwrap(),
+        p.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("partial run"), "{err}");
+    // Two runs of one category: refused, naming it.
+    let (code, _, err) = imagescope(&[
+        "fashioniq",
+        d.to_str().unwrap(),
+        d.to_str().unwrap(),
+        s.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("two runs of fashioniq-dress"), "{err}");
+}

@@ -5,6 +5,7 @@
 //! configuration.
 
 mod compare;
+mod fashioniq;
 mod index;
 mod prompt;
 mod run;
@@ -142,6 +143,16 @@ pub enum Command {
         #[command(flatten)]
         target: search::SearchTarget,
     },
+    /// The paper's FashionIQ table from the three category runs: R@10 and R@50 of each category
+    /// and their average, after each stage.
+    Fashioniq {
+        /// Run folders of fashioniq-dress, fashioniq-shirt and fashioniq-toptee, in any order.
+        #[arg(num_args = 3, required = true)]
+        runs: Vec<PathBuf>,
+        /// Print JSON: {stage: {category: {"R@10", "R@50"}, "average": {...}}}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write HTML pages (metrics, recall curves, every query with its images) for a run folder.
     Report {
         /// The run folder.
@@ -230,6 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chat { target } => search::chat(target).await,
         Command::Compare(args) => compare::run(args),
         Command::Report { run_dir } => report(run_dir),
+        Command::Fashioniq { runs, json } => fashioniq::run(&runs, json),
         Command::Run {
             config,
             split,

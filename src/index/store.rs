@@ -450,15 +450,6 @@ impl Store {
         }
         Ok(())
     }
-
-    /// `PRAGMA integrity_check` answered "ok".
-    pub fn integrity_ok(&self) -> Result<bool, StoreError> {
-        let r: String = self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
-        Ok(r == "ok")
-    }
 }
 
 #[cfg(test)]
@@ -527,7 +518,11 @@ mod tests {
         s.for_each_done_meta(|_, k, c, cd, id| meta.push((k.0, c, cd, id)))
             .unwrap();
         assert_eq!(meta, vec![("k0".into(), "a cat".into(), 2, Some(2))]);
-        assert!(s.integrity_ok().unwrap());
+        let check: String = s
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
         assert_eq!(
             s.counts().unwrap(),
             Counts {
