@@ -76,8 +76,9 @@ pub struct RunIdentity {
     pub prompts: BTreeMap<String, String>,
     /// Per role: the model identity and every answer-deciding setting.
     pub roles: BTreeMap<Role, Value>,
-    /// The image database's fingerprint id.
-    pub image_db: String,
+    /// The image database: its fingerprint id, the checkpoints that built it and a digest of
+    /// what it holds (`index::store::Store::content_digest`).
+    pub image_db: Value,
     /// Search settings (`[index]`): an approximate search can change a ranking.
     pub index: Value,
 }

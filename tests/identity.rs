@@ -466,3 +466,55 @@ async fn a_damaged_cache_is_a_clear_error_and_cache_off_runs_without_it() {
         "the damaged file is left as it was"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_after_the_database_was_reindexed_in_place_is_refused() {
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    write_cirr(&env.data, &queries());
+    env.verifier
+        .set_delay(Route::Chat, Duration::from_millis(20));
+    let config = env.configs("cirr", "val", "queries_in_flight = 2", None);
+    env.index(&config).await;
+    let folder = killed_after(&env, &config, 2).await;
+    // A photo replaced and indexed again, as `run` tells the user to: same folder, other content.
+    let dev = env.data.join("dev");
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::copy(dev.join("dev-2-0-img0.png"), dev.join("dev-5-0-img0.png")).unwrap();
+    env.index(&config).await;
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--resume",
+        folder.to_str().unwrap(),
+    ];
+    let (code, _, err) = env.imagescope(&args).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("image_db.content"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_whose_server_cannot_be_reached_is_not_given_a_guessed_identity() {
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    write_cirr(&env.data, &queries()[..2]);
+    let config = env.configs("cirr", "val", "", None);
+    env.index(&config).await;
+    let servers = env.path("servers.toml");
+    let text = std::fs::read_to_string(&servers).unwrap();
+    std::fs::write(
+        &servers,
+        text.replace(
+            &format!("{:?}", env.evaluator.base_url()),
+            "\"http://127.0.0.1:9/v1\"",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = env
+        .imagescope(&["run", "--config", config.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no evaluator endpoint answered") && err.contains("checkpoint"),
+        "{err}"
+    );
+}

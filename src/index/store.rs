@@ -179,11 +179,36 @@ impl Store {
             > 0;
         if !has_stamp {
             s.exec(
-                "ALTER TABLE images ADD COLUMN file_size INTEGER;
-                 ALTER TABLE images ADD COLUMN file_mtime_ns INTEGER;",
+                "BEGIN;
+                 ALTER TABLE images ADD COLUMN file_size INTEGER;
+                 ALTER TABLE images ADD COLUMN file_mtime_ns INTEGER;
+                 COMMIT;",
             )?;
         }
         Ok(s)
+    }
+
+    /// blake3 over every done image's row id, content hash and caption, in row order: what a
+    /// search and the captions can return. Re-indexing a changed photo, filling in a failed one or
+    /// rebuilding the database in place changes it.
+    pub fn content_digest(&self) -> Result<String, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT idx, COALESCE(content_hash, ''), COALESCE(caption, '') FROM images WHERE status = 'done' ORDER BY idx")
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        let mut h = blake3::Hasher::new();
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let idx: i64 = r.get(0).map_err(|e| self.err(e))?;
+            let hash: String = r.get(1).map_err(|e| self.err(e))?;
+            let caption: String = r.get(2).map_err(|e| self.err(e))?;
+            h.update(&idx.to_le_bytes());
+            h.update(hash.as_bytes());
+            h.update(&[0]);
+            h.update(caption.as_bytes());
+            h.update(&[0]);
+        }
+        Ok(h.finalize().to_hex()[..16].to_string())
     }
 
     /// Every done image: key → (row id, content hash, stamp when recorded).

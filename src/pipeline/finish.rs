@@ -251,9 +251,8 @@ fn write_submission(
 /// The per-role counters an earlier invocation of this run wrote to `summary.json` (none for a
 /// new run; a summary that cannot be read is said once and counted as none).
 fn earlier_roles(p: &Prepared) -> BTreeMap<String, StatsSnapshot> {
-    if p.done.is_empty() {
-        return BTreeMap::new();
-    }
+    // A new folder has no summary yet; a resumed one has the earlier invocations' totals (the
+    // one a SIGKILL ended wrote none: its traffic is not counted).
     let path = p.folder.path().join("summary.json");
     let Ok(text) = std::fs::read_to_string(&path) else {
         return BTreeMap::new();

@@ -149,7 +149,7 @@ pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepar
     let servers = crate::serving::models::with_checkpoints(&servers, &models);
 
     let db = Arc::new(open_db(exp, &servers, &prompts, family)?);
-    index::freshness::refuse_changed(
+    let db_content = index::freshness::refuse_changed(
         db.dir(),
         &gallery,
         &format!(
@@ -189,7 +189,14 @@ pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepar
     let resolved_toml = toml::to_string(&resolved).map_err(|e| RunError::Other(e.to_string()))?;
     let hash = blake3::hash(resolved_toml.as_bytes()).to_hex().to_string();
     let (identity, scheduling) = identity_of(
-        &dataset, &params, &queries, &used, &servers, &models, &db, exp,
+        &dataset,
+        &params,
+        &queries,
+        &used,
+        &servers,
+        &models,
+        (&db, &db_content),
+        exp,
     );
     let profile: &str = params.profile.into();
     let mut info = RunFolder::info(
@@ -269,7 +276,7 @@ fn identity_of(
     used: &BTreeMap<String, String>,
     servers: &ServersConfig,
     models: &BTreeMap<Role, ModelIdentity>,
-    db: &ImageDb,
+    (db, db_content): (&ImageDb, &str),
     exp: &ExperimentConfig,
 ) -> (RunIdentity, serde_json::Value) {
     let (pipeline, pipeline_sched) = identity::pipeline_parts(params);
@@ -286,9 +293,18 @@ fn identity_of(
         roles.insert(*role, id);
         roles_sched.insert(role.as_str().to_string(), sched);
     }
-    let image_db = db
-        .fingerprint()
-        .map_or_else(|| db.dir().display().to_string(), |f| f.id());
+    // What built the database (checkpoints included) and what it holds now: re-indexing a
+    // changed photo in place, or filling in failed ones, changes the content digest.
+    let image_db = serde_json::json!({
+        "fingerprint": db.fingerprint().map_or_else(|| db.dir().display().to_string(), |f| f.id()),
+        "checkpoints": db.fingerprint().and_then(|f| serde_json::to_value(f).ok()).map(|v| {
+            serde_json::json!({
+                "captions": v["captions"].get("checkpoint").cloned(),
+                "embedder": v["embedder"].get("checkpoint").cloned(),
+            })
+        }),
+        "content": db_content,
+    });
     let identity = RunIdentity {
         dataset: dataset.name.as_str().to_string(),
         split: dataset.split.clone(),

@@ -74,6 +74,7 @@ pub fn stop_signals() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut seen = 0;
+        let _keep_open = tx.clone();
         while next_signal().await {
             seen += 1;
             if seen == 1 {
@@ -88,6 +89,9 @@ pub fn stop_signals() -> tokio::sync::watch::Receiver<bool> {
                 std::process::exit(130);
             }
         }
+        // No signal can be listened for: the run is never stopped by this task (the sender is
+        // kept, so the flag does not read as closed).
+        std::future::pending::<()>().await;
     });
     rx
 }
@@ -164,9 +168,22 @@ pub async fn drive(
                     },
                 };
                 on_done(&record);
-                journal.send(record).await?;
+                if journal.send(record).await.is_err() {
+                    // The writer stopped: its own error says why.
+                    journal.finish().await?;
+                    return Err(RunError::Other("the journal writer stopped".into()));
+                }
             }
-            _ = stop.wait_for(|s| *s) => stopped = true,
+            Ok(_) = stop.wait_for(|s| *s) => stopped = true,
+        }
+    }
+    // Queries that finished while the stop came in are kept, not redone on resume.
+    while let Some(joined) = running.try_join_next_with_id() {
+        if let Ok((_, record)) = joined {
+            on_done(&record);
+            if journal.send(record).await.is_err() {
+                break;
+            }
         }
     }
     running.abort_all();

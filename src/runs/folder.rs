@@ -247,6 +247,7 @@ impl RunFolder {
             info.scheduling_changes.push(change);
         }
         info.scheduling = expected.scheduling.clone();
+        info.config_hash = expected.config_hash.clone();
         info.models = expected.models.clone();
         let journal = path.join("queries.jsonl");
         let mut done: HashSet<String> = HashSet::new();

@@ -13,20 +13,37 @@ use crate::identity::{IdentitySource, ModelIdentity};
 
 use super::{Clients, RoleClient};
 
-/// Replicas of one role disagree about their weights.
+/// Which weights a role serves cannot be told.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the {role} replicas serve {model:?} from different checkpoints ({listing}); their answers cannot be mixed. Serve the same weights on every replica, or, if they are the same weights at different paths, name them with `checkpoint = \"...\"` under [roles.{role}] in {path}"
-)]
-pub struct IdentityError {
-    /// The role.
-    pub role: Role,
-    /// The served name.
-    pub model: String,
-    /// `endpoint → checkpoint` pairs.
-    pub listing: String,
-    /// The servers file.
-    pub path: String,
+pub enum IdentityError {
+    /// Replicas of one role disagree about their weights.
+    #[error(
+        "the {role} replicas serve {model:?} from different checkpoints ({listing}); their answers cannot be mixed. Serve the same weights on every replica, or, if they are the same weights at different paths, name them with `checkpoint = \"...\"` under [roles.{role}] in {path}"
+    )]
+    Disagree {
+        /// The role.
+        role: Role,
+        /// The served name.
+        model: String,
+        /// `endpoint → checkpoint` pairs.
+        listing: String,
+        /// The servers file.
+        path: String,
+    },
+    /// No endpoint of the role answered `/models`.
+    #[error(
+        "no {role} endpoint answered to say which checkpoint it serves as {model:?} ({tried}); start it (check with `imagescope doctor`), or name the weights with `checkpoint = \"...\"` under [roles.{role}] in {path}"
+    )]
+    Unreachable {
+        /// The role.
+        role: Role,
+        /// The served name.
+        model: String,
+        /// What each endpoint said.
+        tried: String,
+        /// The servers file.
+        path: String,
+    },
 }
 
 /// What one `/models` entry says about `served`: its checkpoint (`root`) and context length.
@@ -62,16 +79,23 @@ async fn identify_one(client: &RoleClient, path: &str) -> Result<ModelIdentity, 
     let mut seen: Vec<(String, String)> = Vec::new();
     let mut max_len = None;
     let mut silent = Vec::new();
+    let mut answered = 0;
     for (endpoint, answer) in s.endpoints.iter().zip(answers) {
         match answer {
-            Ok((200, body)) => match reported(&body, &s.model) {
-                Some((Some(root), len)) => {
-                    seen.push((endpoint.clone(), root));
-                    max_len = max_len.or(len);
+            Ok((200, body)) => {
+                answered += 1;
+                match reported(&body, &s.model) {
+                    Some((Some(root), len)) => {
+                        seen.push((endpoint.clone(), root));
+                        max_len = max_len.or(len);
+                    }
+                    _ => silent.push(format!("{endpoint} lists no checkpoint for {:?}", s.model)),
                 }
-                _ => silent.push(format!("{endpoint} lists no checkpoint for {:?}", s.model)),
-            },
-            Ok((status, _)) => silent.push(format!("{endpoint}/models answered HTTP {status}")),
+            }
+            Ok((status, _)) => {
+                answered += 1;
+                silent.push(format!("{endpoint}/models answered HTTP {status}"));
+            }
             Err(e) => silent.push(format!("{endpoint}/models: {e}")),
         }
     }
@@ -79,6 +103,16 @@ async fn identify_one(client: &RoleClient, path: &str) -> Result<ModelIdentity, 
     distinct.sort();
     distinct.dedup();
     let role = client.role();
+    if seen.is_empty() && answered == 0 {
+        // Nobody answered: which weights stand behind the name is unknown, not "none"; a run that
+        // guessed would carry that guess in its identity and refuse every later resume.
+        return Err(IdentityError::Unreachable {
+            role,
+            model: s.model.clone(),
+            tried: silent.join("; "),
+            path: path.to_string(),
+        });
+    }
     match distinct.as_slice() {
         [] => {
             tracing::warn!(
@@ -109,7 +143,7 @@ async fn identify_one(client: &RoleClient, path: &str) -> Result<ModelIdentity, 
                 max_model_len: max_len,
             })
         }
-        _ => Err(IdentityError {
+        _ => Err(IdentityError::Disagree {
             role,
             model: s.model.clone(),
             listing: seen
