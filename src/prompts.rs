@@ -316,7 +316,7 @@ impl PromptSet {
 }
 
 /// A shared piece (`_name.j2`), included by other templates.
-fn is_piece(name: &str) -> bool {
+pub fn is_piece(name: &str) -> bool {
     name.rsplit('/').next().is_some_and(|b| b.starts_with('_'))
 }
 

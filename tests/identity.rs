@@ -392,10 +392,17 @@ async fn sigterm_stops_like_ctrl_c_and_a_partial_test_split_writes_no_submission
     };
     assert_eq!(submissions(&folder), 0, "no submission from a partial run");
     let verifier_before = env.verifier.count(Route::Chat);
-    let summary = read_json(&folder.join("summary.json"));
-    assert_eq!(
-        summary["roles"]["verifier"]["attempts"].as_u64().unwrap() as usize,
-        verifier_before
+    let attempts = |folder: &Path| {
+        read_json(&folder.join("summary.json"))["roles"]["verifier"]["attempts"]
+            .as_u64()
+            .unwrap() as usize
+    };
+    let attempts_before = attempts(&folder);
+    // A request cut off by the stop may be counted by one side only: at most the verifier's
+    // slots (8) of them.
+    assert!(
+        attempts_before.abs_diff(verifier_before) <= 8,
+        "the stopped run counted {attempts_before} verifier attempts, the server saw {verifier_before}"
     );
 
     let report = env
@@ -408,11 +415,10 @@ async fn sigterm_stops_like_ctrl_c_and_a_partial_test_split_writes_no_submission
             .is_none()
     );
     assert_eq!(submissions(&folder), 3, "s1, s2 and s3 submissions");
-    let summary = read_json(&folder.join("summary.json"));
     assert_eq!(
-        summary["roles"]["verifier"]["attempts"].as_u64().unwrap() as usize,
-        env.verifier.count(Route::Chat),
-        "counters add up over both invocations"
+        attempts(&folder) - attempts_before,
+        env.verifier.count(Route::Chat) - verifier_before,
+        "counters add up over both invocations: the resumed one's attempts are added to the earlier total"
     );
 }
 

@@ -198,8 +198,7 @@ pub async fn run(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
         .retain(|r, _| *r == Role::Embedder || (*r == Role::Captioner && captions.is_none()));
     // The weights behind each served name go into the fingerprint: another checkpoint under the
     // same name cannot extend this database.
-    let models = Clients::new(&servers, &p.servers_path)?.identify().await?;
-    let servers = crate::serving::models::with_checkpoints(&servers, &models);
+    let (servers, _) = crate::serving::models::resolve(&servers, &p.servers_path).await?;
     let fp = fingerprint(
         &servers,
         &p.servers_path,

@@ -120,8 +120,7 @@ async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
     );
     let mut needed = servers.clone();
     Ctx::needed_roles(&mut needed, &params.stages);
-    let models = Clients::new(&needed, &servers_path)?.identify().await?;
-    let servers = crate::serving::models::with_checkpoints(&needed, &models);
+    let (servers, _) = crate::serving::models::resolve(&needed, &servers_path).await?;
     let db = Arc::new(index::open_existing(
         &dir,
         &servers,

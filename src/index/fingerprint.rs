@@ -119,7 +119,8 @@ impl Fingerprint {
         f
     }
 
-    fn checkpoints(&self) -> [(&'static str, Option<&str>); 2] {
+    /// The two checkpoints it records, by their paths in the fingerprint (unknown: `None`).
+    pub fn checkpoints(&self) -> [(&'static str, Option<&str>); 2] {
         let captioner = match &self.captions {
             CaptionSource::Model { checkpoint, .. } => checkpoint.as_deref(),
             _ => None,

@@ -142,11 +142,9 @@ pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepar
 
     let mut servers = exp.servers.clone();
     Ctx::needed_roles(&mut servers, &params.stages);
-    let models = Clients::new(&servers, &exp.servers_path)?
-        .identify()
+    let (servers, models) = crate::serving::models::resolve(&servers, &exp.servers_path)
         .await
         .map_err(|e| RunError::Other(e.to_string()))?;
-    let servers = crate::serving::models::with_checkpoints(&servers, &models);
 
     let db = Arc::new(open_db(exp, &servers, &prompts, family)?);
     let db_content = index::freshness::refuse_changed(
@@ -257,7 +255,7 @@ fn used_prompts(prompts: &PromptSet, family: Family) -> BTreeMap<String, String>
         .files()
         .keys()
         .filter(|name| name.starts_with(&own) || name.starts_with("general/"))
-        .filter(|name| !name.rsplit('/').next().is_some_and(|b| b.starts_with('_')))
+        .filter(|name| !crate::prompts::is_piece(name))
         .cloned()
         .collect();
     prompts
@@ -297,11 +295,11 @@ fn identity_of(
     // changed photo in place, or filling in failed ones, changes the content digest.
     let image_db = serde_json::json!({
         "fingerprint": db.fingerprint().map_or_else(|| db.dir().display().to_string(), |f| f.id()),
-        "checkpoints": db.fingerprint().and_then(|f| serde_json::to_value(f).ok()).map(|v| {
-            serde_json::json!({
-                "captions": v["captions"].get("checkpoint").cloned(),
-                "embedder": v["embedder"].get("checkpoint").cloned(),
-            })
+        "checkpoints": db.fingerprint().map(|f| {
+            f.checkpoints()
+                .into_iter()
+                .map(|(path, c)| (path.to_string(), serde_json::json!(c)))
+                .collect::<serde_json::Map<_, _>>()
         }),
         "content": db_content,
     });

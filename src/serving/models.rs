@@ -169,9 +169,32 @@ impl Clients {
     }
 }
 
+/// Why the roles' weights could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// A client could not be built (an API-key variable unset, say).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A role's servers did not say, or disagreed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// The one way `run`, `index` and `search` learn which weights they talk to: every role of
+/// `servers` is asked (`Clients::identify`) and the servers come back with each role's
+/// `checkpoint` set to its identity, which the request cache keys and the image database's
+/// fingerprint then carry.
+pub async fn resolve(
+    servers: &crate::config::ServersConfig,
+    path: &std::path::Path,
+) -> Result<(crate::config::ServersConfig, BTreeMap<Role, ModelIdentity>), ResolveError> {
+    let models = Clients::new(servers, path)?.identify().await?;
+    Ok((with_checkpoints(servers, &models), models))
+}
+
 /// The servers with each role's `checkpoint` set to its identity (where known), so the request
 /// cache keys and the image database's fingerprint name the weights, not just the served name.
-pub fn with_checkpoints(
+fn with_checkpoints(
     servers: &crate::config::ServersConfig,
     ids: &BTreeMap<Role, ModelIdentity>,
 ) -> crate::config::ServersConfig {
