@@ -75,6 +75,8 @@ struct Log {
     busy: BTreeMap<&'static str, f64>,
     first: Option<Instant>,
     last: Option<Instant>,
+    /// Start and end of every request's service, for `SHIPPED_TRACE`.
+    spans: Vec<(Instant, Instant)>,
 }
 
 struct Sim {
@@ -183,11 +185,14 @@ async fn serve(State(sim): State<Arc<Sim>>, body: Bytes) -> axum::Json<Value> {
         let mut log = sim.log.lock().unwrap();
         log.first.get_or_insert_with(Instant::now);
     }
+    let began = Instant::now();
     tokio::time::sleep(cost).await;
     {
         let mut log = sim.log.lock().unwrap();
         *log.busy.entry(step).or_default() += cost.as_secs_f64();
-        log.last = Some(Instant::now());
+        let now = Instant::now();
+        log.last = Some(now);
+        log.spans.push((began, now));
     }
     let model = body["model"].clone();
     if sim.role == "embedder" {
@@ -396,6 +401,38 @@ fn reset(sims: &[(&'static str, Arc<Sim>)]) {
     }
 }
 
+/// With `SHIPPED_TRACE` set: each role's share of its slots busy, per second of the run.
+fn trace(sims: &[(&'static str, Arc<Sim>)], t0: Instant, wall: f64) {
+    let seconds = wall.ceil() as usize;
+    let mut rows: BTreeMap<&str, (Vec<f64>, usize)> = BTreeMap::new();
+    for (role, sim) in sims {
+        let log = sim.log.lock().unwrap();
+        let row = rows
+            .entry(role)
+            .or_insert_with(|| (vec![0.0; seconds + 1], 0));
+        row.1 += sim.model.max_num_seqs;
+        for (a, b) in &log.spans {
+            let (a, b) = ((*a - t0).as_secs_f64(), (*b - t0).as_secs_f64());
+            let mut t = a;
+            while t < b {
+                let second = t.floor();
+                let end = b.min(second + 1.0);
+                if let Some(cell) = row.0.get_mut(second as usize) {
+                    *cell += end - t;
+                }
+                t = end;
+            }
+        }
+    }
+    for (role, (busy, slots)) in rows {
+        let cells: Vec<String> = busy
+            .iter()
+            .map(|b| format!("{:.0}", 100.0 * b / slots as f64))
+            .collect();
+        eprintln!("{role:>9} busy % per second: {}", cells.join(" "));
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -473,6 +510,7 @@ async fn main() {
             let fill_drain = (first - t0).as_secs_f64() + (solo_wall - (last - t0).as_secs_f64());
             // The whole workload.
             reset(&s.sims);
+            let t_all = Instant::now();
             let (wall, cpu) = run(&bin, &s.work, &["--run-name", "all"]);
             let (roles, steps) = work_of(&s.sims);
             let (busiest, bound) = roles
@@ -483,6 +521,9 @@ async fn main() {
                 .values()
                 .map(|(busy, slots)| busy / *slots as f64)
                 .sum();
+            if std::env::var_os("SHIPPED_TRACE").is_some() {
+                trace(&s.sims, t_all, wall);
+            }
             println!(
                 "| {replicas} | {in_flight} | {wall:.2} | {bound:.2} ({busiest}) | {fill_drain:.2} | **{:.3}** | {:.3} | {sync:.2} | {:.2}x | {cpu:.1} |",
                 (bound + fill_drain) / wall,

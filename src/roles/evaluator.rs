@@ -10,7 +10,6 @@
 use std::sync::LazyLock;
 
 use ab_glyph::{Font as _, FontRef, PxScale, ScaleFont as _};
-use image::imageops::FilterType;
 use image::{DynamicImage, Rgb, RgbImage};
 
 use crate::chat::ChatRequest;
@@ -75,18 +74,46 @@ fn draw_label(canvas: &mut RgbImage, text: &str, center_x: f32) {
     }
 }
 
+/// `img` resized to `SIDE` × `SIDE` RGB with a bilinear (triangle) filter, by `fast_image_resize`
+/// (SIMD; its integer arithmetic gives the same pixels on every CPU extension). `None` only if
+/// the resizer refuses the image (an empty one): the caller then paints the half black.
+fn square(img: &DynamicImage) -> Option<RgbImage> {
+    use fast_image_resize::{FilterType as Filter, ResizeAlg, ResizeOptions, Resizer};
+    let converted;
+    let rgb = match img.as_rgb8() {
+        Some(rgb) => rgb,
+        None => {
+            converted = img.to_rgb8();
+            &converted
+        }
+    };
+    let mut out = RgbImage::new(SIDE, SIDE);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(Filter::Bilinear));
+    Resizer::new().resize(rgb, &mut out, &options).ok()?;
+    Some(out)
+}
+
+/// Copies `half` into `canvas` with its top-left corner at (`x`, `TOP`), row by row.
+fn paste(canvas: &mut RgbImage, half: &RgbImage, x: u32) {
+    let canvas_row = WIDTH as usize * 3;
+    let row = half.width() as usize * 3;
+    let buf: &mut [u8] = canvas;
+    for (y, src) in half.as_raw().chunks_exact(row).enumerate() {
+        let start = (TOP as usize + y) * canvas_row + x as usize * 3;
+        if let Some(dst) = buf.get_mut(start..start + row) {
+            dst.copy_from_slice(src);
+        }
+    }
+}
+
 /// The composite of `reference` (black when `None`) and `candidate`.
 pub fn composite(reference: Option<&DynamicImage>, candidate: &DynamicImage) -> RgbImage {
     let mut canvas = RgbImage::from_pixel(WIDTH, HEIGHT, Rgb([255, 255, 255]));
-    let left = match reference {
-        Some(r) => r.resize_exact(SIDE, SIDE, FilterType::Triangle).to_rgb8(),
-        None => RgbImage::from_pixel(SIDE, SIDE, Rgb([0, 0, 0])),
-    };
-    let right = candidate
-        .resize_exact(SIDE, SIDE, FilterType::Triangle)
-        .to_rgb8();
-    image::imageops::replace(&mut canvas, &left, 0, TOP as i64);
-    image::imageops::replace(&mut canvas, &right, CANDIDATE_X as i64, TOP as i64);
+    let black = || RgbImage::from_pixel(SIDE, SIDE, Rgb([0, 0, 0]));
+    let left = reference.and_then(square).unwrap_or_else(black);
+    let right = square(candidate).unwrap_or_else(black);
+    paste(&mut canvas, &left, 0);
+    paste(&mut canvas, &right, CANDIDATE_X);
     for y in 0..HEIGHT {
         for x in LINE_X..LINE_X + LINE_W {
             canvas.put_pixel(x, y, Rgb([0, 0, 0]));
@@ -264,5 +291,31 @@ mod tests {
     #[test]
     fn instruction_is_trimmed_and_lowered() {
         assert_eq!(normalize_instruction("  Make it Blue. "), "make it blue");
+    }
+
+    #[test]
+    fn the_fast_resize_matches_the_image_crates_triangle_filter_within_one_level() {
+        // A busy pattern (smooth gradients come out identical).
+        let g = DynamicImage::ImageRgb8(RgbImage::from_fn(300, 200, |x, y| {
+            Rgb([
+                (x * 7 % 256) as u8,
+                (y * 3 % 256) as u8,
+                ((x ^ y) % 256) as u8,
+            ])
+        }));
+        let fast = square(&g).expect("resized");
+        let slow = g.resize_exact(SIDE, SIDE, image::imageops::FilterType::Triangle);
+        let most = fast
+            .as_raw()
+            .iter()
+            .zip(slow.to_rgb8().as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max();
+        assert_eq!(most, Some(1));
+        let gray = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(7, 3, image::Luma([90])));
+        assert_eq!(
+            *square(&gray).expect("resized").get_pixel(5, 5),
+            Rgb([90, 90, 90])
+        );
     }
 }
