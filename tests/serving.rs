@@ -284,6 +284,8 @@ async fn a_hung_replica_costs_one_timeout_not_one_per_wave() {
     );
     assert_eq!(healthy.count(Route::Chat), 40);
     assert_eq!(c.stats().snapshot().set_aside, 1);
+    // What the progress line beside the bars shows: the hung replica, by its URL.
+    assert_eq!(c.replicas_out(), (vec![hung.base_url()], 2));
     eprintln!("40 requests around a hung replica with a 1 s timeout: {took:?}");
 }
 
@@ -499,4 +501,66 @@ async fn request_bodies_are_built_only_when_a_slot_is_free() {
         peak <= 2 * one,
         "peak {peak} bytes held, one body is {one}: bodies were built before a slot was free"
     );
+}
+
+/// Sends `text` as work of place `order` in a run (or outside any run).
+async fn ordered(c: &RoleClient, order: Option<usize>, text: &str) {
+    let req = ChatRequest {
+        messages: vec![Message::text(Speaker::User, text)],
+        ..Default::default()
+    };
+    let r = match order {
+        Some(o) => imagescope::serving::in_order(o, c.chat(&req)).await,
+        None => c.chat(&req).await,
+    };
+    assert!(r.is_ok(), "{r:?}");
+}
+
+fn arrival_texts(fake: &FakeServer) -> Vec<String> {
+    fake.requests()
+        .iter()
+        .map(|r| {
+            r.body["messages"][0]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Starts `sends` 20 ms apart against one slot held 300 ms by the first.
+async fn queue_behind_one_slot(sends: &[(Option<usize>, &str)]) -> Vec<String> {
+    let fake = FakeServer::start("m", 4).await;
+    fake.set_delay(Route::Chat, Duration::from_millis(300));
+    let c = client(
+        Role::Reasoner,
+        "m",
+        &[fake.base_url()],
+        "max_in_flight = 1\n",
+    );
+    futures::future::join_all(sends.iter().enumerate().map(|(i, (o, t))| {
+        let c = &c;
+        async move {
+            tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+            ordered(c, *o, t).await;
+        }
+    }))
+    .await;
+    arrival_texts(&fake)
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_requests_of_earlier_queries_go_first_and_the_rest_keep_arrival_order() {
+    // "a" holds the only slot; the others queue, the latest query first: they reach the server
+    // in the queries' order, not in arrival order.
+    let order = [
+        (Some(5), "a"),
+        (Some(9), "b"),
+        (Some(7), "c"),
+        (Some(1), "d"),
+    ];
+    assert_eq!(queue_behind_one_slot(&order).await, ["a", "d", "c", "b"]);
+    // Work outside a run's order (a search, the index) waits behind it, first come first served.
+    let mixed = [(None, "a"), (None, "b"), (Some(3), "c"), (None, "d")];
+    assert_eq!(queue_behind_one_slot(&mixed).await, ["a", "c", "b", "d"]);
 }

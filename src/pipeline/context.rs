@@ -49,8 +49,9 @@ pub struct Ctx {
 }
 
 /// The images in memory across all queries: one pool per image role of `IMAGES_PER_SLOT` × that
-/// role's request slots, so loaded images follow each server's capacity, not the queries in
-/// flight, and stage 3 never waits behind stage 2's queue for the verifier.
+/// role's request slots (× 2 for the evaluator, whose one request is built from a reference and a
+/// candidate), so loaded images follow each server's capacity, not the queries in flight, and
+/// stage 3 never waits behind stage 2's queue for the verifier.
 #[derive(Debug)]
 pub struct ImagePools {
     verifier: Arc<tokio::sync::Semaphore>,
@@ -62,10 +63,13 @@ pub struct ImagePools {
 }
 
 impl ImagePools {
-    /// Pools for these request slots (at least two each: a stage-3 turn holds two images).
+    /// Pools for these request slots. A stage-3 turn holds two images (reference and
+    /// candidate), so the evaluator's pool counts two per request: a full server still has one
+    /// turn's images ready behind each busy slot (with one per request it had none, and each
+    /// slot idled while the next composite was built).
     pub fn new(verifier_slots: usize, evaluator_slots: usize) -> Self {
         let v = (IMAGES_PER_SLOT * verifier_slots).max(2);
-        let e = (IMAGES_PER_SLOT * evaluator_slots).max(2);
+        let e = (2 * IMAGES_PER_SLOT * evaluator_slots).max(2);
         ImagePools {
             verifier: Arc::new(tokio::sync::Semaphore::new(v)),
             evaluator: Arc::new(tokio::sync::Semaphore::new(e)),
@@ -275,7 +279,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_evaluator_gets_images_while_the_verifier_pool_is_exhausted() {
         let pools = ImagePools::new(1, 1);
-        assert_eq!(pools.bound, 4);
+        assert_eq!(pools.bound, 2 + 4);
         // Stage 2 holds every verifier image and more candidates wait for one.
         let held = pools.acquire(Role::Verifier, 2).await;
         let waiting = tokio::time::timeout(
@@ -295,6 +299,13 @@ mod tests {
             "stage 3 does not queue behind stage 2"
         );
         assert_eq!(pools.peak.load(std::sync::atomic::Ordering::Relaxed), 4);
+        // And a second turn's images are ready while the first is judged.
+        let next = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            pools.acquire(Role::Evaluator, 2),
+        )
+        .await;
+        assert!(next.is_ok_and(|p| p.is_some()), "one turn ready behind");
         drop(held);
     }
 }

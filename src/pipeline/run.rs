@@ -140,7 +140,7 @@ pub async fn drive(
     mut on_done: impl FnMut(&QueryRecord),
 ) -> Result<bool, RunError> {
     let journal = p.folder.journal_writer(JOURNAL_QUEUE);
-    let mut todo = p.todo().into_iter();
+    let mut todo = p.todo().into_iter().enumerate();
     let mut running: tokio::task::JoinSet<QueryRecord> = tokio::task::JoinSet::new();
     let mut ids: std::collections::HashMap<tokio::task::Id, &crate::datasets::Query> =
         std::collections::HashMap::new();
@@ -148,9 +148,14 @@ pub async fn drive(
     let mut stopped = *stop.borrow();
     while !stopped {
         while running.len() < limit {
-            let Some(q) = todo.next() else { break };
+            let Some((order, q)) = todo.next() else {
+                break;
+            };
             let (ctx, query) = (p.ctx.clone(), q.clone());
-            let handle = running.spawn(async move { query::run(&ctx, &query).await });
+            // Earlier queries' requests wait ahead of later ones' for a server slot.
+            let handle = running.spawn(crate::serving::in_order(order, async move {
+                query::run(&ctx, &query).await
+            }));
             ids.insert(handle.id(), q);
         }
         tokio::select! {

@@ -161,6 +161,18 @@ impl RoleClient {
         &self.inner.server
     }
 
+    /// Base URLs of this role's replicas set aside now (or waiting for their probe), and how
+    /// many replicas there are.
+    pub fn replicas_out(&self) -> (Vec<String>, usize) {
+        let endpoints = &self.inner.endpoints;
+        let out = endpoints
+            .out_of_service()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        (out, endpoints.all().len())
+    }
+
     /// Counters of this client's traffic.
     pub fn stats(&self) -> &RoleStats {
         &self.inner.stats
@@ -446,7 +458,7 @@ impl RoleClient {
     /// An endpoint and one of its in-flight slots. A request that waited for the slot of an
     /// endpoint that was set aside meanwhile (it hung, or failed) gives the slot back and is
     /// assigned again, unless it is that endpoint's probe or no other endpoint is available.
-    async fn slot(&self) -> (Assignment<'_>, tokio::sync::OwnedSemaphorePermit) {
+    async fn slot(&self) -> (Assignment<'_>, priority_semaphore::Permit) {
         let endpoints = &self.inner.endpoints;
         loop {
             let assignment = endpoints.assign();

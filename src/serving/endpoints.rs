@@ -9,12 +9,18 @@
 //! A request that waited for a slot of an endpoint set aside meanwhile (it hung: its in-flight
 //! requests timed out) is assigned again once it holds the slot (`RoleClient::call`), so the
 //! requests queued behind a hung replica cost one timeout, not one per wave.
+//!
+//! Requests waiting for an in-flight slot are served by priority, then in arrival order: the
+//! requests of work started earlier (`in_order`: a run numbers its queries) go first. In a
+//! pipelined run the queries further along thus overtake those just started, reach the busiest
+//! server sooner and finish in about the order they began, so new queries are admitted steadily
+//! instead of in waves (BENCHMARKS.md, "Scheduling of the shipped run").
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use priority_semaphore::{Permit, Priority, PrioritySemaphore};
 use tokio::time::Instant;
 
 use crate::config::RetryPolicy;
@@ -33,7 +39,7 @@ struct Health {
 pub struct Endpoint {
     /// Base URL including the API prefix, without a trailing slash.
     pub base: String,
-    permits: Arc<Semaphore>,
+    permits: Arc<PrioritySemaphore>,
     assigned: AtomicUsize,
     health: Mutex<Health>,
 }
@@ -42,7 +48,9 @@ impl Endpoint {
     fn new(base: &str, max_in_flight: usize) -> Self {
         Endpoint {
             base: base.trim_end_matches('/').to_string(),
-            permits: Arc::new(Semaphore::new(max_in_flight)),
+            permits: Arc::new(PrioritySemaphore::new(
+                max_in_flight.min(PrioritySemaphore::MAX_PERMITS),
+            )),
             assigned: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
         }
@@ -98,19 +106,36 @@ impl<'a> Assignment<'a> {
         self.probe
     }
 
-    /// Waits for a free in-flight slot on this endpoint.
+    /// Waits for a free in-flight slot on this endpoint; waiting requests of work started
+    /// earlier (`in_order`) go first, the rest in arrival order.
     #[expect(
         clippy::expect_used,
         reason = "the semaphore is owned by the endpoint and never closed"
     )]
-    pub async fn permit(&self) -> OwnedSemaphorePermit {
+    pub async fn permit(&self) -> Permit {
         self.endpoint
             .permits
-            .clone()
-            .acquire_owned()
+            .acquire(current_priority())
             .await
             .expect("endpoint semaphore is never closed")
     }
+}
+
+tokio::task_local! {
+    static PRIORITY: Priority;
+}
+
+/// Runs `work` (one query of a run) so that its requests wait ahead of those of work with a
+/// larger `order` at every endpoint's in-flight limit. Work outside `in_order` (a search, the
+/// index) waits behind all of it, first come first served among itself.
+pub async fn in_order<F: std::future::Future>(order: usize, work: F) -> F::Output {
+    let order = Priority::try_from(order).unwrap_or(Priority::MAX);
+    PRIORITY.scope(Priority::MAX - order, work).await
+}
+
+/// The priority of the current task's requests (`in_order`).
+pub fn current_priority() -> Priority {
+    PRIORITY.try_with(|p| *p).unwrap_or(Priority::MIN)
 }
 
 impl Endpoints {
@@ -214,6 +239,16 @@ impl Endpoints {
             .iter()
             .enumerate()
             .any(|(i, ep)| i != index && ep.health().down_until.is_none_or(|t| t <= now))
+    }
+
+    /// Base URLs of the endpoints not in service: set aside, or past their cooldown but not yet
+    /// shown back by a probe.
+    pub fn out_of_service(&self) -> Vec<&str> {
+        self.list
+            .iter()
+            .filter(|ep| ep.health().down_until.is_some())
+            .map(|ep| ep.base.as_str())
+            .collect()
     }
 
     /// Whether an endpoint is currently set aside.
