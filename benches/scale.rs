@@ -7,7 +7,14 @@
 //! IMAGESCOPE_BIN=/path/to/imagescope cargo bench --bench scale   # measure another build
 //! SCALE_STAGES=s1 SCALE_QUERIES=1000 cargo bench --bench scale  # no image requests: the base
 //! SCALE_IN_FLIGHT=512 SCALE_QUERIES=1000 cargo bench --bench scale  # a longer queue
+//! SCALE_JOURNAL_DELAY_MS=20 SCALE_QUERIES=10000 cargo bench --bench scale  # a slow disk
+//! SCALE_SHAPE=dialogue SCALE_QUERIES=2000 cargo bench --bench scale  # VisDial-shaped
 //! ```
+//!
+//! `SCALE_JOURNAL_DELAY_MS=N` sets `IMAGESCOPE_FAULT_JOURNAL_DELAY_MS=N` for the binary: every
+//! journal write waits N ms first, as on a slow disk. `SCALE_SHAPE=dialogue` turns the N queries
+//! into N VisDial dialogues (the `visdial` loader's own files: a search space of the gallery and
+//! dialogues of a caption and 9 turns, so 10 rounds each, every round through stages 1 and 2).
 //!
 //! A folder gallery of `SCALE_IMAGES` (default 2,000) distinct noise JPEGs of 1024×1024 pixels,
 //! each over 1 MB, is written once under `target/scale-bench/` with a captions file, and indexed
@@ -163,6 +170,30 @@ fn gallery(dir: &Path, n: usize) -> PathBuf {
     photos
 }
 
+/// `n` VisDial-shaped dialogues over the gallery, in the `visdial` loader's files under `dir`.
+fn dialogues(dir: &Path, n: usize, images: usize) {
+    let space: Vec<String> = (0..images)
+        .map(|i| format!("gallery/img{i:05}.jpg"))
+        .collect();
+    std::fs::write(
+        dir.join("Search_Space_val_50k.json"),
+        serde_json::to_string(&space).unwrap(),
+    )
+    .unwrap();
+    let list: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut dialog = vec![format!("a photo of thing number {i}")];
+            dialog.extend((0..9).map(|t| format!("is there a detail {t}? yes, detail {t} of {i}")));
+            json!({"img": space[(i * 7) % images], "dialog": dialog})
+        })
+        .collect();
+    std::fs::write(
+        dir.join("VisDial_v1.0_queries_val.json"),
+        Value::Array(list).to_string(),
+    )
+    .unwrap();
+}
+
 fn queries(photos: &Path, n: usize, images: usize) {
     let list: Vec<Value> = (0..n)
         .map(|i| json!({"id": format!("q{i}"), "instruction": format!("thing number {i} in a photo"), "targets": [format!("img{:05}.jpg", (i * 7) % images)]}))
@@ -186,11 +217,12 @@ fn clock_ticks() -> f64 {
 }
 
 /// Runs the binary, reading its peak RSS and CPU time from /proc until it exits.
-fn measure(bin: &Path, args: &[&str], cwd: &Path, log: &Path) -> Measured {
+fn measure(bin: &Path, args: &[&str], cwd: &Path, log: &Path, env: &[(&str, &str)]) -> Measured {
     let t = Instant::now();
     let out = std::fs::File::create(log).unwrap();
     let mut child = std::process::Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(cwd)
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -271,6 +303,10 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(128);
+    // SCALE_SHAPE=dialogue: VisDial dialogues of 10 rounds instead of text queries.
+    let dialogue = std::env::var("SCALE_SHAPE").is_ok_and(|v| v == "dialogue");
+    // SCALE_JOURNAL_DELAY_MS=N: every journal write of the binary waits N ms (a slow disk).
+    let journal_delay = std::env::var("SCALE_JOURNAL_DELAY_MS").unwrap_or_else(|_| "0".into());
     let dir = root.join("target/scale-bench");
     std::fs::create_dir_all(&dir).unwrap();
     let photos = gallery(&dir, images);
@@ -294,16 +330,25 @@ async fn main() {
         ));
     }
     std::fs::write(work.join("servers.toml"), servers).unwrap();
+    let (name, data_root, split) = if dialogue {
+        ("visdial", &dir, "val")
+    } else {
+        ("folder", &photos, "all")
+    };
     let exp = format!(
-        "servers = \"servers.toml\"\nprompts = {:?}\nruns = \"runs\"\nimage_db = \"image_db\"\ncaptions = {:?}\n\n[dataset]\nname = \"folder\"\nroot = {:?}\nsplit = \"all\"\n\n[pipeline]\ntop_k = 2\nalpha = 1\nreask = 0\nqueries_in_flight = {in_flight}\n",
+        "servers = \"servers.toml\"\nprompts = {:?}\nruns = \"runs\"\nimage_db = \"image_db\"\ncaptions = {:?}\n\n[dataset]\nname = \"{name}\"\nroot = {:?}\nsplit = \"{split}\"\n\n[pipeline]\ntop_k = 2\nalpha = 1\nreask = 0\nqueries_in_flight = {in_flight}\n",
         root.join("prompts").display().to_string(),
         dir.join("captions.json").display().to_string(),
-        photos.display().to_string()
+        data_root.display().to_string()
     );
     std::fs::write(work.join("exp.toml"), exp).unwrap();
 
     // Index once (the embedder sees every image); the runs below only search it.
-    queries(&photos, 1, images);
+    if dialogue {
+        dialogues(&dir, 1, images);
+    } else {
+        queries(&photos, 1, images);
+    }
     let bin_for = bin.clone();
     let work_for = work.clone();
     let index = tokio::task::spawn_blocking(move || {
@@ -312,13 +357,19 @@ async fn main() {
             &["index", "--config", "exp.toml"],
             &work_for,
             &work_for.join("index.log"),
+            &[],
         )
     })
     .await
     .unwrap();
     println!(
-        "binary: {}\nstages: {stages}, {in_flight} queries in flight\nindex of {images} images: {:.0} s wall, {:.0} MiB peak RSS\n",
+        "binary: {}\nstages: {stages}, {in_flight} queries in flight, {}, journal writes delayed {journal_delay} ms\nindex of {images} images: {:.0} s wall, {:.0} MiB peak RSS\n",
         bin.display(),
+        if dialogue {
+            "VisDial-shaped dialogues of 10 rounds"
+        } else {
+            "text queries"
+        },
         index.wall_s,
         index.peak_rss_mib
     );
@@ -326,8 +377,13 @@ async fn main() {
         "| queries | peak RSS MiB | CPU s | CPU ms per query | wall s |\n|---|---|---|---|---|"
     );
     for n in sizes {
-        queries(&photos, n, images);
+        if dialogue {
+            dialogues(&dir, n, images);
+        } else {
+            queries(&photos, n, images);
+        }
         let (bin, work, stages) = (bin.clone(), work.clone(), stages.clone());
+        let journal_delay = journal_delay.clone();
         let m = tokio::task::spawn_blocking(move || {
             let name = format!("scale-{n}");
             measure(
@@ -346,6 +402,7 @@ async fn main() {
                 ],
                 &work,
                 &work.join(format!("run-{n}.log")),
+                &[("IMAGESCOPE_FAULT_JOURNAL_DELAY_MS", journal_delay.as_str())],
             )
         })
         .await

@@ -284,7 +284,11 @@ fn load(dir: &Path) -> Result<Loaded, CompareError> {
             .filter_map(|&s| {
                 let mut p = crate::record::predictions([&r], s, dialogue);
                 let gallery = p.gallery_ranks.remove(&r.id);
-                p.entries.remove(&r.id).map(|pred| (s, (pred, gallery)))
+                // Dialogues keep each round's target rank, not its list (`Prediction::listed`).
+                let target = crate::metrics::primary_target(&r.targets);
+                p.entries
+                    .remove(&r.id)
+                    .map(|pred| (s, (pred.listed(target), gallery)))
             })
             .collect();
         rankings.insert(r.id.clone(), (done, by_stage));
@@ -493,7 +497,14 @@ fn target_rank(
     p: &Predictions,
     opts: ScoreOptions,
 ) -> Option<usize> {
+    let target = q.targets.first()?;
+    // Beyond the list, a dialogue's whole-gallery rank when the run recorded it.
+    let in_gallery = |round: usize| p.gallery_ranks.get(&q.id)?.get(&round).copied();
     let (predicted, last_round): (&[ImageKey], Option<usize>) = match p.entries.get(&q.id)? {
+        Prediction::RoundRanks(m) => {
+            let (round, listed) = m.iter().next_back()?;
+            return listed.rank.or_else(|| in_gallery(*round));
+        }
         Prediction::Ranking(r) => (r, None),
         Prediction::Rounds(m) => m
             .iter()
@@ -501,17 +512,11 @@ fn target_rank(
             .map(|(r, k)| (k.as_slice(), Some(*r)))?,
     };
     let ranking = protocol::protocol_ranking(dataset, q, predicted, opts);
-    let target = q.targets.first()?;
-    // Beyond the list, a dialogue's whole-gallery rank when the run recorded it.
-    let in_gallery = || {
-        let round = last_round?;
-        p.gallery_ranks.get(&q.id)?.get(&round).copied()
-    };
     ranking
         .iter()
         .position(|k| k == target)
         .map(|i| i + 1)
-        .or_else(in_gallery)
+        .or_else(|| in_gallery(last_round?))
 }
 
 fn rank_moves(

@@ -20,6 +20,40 @@ pub enum Prediction {
     Ranking(Vec<ImageKey>),
     /// One ranking per dialogue round.
     Rounds(BTreeMap<usize, Vec<ImageKey>>),
+    /// One ranking per dialogue round, reduced to what scoring reads (`Prediction::listed`):
+    /// 2,064 dialogues × 11 rounds × 100 keys per stage need not stay in memory to be scored.
+    RoundRanks(BTreeMap<usize, ListedRank>),
+}
+
+/// Where a dialogue's target is in one round's ranking, and how long that ranking is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListedRank {
+    /// 1-based rank of the target in the list, if there.
+    pub rank: Option<usize>,
+    /// Length of the list.
+    pub depth: usize,
+}
+
+impl Prediction {
+    /// A dialogue's per-round rankings reduced to the target's rank in each (`target`: the
+    /// dialogue's primary target) and each list's length; scoring gives the same figures.
+    /// Other predictions are returned as they are.
+    pub fn listed(self, target: Option<&ImageKey>) -> Prediction {
+        match self {
+            Prediction::Rounds(m) => Prediction::RoundRanks(
+                m.into_iter()
+                    .map(|(round, list)| {
+                        let rank = target
+                            .and_then(|t| list.iter().position(|k| k == t))
+                            .map(|i| i + 1);
+                        let depth = list.len();
+                        (round, ListedRank { rank, depth })
+                    })
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
 }
 
 /// A whole predictions file.

@@ -242,7 +242,7 @@ pub fn per_query(
     for q in queries {
         let predicted = match predictions.entries.get(&q.id) {
             Some(Prediction::Ranking(r)) => r,
-            Some(Prediction::Rounds(_)) => {
+            Some(Prediction::Rounds(_) | Prediction::RoundRanks(_)) => {
                 return Err(ScoreError::Invalid {
                     query: q.id.clone(),
                     message: "per-round rankings are only for visdial".into(),
@@ -313,6 +313,7 @@ fn dialogues_per_query(
         .values()
         .filter_map(|p| match p {
             Prediction::Rounds(r) => r.keys().max().copied(),
+            Prediction::RoundRanks(r) => r.keys().max().copied(),
             Prediction::Ranking(_) => Some(0),
         })
         .max()
@@ -322,6 +323,7 @@ fn dialogues_per_query(
         .values()
         .filter_map(|p| match p {
             Prediction::Rounds(r) => r.keys().min().copied(),
+            Prediction::RoundRanks(r) => r.keys().min().copied(),
             Prediction::Ranking(_) => Some(0),
         })
         .min()
@@ -344,6 +346,16 @@ fn dialogues_per_query(
                             longest = longest.max(list.len());
                             let hit = first_hit(list, &target);
                             (hit, hit.or_else(|| in_gallery(r)))
+                        }
+                        None => (None, None),
+                    })
+                    .unzip(),
+                Some(Prediction::RoundRanks(m)) => rounds
+                    .iter()
+                    .map(|r| match m.get(r) {
+                        Some(listed) => {
+                            longest = longest.max(listed.depth);
+                            (listed.rank, listed.rank.or_else(|| in_gallery(r)))
                         }
                         None => (None, None),
                     })
@@ -600,6 +612,53 @@ mod tests {
         assert_eq!(
             scoring_depth(DatasetName::Flickr30k, ScoreOptions::default(), true),
             Some(51)
+        );
+    }
+
+    #[test]
+    fn dialogues_reduced_to_their_ranks_score_exactly_as_their_lists() {
+        // Seeded dialogues: rounds 0..=10, lists of 0..=12 keys drawn from a gallery of 30,
+        // the target in some lists and not others, whole-gallery ranks for some rounds.
+        let mut rng = fastrand::Rng::with_seed(7);
+        let key = |i: usize| ImageKey::from(format!("g{i}").as_str());
+        let mut queries = Vec::new();
+        let mut full = Predictions::default();
+        for d in 0..40 {
+            let id = format!("{d}");
+            let target = rng.usize(..30);
+            queries.push(q(&id, None, &[&format!("g{target}")], None));
+            let mut rounds = BTreeMap::new();
+            let mut gallery = BTreeMap::new();
+            for r in 0..=10 {
+                let mut list: Vec<ImageKey> = (0..rng.usize(..=12))
+                    .map(|_| key(rng.usize(..30)))
+                    .collect();
+                list.dedup();
+                rounds.insert(r, list);
+                if rng.bool() {
+                    gallery.insert(r, 1 + rng.usize(..50));
+                }
+            }
+            full.entries.insert(id.clone(), Prediction::Rounds(rounds));
+            full.gallery_ranks.insert(id, gallery);
+        }
+        let mut listed = full.clone();
+        for (id, p) in std::mem::take(&mut listed.entries) {
+            let target = queries
+                .iter()
+                .find(|x| x.id == id)
+                .and_then(|x| x.targets.first());
+            listed.entries.insert(id, p.listed(target));
+        }
+        assert!(matches!(listed.entries["0"], Prediction::RoundRanks(_)));
+        let opts = ScoreOptions::default();
+        let a = score(DatasetName::Visdial, &queries, &full, opts).unwrap();
+        let b = score(DatasetName::Visdial, &queries, &listed, opts).unwrap();
+        assert_eq!(a.metrics, b.metrics);
+        assert!(
+            a.metrics.iter().any(|(n, _)| n.starts_with("BRI")),
+            "{:?}",
+            a.metrics
         );
     }
 }

@@ -40,7 +40,8 @@ pub struct RunReport {
     pub roles: BTreeMap<String, StatsSnapshot>,
     /// The most gallery images (or their decoded pixels) held in memory at once.
     pub peak_images_in_memory: usize,
-    /// The bound on it: `IMAGES_PER_SLOT` × the verifier's and evaluator's request slots.
+    /// The bound on it: `IMAGES_PER_SLOT` × the verifier's request slots and twice that per
+    /// evaluator slot (`ImagePools::new`).
     pub images_in_memory_bound: usize,
     /// Fallbacks taken, by step.
     pub fallbacks: BTreeMap<String, usize>,
@@ -171,6 +172,12 @@ fn read_back(p: &Prepared) -> Result<ReadBack, RunError> {
         .map(|&s| (s, Predictions::default()))
         .collect();
     let mut outcomes: HashMap<String, Outcome> = HashMap::new();
+    // A dialogue's rounds keep only the target's rank in each list and the list's length.
+    let targets: HashMap<&str, &crate::datasets::ImageKey> = p
+        .queries
+        .iter()
+        .filter_map(|q| Some((q.id.as_str(), crate::metrics::primary_target(&q.targets)?)))
+        .collect();
     let journal = p.folder.path().join("queries.jsonl");
     read_journal(&journal, |r| {
         for (stage, pred) in &mut preds {
@@ -181,7 +188,11 @@ fn read_back(p: &Prepared) -> Result<ReadBack, RunError> {
                 ranking.truncate(d);
                 ranking.shrink_to_fit();
             }
-            match one.entries.remove(&r.id) {
+            let one_entry = one
+                .entries
+                .remove(&r.id)
+                .map(|x| x.listed(targets.get(r.id.as_str()).copied()));
+            match one_entry {
                 Some(x) => pred.entries.insert(r.id.clone(), x),
                 None => pred.entries.remove(&r.id),
             };

@@ -92,13 +92,30 @@ fn last_byte(path: &Path) -> Option<u8> {
 }
 
 fn write_line(journal: &Mutex<std::fs::File>, path: &Path, s: &str) -> Result<(), FolderError> {
+    write_bytes(journal, path, s.as_bytes())
+}
+
+fn write_bytes(journal: &Mutex<std::fs::File>, path: &Path, s: &[u8]) -> Result<(), FolderError> {
     let mut f = journal.lock().unwrap_or_else(|e| e.into_inner());
-    f.write_all(s.as_bytes())
+    f.write_all(s)
         .and_then(|()| f.flush())
         .map_err(|e| FolderError {
             path: path.to_path_buf(),
             message: format!("cannot write the journal: {e}"),
         })
+}
+
+/// At most this many bytes of journal lines go into one write.
+const JOURNAL_BATCH_BYTES: usize = 1 << 20;
+
+/// Fault injection for benchmarks and tests: `IMAGESCOPE_FAULT_JOURNAL_DELAY_MS=N` makes every
+/// journal write wait N ms first, as on a slow or remote disk. Unset in normal use.
+fn journal_fault_delay() -> Option<std::time::Duration> {
+    std::env::var("IMAGESCOPE_FAULT_JOURNAL_DELAY_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(std::time::Duration::from_millis)
 }
 
 /// The journal's writer (`RunFolder::journal_writer`).
@@ -294,13 +311,30 @@ impl RunFolder {
     pub fn journal_writer(&self, capacity: usize) -> JournalWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<QueryRecord>(capacity.max(1));
         let (journal, path) = (self.journal.clone(), self.path.clone());
+        let delay = journal_fault_delay();
         let handle = tokio::task::spawn_blocking(move || {
+            // Every record queued by the time the disk is free goes in one write, so a slow
+            // disk costs one wait per batch, not one per query; lines stay whole and in order.
+            let mut batch: Vec<u8> = Vec::new();
             while let Some(record) = rx.blocking_recv() {
-                let line = serde_json::to_string(&record).map_err(|e| FolderError {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })? + "\n";
-                write_line(&journal, &path, &line)?;
+                batch.clear();
+                let mut next = Some(record);
+                while let Some(record) = next {
+                    serde_json::to_writer(&mut batch, &record).map_err(|e| FolderError {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                    batch.push(b'\n');
+                    next = if batch.len() < JOURNAL_BATCH_BYTES {
+                        rx.try_recv().ok()
+                    } else {
+                        None
+                    };
+                }
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
+                write_bytes(&journal, &path, &batch)?;
             }
             Ok(())
         });
@@ -480,5 +514,38 @@ mod tests {
         // The cut line is closed, so the next record starts on its own line.
         let after = std::fs::read(f.path().join("queries.jsonl")).unwrap();
         assert_eq!(after.last(), Some(&b'\n'));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_queued_faster_than_the_disk_are_written_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = RunFolder::create(dir.path(), "cirr", "x").unwrap();
+        // A small queue: the sender waits while it is full, and the writer takes what has
+        // queued up meanwhile in one write.
+        let writer = f.journal_writer(8);
+        for i in 0..2_000 {
+            let record = crate::record::QueryRecord {
+                id: format!("q{i}"),
+                status: crate::record::Status::Done,
+                error: None,
+                failure_kind: None,
+                reference: None,
+                targets: vec![],
+                rounds: vec![],
+                fallbacks: vec![],
+                timings_ms: BTreeMap::new(),
+                tokens: BTreeMap::new(),
+                requests: 1,
+                cached: 0,
+                retries: 0,
+            };
+            writer.send(record).await.unwrap();
+        }
+        writer.finish().await.unwrap();
+        let mut ids = Vec::new();
+        let skipped = read_journal(&f.path().join("queries.jsonl"), |r| ids.push(r.id)).unwrap();
+        assert_eq!(skipped, 0, "no line cut");
+        let expected: Vec<String> = (0..2_000).map(|i| format!("q{i}")).collect();
+        assert_eq!(ids, expected);
     }
 }
