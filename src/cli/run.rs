@@ -52,6 +52,32 @@ fn progress_bars(
     Some((stages, queries))
 }
 
+/// One line on the replicas of the run's roles that are set aside now ("" when all serve).
+pub fn replica_status(ctx: &crate::pipeline::context::Ctx) -> String {
+    let clients = [
+        Some(&ctx.reasoner),
+        ctx.verifier.as_ref(),
+        ctx.evaluator.as_ref(),
+        Some(&ctx.embedder),
+    ];
+    clients
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let (out, all) = c.replicas_out();
+            (!out.is_empty()).then(|| {
+                format!(
+                    "{}: {} of {all} replicas set aside ({})",
+                    c.role(),
+                    out.len(),
+                    out.join(", ")
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Runs the experiment at `config` (already loaded as `exp`) and prints the summary.
 pub async fn run(
     exp: &crate::config::ExperimentConfig,
@@ -72,15 +98,38 @@ pub async fn run(
         ctx.progress = Some(stages.clone());
     }
     let queries_bar = bars.as_ref().map(|(_, q)| q.clone());
+    // Beside the bars: which replicas are set aside, refreshed each second (the warnings in the
+    // log say when and why).
+    let some_failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let message = |failed: bool, replicas: &str| {
+        let failed = if failed { "(some failed)" } else { "" };
+        format!("{failed} {replicas}").trim().to_string()
+    };
+    let status = queries_bar.clone().map(|bar| {
+        let (ctx, failed) = (prepared.ctx.clone(), some_failed.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
+                bar.set_message(message(failed, &replica_status(&ctx)));
+            }
+        })
+    });
     let driven = crate::pipeline::run::drive(&prepared, stop, |record| {
         if let Some(b) = &queries_bar {
             b.inc(1);
-            if record.status == Status::Failed {
-                b.set_message("(some failed)");
+            if record.status == Status::Failed
+                && !some_failed.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                b.set_message(message(true, &replica_status(&prepared.ctx)));
             }
         }
     })
     .await;
+    if let Some(task) = status {
+        task.abort();
+    }
     let interrupted = match driven {
         Ok(i) => i,
         Err(e) => {
