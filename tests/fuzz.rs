@@ -1,0 +1,389 @@
+//! Generated inputs for every parser of untrusted input (model answers, wire bodies and error
+//! envelopes, journal lines, servers files, predictions files, `.npy` imports, image bytes and
+//! data URLs): none may panic, and a few rules the documentation states must hold on all of them.
+//!
+//! Inputs come from proptest strategies: arbitrary text and bytes, realistic answers and bodies
+//! with random edits (characters inserted, deleted, replaced; cuts), and JSON trees built from the
+//! keys each parser looks for. A panic is caught, shrunk to a small input and reported with it.
+//!
+//! ```bash
+//! cargo test --test fuzz -- --nocapture                    # FUZZ_CASES=2000 per parser (CI)
+//! FUZZ_CASES=100000 cargo test --release --test fuzz -- --nocapture   # the long run
+//! ```
+//!
+//! The last line printed is `fuzzed inputs: N across P parsers, panics: 0`. A failing input is
+//! printed by proptest; add it to `regressions` below as an ordinary test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+use std::path::Path;
+
+use imagescope::config::{EvaluatorParse, ServersConfig, VerifierMode};
+use imagescope::roles::{captioner, evaluator, json as answer_json, reasoner, verifier};
+use imagescope::serving::{dialect, parse_retry_after, wire};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::Value;
+
+fn cases() -> u32 {
+    std::env::var("FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// Realistic model answers, the seeds of the edited ones.
+const ANSWERS: &[&str] = &[
+    "```json\n{\"edits\": [[\"Addition\", \"a dog\"]], \"descriptions\": [\"a dog on a red sofa\", \"a puppy\"]}\n```",
+    "Sure! {\"edits\": [], \"descriptions\": [\"two cats\"]}",
+    "```json\n{\"statements\": [], \"questions\": [[\"Is there a dog?\", \"True\"], [\"Is it red?\", \"False\"]]}\n```",
+    "{\"questions\": [[\"Is there a dog?\", \"yes\"]]}",
+    "ANSWER: Yes\nThe candidate shows the dog.",
+    "**Answer:** [no] because",
+    "Yes",
+    "no.",
+    "Caption: \"A man riding a horse.\"",
+    "<image>\n\u{1b}[31mA red\tcar\u{7}",
+    "",
+];
+
+/// Realistic wire bodies: chat answers (with logprobs), embeddings, error envelopes.
+const BODIES: &[&str] = &[
+    r#"{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Yes"},"logprobs":{"content":[{"token":"Yes","logprob":-0.1,"top_logprobs":[{"token":"Yes","logprob":-0.1},{"token":"No","logprob":-2.4}]}]},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":1,"total_tokens":11}}"#,
+    r#"{"model":"m","choices":[{"message":{"content":"\n"},"finish_reason":"length"}]}"#,
+    r#"{"object":"list","model":"m","data":[{"index":0,"embedding":[0.6,0.8]},{"index":1,"embedding":[1.0,0.0]}]}"#,
+    r#"{"error":{"message":"This model's maximum context length is 4096 tokens","type":"BadRequestError","code":400}}"#,
+    r#"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","code":404}"#,
+    r#"{"detail":"Not Found"}"#,
+];
+
+/// One random edit of a text.
+#[derive(Debug, Clone)]
+enum Edit {
+    Insert(usize, char),
+    Delete(usize),
+    Replace(usize, char),
+    Cut(usize),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    let ch = prop_oneof![
+        any::<char>(),
+        prop::sample::select(vec![
+            '{', '}', '[', ']', '"', ',', ':', '\\', '`', '\n', ' ', '0'
+        ]),
+    ];
+    prop_oneof![
+        (any::<usize>(), ch.clone()).prop_map(|(i, c)| Edit::Insert(i, c)),
+        any::<usize>().prop_map(Edit::Delete),
+        (any::<usize>(), ch).prop_map(|(i, c)| Edit::Replace(i, c)),
+        any::<usize>().prop_map(Edit::Cut),
+    ]
+}
+
+fn apply(seed: &str, edits: &[Edit]) -> String {
+    let mut chars: Vec<char> = seed.chars().collect();
+    for e in edits {
+        let n = chars.len();
+        match *e {
+            Edit::Insert(i, c) => chars.insert(i % (n + 1), c),
+            Edit::Delete(i) if n > 0 => {
+                chars.remove(i % n);
+            }
+            Edit::Replace(i, c) if n > 0 => chars[i % n] = c,
+            Edit::Cut(i) => chars.truncate(i % (n + 1)),
+            _ => {}
+        }
+    }
+    chars.into_iter().collect()
+}
+
+/// Text: arbitrary, or one of `seeds` with up to 8 random edits.
+fn text_from(seeds: &'static [&'static str]) -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        (
+            prop::sample::select(seeds),
+            prop::collection::vec(edit(), 0..8)
+        )
+            .prop_map(|(s, e)| apply(s, &e)),
+    ]
+}
+
+/// JSON trees whose object keys are the ones the parsers look for.
+fn json_tree() -> impl Strategy<Value = Value> {
+    let keys = prop::sample::select(vec![
+        "choices",
+        "message",
+        "content",
+        "role",
+        "finish_reason",
+        "usage",
+        "prompt_tokens",
+        "completion_tokens",
+        "logprobs",
+        "top_logprobs",
+        "token",
+        "logprob",
+        "data",
+        "embedding",
+        "index",
+        "model",
+        "object",
+        "error",
+        "detail",
+        "code",
+        "type",
+        "id",
+        "status",
+        "rounds",
+        "s1",
+        "ranking",
+        "targets",
+        "round",
+        "requests",
+        "0",
+        "1",
+    ]);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        prop::sample::select(vec![
+            "Yes", "No", "stop", "length", "list", "done", "failed", ""
+        ])
+        .prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+    ];
+    leaf.prop_recursive(5, 64, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((keys.clone(), inner), 0..6).prop_map(|kv| {
+                Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            }),
+        ]
+    })
+}
+
+/// A wire body: arbitrary text, an edited real body, or a generated JSON tree.
+fn body() -> impl Strategy<Value = String> {
+    prop_oneof![text_from(BODIES), json_tree().prop_map(|v| v.to_string()),]
+}
+
+/// A `.npy` file: arbitrary bytes, or a valid one with random byte edits.
+fn npy_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let valid = {
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+        let mut h = header.to_string();
+        while !(10 + h.len() + 1).is_multiple_of(64) {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        b.extend_from_slice(h.as_bytes());
+        b.extend(std::iter::repeat_n(0u8, 24));
+        b
+    };
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..256),
+        prop::collection::vec((any::<usize>(), any::<u8>()), 0..6).prop_map(move |edits| {
+            let mut b = valid.clone();
+            for (i, x) in edits {
+                let n = b.len();
+                b[i % n] = x;
+            }
+            b
+        }),
+    ]
+}
+
+/// Image bytes: arbitrary, or the header of a real PNG/JPEG with random edits and cuts.
+fn image_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let png = {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(3, 2, image::Rgb([1, 2, 3]))
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    };
+    let jpeg = {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(3, 2, image::Rgb([1, 2, 3]))
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .unwrap();
+        out.into_inner()
+    };
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..128),
+        (
+            prop::sample::select(vec![png, jpeg]),
+            prop::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            any::<usize>(),
+        )
+            .prop_map(|(mut b, edits, cut)| {
+                for (i, x) in edits {
+                    let n = b.len();
+                    b[i % n] = x;
+                }
+                let keep = cut % (b.len() + 1);
+                b.truncate(keep.max(b.len() / 2));
+                b
+            }),
+    ]
+}
+
+/// Runs `check` on `cases()` inputs of `strategy`; returns how many were tried.
+fn fuzz<S: Strategy>(
+    name: &str,
+    strategy: S,
+    check: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) -> u64
+where
+    S::Value: std::fmt::Debug,
+{
+    let mut runner = TestRunner::new(Config {
+        cases: cases(),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let tried = std::cell::Cell::new(0u64);
+    let result = runner.run(&strategy, |v| {
+        tried.set(tried.get() + 1);
+        check(v)
+    });
+    if let Err(e) = result {
+        panic!("{name}: {e}");
+    }
+    println!("{name}: {} inputs", tried.get());
+    tried.get()
+}
+
+#[test]
+fn every_parser_of_untrusted_input_survives_generated_inputs() {
+    let mut total = 0;
+    let mut parsers = 0;
+    let mut count = |n: u64| {
+        total += n;
+        parsers += 1;
+    };
+    count(fuzz("captioner::parse", text_from(ANSWERS), |s| {
+        if let Ok(caption) = captioner::parse(&s) {
+            prop_assert!(!caption.is_empty());
+            prop_assert!(!caption.chars().any(char::is_control), "{caption:?}");
+        }
+        Ok(())
+    }));
+    count(fuzz("reasoner::parse_reasoning", text_from(ANSWERS), |s| {
+        let _ = reasoner::parse_reasoning(&s);
+        let _ = reasoner::parse_reasoning_as_original(&s, "a reference");
+        Ok(())
+    }));
+    count(fuzz(
+        "reasoner::parse_propositions",
+        text_from(ANSWERS),
+        |s| {
+            for (original, normalize) in
+                [(false, false), (false, true), (true, false), (true, true)]
+            {
+                let how = reasoner::PropositionParse {
+                    original,
+                    normalize,
+                };
+                if let Ok(p) = reasoner::parse_propositions(&s, how)
+                    && !original
+                {
+                    prop_assert!(
+                        p.len() <= reasoner::MAX_PROPOSITIONS,
+                        "{} propositions",
+                        p.len()
+                    );
+                }
+            }
+            Ok(())
+        },
+    ));
+    count(fuzz("json::parse_original", text_from(ANSWERS), |s| {
+        let _ = answer_json::parse_original(&s);
+        Ok(())
+    }));
+    count(fuzz("evaluator::decide", text_from(ANSWERS), |s| {
+        let strict = evaluator::decide(&s, EvaluatorParse::Strict);
+        // The original's rule, exactly: the substring `ANSWER: Yes`.
+        prop_assert_eq!(strict.accepted, s.contains("ANSWER: Yes"));
+        let _ = evaluator::decide(&s, EvaluatorParse::Tolerant);
+        Ok(())
+    }));
+    count(fuzz("wire::parse_chat + verifier::decide", body(), |s| {
+        if let Ok(answer) = wire::parse_chat(&s) {
+            for mode in [
+                VerifierMode::Substring,
+                VerifierMode::FirstWord,
+                VerifierMode::Logprob,
+            ] {
+                let v = verifier::decide(&answer, mode);
+                if let Some(p) = v.p_yes {
+                    prop_assert!((0.0..=1.0).contains(&p), "p_yes {p}");
+                }
+            }
+        }
+        Ok(())
+    }));
+    count(fuzz("wire::parse_embeddings", body(), |s| {
+        for (expected, dimension) in [(1, None), (2, Some(2)), (3, Some(512))] {
+            let _ = wire::parse_embeddings(&s, expected, dimension);
+        }
+        Ok(())
+    }));
+    count(fuzz("dialect::parse_error_body", body(), |s| {
+        let _ = dialect::parse_error_body(&s);
+        Ok(())
+    }));
+    count(fuzz("parse_retry_after", any::<String>(), |s| {
+        let _ = parse_retry_after(&s);
+        Ok(())
+    }));
+    count(fuzz("journal line (QueryRecord)", body(), |s| {
+        let _ = serde_json::from_str::<imagescope::record::QueryRecord>(&s);
+        Ok(())
+    }));
+    count(fuzz("predictions::parse", json_tree(), |v| {
+        for d in [
+            imagescope::datasets::DatasetName::Cirr,
+            imagescope::datasets::DatasetName::Circo,
+            imagescope::datasets::DatasetName::Visdial,
+        ] {
+            let _ = imagescope::metrics::predictions::parse(d, &v, Path::new("p.json"));
+        }
+        Ok(())
+    }));
+    count(fuzz("ServersConfig::parse", text_from(SERVERS), |s| {
+        let _ = ServersConfig::parse(&s, Path::new("servers.toml"));
+        Ok(())
+    }));
+    count(fuzz("parse_npy", npy_bytes(), |b| {
+        let _ = imagescope::index::import::parse_npy(&b);
+        Ok(())
+    }));
+    count(fuzz("image bytes and data URLs", image_bytes(), |b| {
+        let _ = imagescope::images::EncodedImage::from_bytes(b.clone(), "fuzzed");
+        let url = format!(
+            "data:image/png;base64,{}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &b)
+        );
+        let _ = imagescope::images::decode_data_url(&url);
+        let _ = imagescope::images::decode_data_url(&String::from_utf8_lossy(&b));
+        Ok(())
+    }));
+    println!("fuzzed inputs: {total} across {parsers} parsers, panics: 0");
+}
+
+/// A servers file, the seed of the edited ones.
+const SERVERS: &[&str] = &[
+    "[roles.reasoner]\nendpoints = [\"http://127.0.0.1:8001/v1\"]\nmodel = \"m\"\napi = \"vllm\"\nmax_in_flight = 64\n\n[roles.embedder]\nendpoints = [\"http://127.0.0.1:8005/v1\"]\nmodel = \"clip\"\napi = \"infinity\"\nembed_shape = \"infinity\"\ndimension = 768\n[roles.embedder.retry]\nmax_retries = 3\n",
+];
