@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::env::{Env, IMAGES, write_cirr};
-use support::fake_server::Route;
+use support::fake_server::{Route, Scripted};
 
 /// Twelve queries, each asking for one image from another one's reference.
 fn queries() -> Vec<(u64, usize, &'static str, usize)> {
@@ -522,5 +522,35 @@ async fn a_role_whose_server_cannot_be_reached_is_not_given_a_guessed_identity()
     assert!(
         err.contains("no evaluator endpoint answered") && err.contains("checkpoint"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_list_that_answers_too_late_once_is_asked_again() {
+    // Found by the fault simulator (tests/sim.rs): a server busy at start-up that let one
+    // `/v1/models` request time out stopped the whole run.
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    write_cirr(&env.data, &queries()[..2]);
+    let config = env.configs("cirr", "val", "", None);
+    env.index(&config).await;
+    let servers = env.path("servers.toml");
+    let text = std::fs::read_to_string(&servers).unwrap();
+    std::fs::write(
+        &servers,
+        text.replace("timeout_secs = 10", "timeout_secs = 1"),
+    )
+    .unwrap();
+    let before = env.evaluator.count(Route::Models);
+    env.evaluator.script(
+        Route::Models,
+        [Scripted::json(200, serde_json::json!({"data": []})).delay(Duration::from_millis(1500))],
+    );
+    let (code, out, err) = env
+        .imagescope(&["run", "--json", "--config", config.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        env.evaluator.count(Route::Models) >= before + 2,
+        "asked again after the late answer"
     );
 }

@@ -74,7 +74,22 @@ async fn identify_one(client: &RoleClient, path: &str) -> Result<ModelIdentity, 
             max_model_len: None,
         });
     }
-    let probes = (0..s.endpoints.len()).map(|i| client.probe_get(i, "/models", false));
+    // An endpoint that does not answer is asked again under the role's retry policy (a server
+    // busy at start-up is not a missing one); one that answers, however, is taken at its word.
+    let probes = (0..s.endpoints.len()).map(|i| async move {
+        let mut attempt = 0;
+        loop {
+            match client.probe_get(i, "/models", false).await {
+                Err(e) if attempt < s.retry.max_retries => {
+                    attempt += 1;
+                    let delay = super::backoff_delay(&s.retry, attempt - 1, None, fastrand::f64());
+                    tracing::debug!(endpoint = %s.endpoints[i], error = %e, "model list: asking again");
+                    tokio::time::sleep(delay).await;
+                }
+                answer => return answer,
+            }
+        }
+    });
     let answers = futures::future::join_all(probes).await;
     let mut seen: Vec<(String, String)> = Vec::new();
     let mut max_len = None;
