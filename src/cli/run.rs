@@ -128,7 +128,10 @@ pub async fn run(
     })
     .await;
     if let Some(task) = status {
+        // Awaited, so its share of the context is gone before `prepared` is dropped below (the
+        // request cache's writer is joined there, before the summary is printed).
         task.abort();
+        let _ = task.await;
     }
     let interrupted = match driven {
         Ok(i) => i,

@@ -362,6 +362,31 @@ pub fn compare(a_dir: &Path, b_dir: &Path, how: Bootstrap) -> Result<Comparison,
             shared.len()
         ));
     }
+    if d.name == DatasetName::Visdial {
+        // Each run's dialogue rounds are kept as the rank of the target its journal records
+        // (`Prediction::listed`); say so if the dataset now names another.
+        let differ = |l: &Loaded| {
+            let recorded: HashMap<&str, Option<&ImageKey>> = l
+                .recorded
+                .iter()
+                .map(|(id, _, t)| (id.as_str(), crate::metrics::primary_target(t)))
+                .collect();
+            shared
+                .iter()
+                .filter(|q| {
+                    recorded
+                        .get(q.id.as_str())
+                        .is_some_and(|t| *t != crate::metrics::primary_target(&q.targets))
+                })
+                .count()
+        };
+        let (da, db) = (differ(&a), differ(&b));
+        if da + db > 0 {
+            notes.push(format!(
+                "{da} dialogues of A and {db} of B recorded another target than the dataset names now; their rounds are scored against the target each run recorded"
+            ));
+        }
+    }
     if a.options() != b.options() {
         notes.push(
             "the runs score differently (exclude_reference or profile differ): each run is scored by its own options; metrics only one of them reports are left out".into(),

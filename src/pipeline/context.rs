@@ -295,17 +295,18 @@ mod tests {
         )
         .await;
         assert!(
-            turn.is_ok_and(|p| p.is_some()),
+            matches!(&turn, Ok(Some(_))),
             "stage 3 does not queue behind stage 2"
         );
         assert_eq!(pools.peak.load(std::sync::atomic::Ordering::Relaxed), 4);
-        // And a second turn's images are ready while the first is judged.
+        // And, while the first turn holds its two, a second turn's images are ready behind it.
         let next = tokio::time::timeout(
             std::time::Duration::from_millis(1),
             pools.acquire(Role::Evaluator, 2),
         )
         .await;
-        assert!(next.is_ok_and(|p| p.is_some()), "one turn ready behind");
-        drop(held);
+        assert!(matches!(&next, Ok(Some(_))), "one turn ready behind");
+        assert_eq!(pools.peak.load(std::sync::atomic::Ordering::Relaxed), 6);
+        drop((held, turn, next));
     }
 }

@@ -311,7 +311,7 @@ mod tests {
             .zip(slow.to_rgb8().as_raw())
             .map(|(a, b)| a.abs_diff(*b))
             .max();
-        assert_eq!(most, Some(1));
+        assert!(most <= Some(1), "{most:?}");
         let gray = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(7, 3, image::Luma([90])));
         assert_eq!(
             *square(&gray).expect("resized").get_pixel(5, 5),

@@ -121,7 +121,7 @@ fn journal_fault_delay() -> Option<std::time::Duration> {
 /// The journal's writer (`RunFolder::journal_writer`).
 pub struct JournalWriter {
     tx: tokio::sync::mpsc::Sender<QueryRecord>,
-    handle: tokio::task::JoinHandle<Result<(), FolderError>>,
+    handle: tokio::task::JoinHandle<Result<usize, FolderError>>,
     path: PathBuf,
 }
 
@@ -135,7 +135,8 @@ impl JournalWriter {
     }
 
     /// Writes every queued record and returns the writer's first error, if any.
-    pub async fn finish(self) -> Result<(), FolderError> {
+    /// Returns how many writes it made.
+    pub async fn finish(self) -> Result<usize, FolderError> {
         drop(self.tx);
         self.handle.await.map_err(|e| FolderError {
             path: self.path.clone(),
@@ -305,25 +306,52 @@ impl RunFolder {
     }
 
     /// Starts the journal's writer: records sent to it are serialised and appended, in the order
-    /// sent, one flushed line each, on a thread of the blocking pool, so no query waits for the
-    /// disk. The channel holds `capacity` records; when the disk falls that far behind, `send`
-    /// waits (back-pressure) rather than holding an unbounded queue in memory.
+    /// sent, on a thread of the blocking pool, so no query waits for the disk. Every record
+    /// queued by the time the disk is free goes into one write, so a slow disk costs one wait per
+    /// batch, not one per query; lines stay whole and in order. The channel holds `capacity`
+    /// records; when the disk falls that far behind, `send` waits (back-pressure) rather than
+    /// holding an unbounded queue in memory.
     pub fn journal_writer(&self, capacity: usize) -> JournalWriter {
+        self.journal_writer_with(capacity, journal_fault_delay())
+    }
+
+    /// `journal_writer`, every write waiting `delay` first (fault injection).
+    fn journal_writer_with(
+        &self,
+        capacity: usize,
+        delay: Option<std::time::Duration>,
+    ) -> JournalWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<QueryRecord>(capacity.max(1));
         let (journal, path) = (self.journal.clone(), self.path.clone());
-        let delay = journal_fault_delay();
         let handle = tokio::task::spawn_blocking(move || {
-            // Every record queued by the time the disk is free goes in one write, so a slow
-            // disk costs one wait per batch, not one per query; lines stay whole and in order.
             let mut batch: Vec<u8> = Vec::new();
+            let mut writes = 0;
+            let mut write = |batch: &[u8]| {
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
+                writes += 1;
+                write_bytes(&journal, &path, batch)
+            };
             while let Some(record) = rx.blocking_recv() {
                 batch.clear();
                 let mut next = Some(record);
                 while let Some(record) = next {
-                    serde_json::to_writer(&mut batch, &record).map_err(|e| FolderError {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
+                    let whole = batch.len();
+                    if let Err(e) = serde_json::to_writer(&mut batch, &record) {
+                        // The records before it are kept; this one is named in the error.
+                        batch.truncate(whole);
+                        if !batch.is_empty() {
+                            write(&batch)?;
+                        }
+                        return Err(FolderError {
+                            path: path.clone(),
+                            message: format!(
+                                "cannot write query {} to the journal: {e}",
+                                record.id
+                            ),
+                        });
+                    }
                     batch.push(b'\n');
                     next = if batch.len() < JOURNAL_BATCH_BYTES {
                         rx.try_recv().ok()
@@ -331,12 +359,9 @@ impl RunFolder {
                         None
                     };
                 }
-                if let Some(d) = delay {
-                    std::thread::sleep(d);
-                }
-                write_bytes(&journal, &path, &batch)?;
+                write(&batch)?;
             }
-            Ok(())
+            Ok(writes)
         });
         JournalWriter {
             tx,
@@ -520,9 +545,9 @@ mod tests {
     async fn records_queued_faster_than_the_disk_are_written_whole_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let f = RunFolder::create(dir.path(), "cirr", "x").unwrap();
-        // A small queue: the sender waits while it is full, and the writer takes what has
-        // queued up meanwhile in one write.
-        let writer = f.journal_writer(8);
+        // A small queue and a slow disk (2 ms a write): the sender waits while the queue is
+        // full, and the writer takes what has queued up meanwhile in one write.
+        let writer = f.journal_writer_with(8, Some(std::time::Duration::from_millis(2)));
         for i in 0..2_000 {
             let record = crate::record::QueryRecord {
                 id: format!("q{i}"),
@@ -541,7 +566,9 @@ mod tests {
             };
             writer.send(record).await.unwrap();
         }
-        writer.finish().await.unwrap();
+        let writes = writer.finish().await.unwrap();
+        // One write per line would be 2,000 (and 4 s of waiting); batches take several each.
+        assert!(writes < 1_000, "{writes} writes for 2,000 records");
         let mut ids = Vec::new();
         let skipped = read_journal(&f.path().join("queries.jsonl"), |r| ids.push(r.id)).unwrap();
         assert_eq!(skipped, 0, "no line cut");

@@ -126,8 +126,10 @@ tokio::task_local! {
 }
 
 /// Runs `work` (one query of a run) so that its requests wait ahead of those of work with a
-/// larger `order` at every endpoint's in-flight limit. Work outside `in_order` (a search, the
-/// index) waits behind all of it, first come first served among itself.
+/// larger `order` at every endpoint's in-flight limit. Work outside `in_order` waits behind all
+/// of it, first come first served among itself, for as long as ordered work keeps the endpoint
+/// full (no ageing): nothing runs beside a run in one process today (`index` and `search` are
+/// other commands), so nothing waits there.
 pub async fn in_order<F: std::future::Future>(order: usize, work: F) -> F::Output {
     let order = Priority::try_from(order).unwrap_or(Priority::MAX);
     PRIORITY.scope(Priority::MAX - order, work).await
