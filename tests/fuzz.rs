@@ -7,11 +7,13 @@
 //! keys each parser looks for. A panic is caught, shrunk to a small input and reported with it.
 //!
 //! ```bash
-//! cargo test --test fuzz -- --nocapture                    # FUZZ_CASES=2000 per parser (CI)
-//! FUZZ_CASES=100000 cargo test --release --test fuzz -- --nocapture   # the long run
+//! cargo test --test fuzz -- --nocapture                    # 2,000 per parser (FUZZ_CASES; CI runs 10,000)
+//! FUZZ_CASES=63000 cargo test --test fuzz -- --nocapture    # the long run: 1,008,000 inputs
+//! FUZZ_SEED=7 cargo test --test fuzz -- --nocapture          # other inputs (default seed 0)
 //! ```
 //!
-//! The last line printed is `fuzzed inputs: N across P parsers, panics: 0`. A failing input is
+//! The last line printed is `fuzzed inputs: N across P parsers, panics: 0`; it is printed only when
+//! no input made a parser panic or broke a stated rule (the test fails first). A failing input is
 //! printed by proptest; add it to `regressions` below as an ordinary test.
 #![allow(
     clippy::unwrap_used,
@@ -247,11 +249,22 @@ fn fuzz<S: Strategy>(
 where
     S::Value: std::fmt::Debug,
 {
-    let mut runner = TestRunner::new(Config {
+    // Inputs drawn from FUZZ_SEED (default 0) and the parser's name: the same inputs every run
+    // unless another seed is asked for.
+    let seed: u64 = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let rng = proptest::test_runner::TestRng::from_seed(
+        proptest::test_runner::RngAlgorithm::ChaCha,
+        blake3::hash(format!("{seed}/{name}").as_bytes()).as_bytes(),
+    );
+    let config = Config {
         cases: cases(),
         failure_persistence: None,
         ..Config::default()
-    });
+    };
+    let mut runner = TestRunner::new_with_rng(config, rng);
     let tried = std::cell::Cell::new(0u64);
     let result = runner.run(&strategy, |v| {
         tried.set(tried.get() + 1);
@@ -380,7 +393,125 @@ fn every_parser_of_untrusted_input_survives_generated_inputs() {
         let _ = imagescope::images::decode_data_url(&String::from_utf8_lossy(&b));
         Ok(())
     }));
+    count(fuzz_annotations());
+    count(fuzz(
+        "captions file (index::build::load_captions)",
+        text_from(CAPTIONS),
+        |s| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("captions.json");
+            std::fs::write(&path, s).unwrap();
+            let _ = imagescope::index::build::load_captions(&path);
+            Ok(())
+        },
+    ));
     println!("fuzzed inputs: {total} across {parsers} parsers, panics: 0");
+}
+
+const CAPTIONS: &[&str] = &[r#"{"a.jpg": "a dog on a sofa", "b/c.png": "two cats"}"#];
+
+/// Annotation files of CIRR, CIRCO, FashionIQ and VisDial: the first records of each vendored
+/// file, edited, loaded by `datasets::load_queries` beside the benchmark's other files.
+fn fuzz_annotations() -> u64 {
+    use imagescope::config::DatasetName;
+    use imagescope::datasets::{DatasetSpec, load_queries};
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/benchmarks");
+    let head = |file: &str, n: usize| -> Vec<Value> {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(fixtures.join(file)).unwrap()).unwrap();
+        v.as_array().unwrap().iter().take(n).cloned().collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // (dataset, split, the file fuzzed, its seed text); the other files are written once.
+    let mut worlds: Vec<(DatasetName, &str, std::path::PathBuf, String)> = Vec::new();
+    let cirr = dir.path().join("cirr");
+    std::fs::create_dir_all(&cirr).unwrap();
+    std::fs::copy(
+        fixtures.join("cirr/split.rc2.val.json"),
+        cirr.join("split.rc2.val.json"),
+    )
+    .unwrap();
+    worlds.push((
+        DatasetName::Cirr,
+        "val",
+        cirr.join("cap.rc2.val.json"),
+        serde_json::to_string_pretty(&head("cirr/cap.rc2.val.json", 3)).unwrap(),
+    ));
+    let circo = dir.path().join("circo");
+    std::fs::create_dir_all(&circo).unwrap();
+    worlds.push((
+        DatasetName::Circo,
+        "val",
+        circo.join("val.json"),
+        serde_json::to_string_pretty(&head("circo/val.json", 3)).unwrap(),
+    ));
+    let fiq = dir.path().join("fashioniq");
+    std::fs::create_dir_all(&fiq).unwrap();
+    std::fs::copy(
+        fixtures.join("fashioniq/split.dress.val.json"),
+        fiq.join("split.dress.val.json"),
+    )
+    .unwrap();
+    worlds.push((
+        DatasetName::FashioniqDress,
+        "val",
+        fiq.join("cap.dress.val.json"),
+        serde_json::to_string_pretty(&head("fashioniq/cap.dress.val.json", 3)).unwrap(),
+    ));
+    let visdial = dir.path().join("visdial");
+    std::fs::create_dir_all(&visdial).unwrap();
+    let dialogues = head("visdial/VisDial_v1.0_queries_val.json", 3);
+    let space: Vec<&Value> = dialogues.iter().map(|d| &d["img"]).collect();
+    std::fs::write(
+        visdial.join("Search_Space_val_50k.json"),
+        serde_json::to_string(&space).unwrap(),
+    )
+    .unwrap();
+    worlds.push((
+        DatasetName::Visdial,
+        "val",
+        visdial.join("VisDial_v1.0_queries_val.json"),
+        serde_json::to_string_pretty(&dialogues).unwrap(),
+    ));
+    // The seeds load as they are: the edits start from files the loaders accept.
+    for (name, split, file, seed) in &worlds {
+        std::fs::write(file, seed).unwrap();
+        let spec = DatasetSpec {
+            name: *name,
+            root: file.parent().unwrap().to_path_buf(),
+            split: split.to_string(),
+            image_ext: None,
+        };
+        assert!(
+            load_queries(&spec).is_ok(),
+            "{name:?}: {:?}",
+            load_queries(&spec).err()
+        );
+    }
+    let n = worlds.len();
+    let strategy = (
+        0..n,
+        any::<bool>(),
+        prop::collection::vec(edit(), 0..8),
+        any::<String>(),
+    );
+    fuzz(
+        "dataset annotations (CIRR, CIRCO, FashionIQ, VisDial)",
+        strategy,
+        |(i, arbitrary, edits, text)| {
+            let (name, split, file, seed) = &worlds[i];
+            let content = if arbitrary { text } else { apply(seed, &edits) };
+            std::fs::write(file, content).unwrap();
+            let spec = DatasetSpec {
+                name: *name,
+                root: file.parent().unwrap().to_path_buf(),
+                split: split.to_string(),
+                image_ext: None,
+            };
+            let _ = load_queries(&spec);
+            Ok(())
+        },
+    )
 }
 
 /// A servers file, the seed of the edited ones.

@@ -2,7 +2,8 @@
 //! no model. It answers `/v1/chat/completions`, `/v1/embeddings`, `/v1/models` and `/health`;
 //! responses can be scripted per route (status, body, headers, delay), a default responder answers
 //! the rest, and it records every request, its arrival time and how many were in flight at once.
-//! Failures are scripted by count, never random.
+//! Failures are scripted by count, or drawn by `set_chaos` from a seed and the request itself
+//! (its body and how many times that body was sent), so they replay whatever the arrival order.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -59,6 +60,63 @@ impl Scripted {
     }
 }
 
+/// Seeded faults (`FakeServer::set_chaos`).
+#[derive(Debug, Clone)]
+pub struct Chaos {
+    /// The schedule's seed.
+    pub seed: u64,
+    /// Share of attempts that fail, in 1/1000.
+    pub per_mille: u64,
+    /// How long a hang lasts (past the client's timeout).
+    pub hang: Duration,
+    /// Times each body was sent so far (by its hash).
+    sent: HashMap<[u8; 32], u64>,
+}
+
+/// One injected fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Status500,
+    Status503,
+    TooManyWithRetryAfter,
+    TooManyWithout,
+    NotJson,
+    Truncated,
+    EmptyAnswer,
+    WrongShape,
+    Slow,
+    Hang,
+}
+
+const FAULTS: [Fault; 10] = [
+    Fault::Status500,
+    Fault::Status503,
+    Fault::TooManyWithRetryAfter,
+    Fault::TooManyWithout,
+    Fault::NotJson,
+    Fault::Truncated,
+    Fault::EmptyAnswer,
+    Fault::WrongShape,
+    Fault::Slow,
+    Fault::Hang,
+];
+
+impl Chaos {
+    /// The fault (if any) for this attempt: a function of the seed, the body and how many times
+    /// the same body was sent before.
+    fn draw(&mut self, body: &[u8]) -> Option<Fault> {
+        let key = *blake3::hash(body).as_bytes();
+        let n = self.sent.entry(key).or_default();
+        *n += 1;
+        let mut h = blake3::Hasher::new();
+        h.update(&self.seed.to_le_bytes())
+            .update(&key)
+            .update(&n.to_le_bytes());
+        let x = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap());
+        (x % 1000 < self.per_mille).then(|| FAULTS[((x / 1000) % FAULTS.len() as u64) as usize])
+    }
+}
+
 /// A recorded request.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -85,6 +143,7 @@ pub struct FakeState {
     embed_responder: Mutex<EmbedResponder>,
     records: Mutex<Vec<Recorded>>,
     faults: Mutex<(Vec<Option<u16>>, usize)>,
+    chaos: Mutex<Option<Chaos>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
 }
@@ -128,6 +187,7 @@ impl FakeServer {
             embed_responder: Mutex::new(Arc::new(fake_vector)),
             records: Mutex::new(Vec::new()),
             faults: Mutex::new((Vec::new(), 0)),
+            chaos: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
         });
@@ -195,6 +255,17 @@ impl FakeServer {
     /// reproducible "random" fault rate.
     pub fn set_fault_pattern(&self, pattern: Vec<Option<u16>>) {
         *self.state.faults.lock().unwrap() = (pattern, 0);
+    }
+
+    /// Seeded faults on `per_mille` of the chat and embedding attempts (see `Chaos`); `None`
+    /// turns them off. A hang lasts `hang`.
+    pub fn set_chaos(&self, seed: Option<u64>, per_mille: u64, hang: Duration) {
+        *self.state.chaos.lock().unwrap() = seed.map(|seed| Chaos {
+            seed,
+            per_mille,
+            hang,
+            sent: HashMap::new(),
+        });
     }
 
     /// Sets how embeddings are computed from each input.
@@ -298,9 +369,62 @@ async fn handle(
             json!({"error": {"message": "injected fault", "type": "ServerError", "code": status}});
         return (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
     }
+    let chaos = match route {
+        Route::Chat | Route::Embeddings => state
+            .chaos
+            .lock()
+            .unwrap()
+            .as_mut()
+            .and_then(|c| Some((c.draw(&body)?, c.hang))),
+        _ => None,
+    };
     let delay = state.delays.lock().unwrap().get(&route).copied();
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
+    }
+    let error = |status: u16| {
+        let body =
+            json!({"error": {"message": "injected fault", "type": "ServerError", "code": status}});
+        (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+    };
+    let json_text = |text: String| {
+        let mut resp = (StatusCode::OK, text).into_response();
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        resp
+    };
+    match chaos {
+        None => {}
+        Some((Fault::Status500, _)) => return error(500),
+        Some((Fault::Status503, _)) => return error(503),
+        Some((Fault::TooManyWithRetryAfter, _)) => {
+            let mut resp = error(429);
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("0"));
+            return resp;
+        }
+        Some((Fault::TooManyWithout, _)) => return error(429),
+        Some((Fault::NotJson, _)) => return json_text("<html>bad gateway</html>".into()),
+        Some((Fault::Truncated, _)) => {
+            let whole = default(&state, &parsed).to_string();
+            return json_text(whole[..whole.len() / 2].to_string());
+        }
+        Some((Fault::EmptyAnswer, _)) => {
+            let mut answer = default(&state, &parsed);
+            if let Some(c) = answer.pointer_mut("/choices/0/message/content") {
+                *c = json!("");
+            }
+            if let Some(d) = answer.get_mut("data") {
+                *d = json!([]);
+            }
+            return axum::Json(answer).into_response();
+        }
+        Some((Fault::WrongShape, _)) => {
+            return axum::Json(json!({"model": *state.model.lock().unwrap(), "result": "yes"}))
+                .into_response();
+        }
+        Some((Fault::Slow, _)) => tokio::time::sleep(Duration::from_millis(20)).await,
+        Some((Fault::Hang, hang)) => tokio::time::sleep(hang).await,
     }
     axum::Json(default(&state, &parsed)).into_response()
 }
