@@ -32,42 +32,11 @@ use axum::extract::State;
 use futures::StreamExt as _;
 use imagescope::config::{Role, ServersConfig};
 use imagescope::serving::{ChatRequest, EmbedInput, Message, Part, RoleClient, Speaker};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-#[derive(Debug, Clone, Deserialize)]
-struct ServerModel {
-    max_num_seqs: usize,
-    /// Milliseconds per 1,000 prompt tokens.
-    prefill_ms_per_1k: f64,
-    /// Milliseconds per image in the prompt.
-    image_ms: f64,
-    /// Milliseconds per output token.
-    decode_ms_per_token: f64,
-    /// Output tokens of each answer.
-    output_tokens: f64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Workload {
-    queries: usize,
-    /// Each value is one pipelined run.
-    queries_in_flight: Vec<usize>,
-    reasoner_prompt_tokens: usize,
-    descriptions: usize,
-    propositions: usize,
-    top_k: usize,
-    evaluator_turns: usize,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Settings {
-    workload: Workload,
-    reasoner: ServerModel,
-    verifier: ServerModel,
-    evaluator: ServerModel,
-    embedder: ServerModel,
-}
+#[path = "support/capacity.rs"]
+mod capacity;
+use capacity::{ServerModel, Settings, Workload};
 
 struct Sim {
     model: ServerModel,

@@ -35,39 +35,13 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
+#[path = "support/capacity.rs"]
+mod capacity;
+use capacity::{ServerModel, Settings, Workload};
+
 const DIM: usize = 32;
-
-#[derive(Debug, Clone, Deserialize)]
-struct ServerModel {
-    max_num_seqs: usize,
-    prefill_ms_per_1k: f64,
-    image_ms: f64,
-    decode_ms_per_token: f64,
-    output_tokens: f64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Workload {
-    queries: usize,
-    queries_in_flight: Vec<usize>,
-    reasoner_prompt_tokens: usize,
-    descriptions: usize,
-    propositions: usize,
-    top_k: usize,
-    evaluator_turns: usize,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Settings {
-    workload: Workload,
-    reasoner: ServerModel,
-    verifier: ServerModel,
-    evaluator: ServerModel,
-    embedder: ServerModel,
-}
 
 /// What one simulated server did: busy seconds per step, first arrival and last answer.
 #[derive(Default)]

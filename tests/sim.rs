@@ -89,47 +89,25 @@ fn schedule(seed: u64) -> Schedule {
 
 /// Writes the schedule's servers file and experiment; returns the experiment's path.
 fn configs(env: &Env, s: &Schedule) -> PathBuf {
-    let reasoners: Vec<String> = env
-        .reasoner
-        .iter()
-        .map(|r| format!("{:?}", r.base_url()))
-        .collect();
-    let mut servers = String::new();
-    for (role, model, endpoints, extra) in [
-        (
-            "captioner",
-            "llava",
-            vec![format!("{:?}", env.captioner.base_url())],
-            "",
-        ),
-        ("reasoner", "llama", reasoners, ""),
-        (
-            "verifier",
-            "paligemma",
-            vec![format!("{:?}", env.verifier.base_url())],
-            "",
-        ),
-        (
-            "evaluator",
-            "internvl",
-            vec![format!("{:?}", env.evaluator.base_url())],
-            "",
-        ),
-        (
-            "embedder",
-            "clip",
-            vec![format!("{:?}", env.embedder.base_url())],
-            "embed_shape = \"vllm-messages\"\ndimension = 32\n",
-        ),
-    ] {
-        servers.push_str(&format!(
-            "[roles.{role}]\nendpoints = [{}]\nmodel = \"{model}\"\napi = \"vllm\"\nmax_in_flight = {}\ntimeout_secs = {}\n{extra}[roles.{role}.retry]\nmax_retries = {}\ninitial_backoff_ms = 1\nmax_backoff_ms = 4\nmax_retry_after_ms = 10\nreplica_cooldown_ms = 30\n\n",
-            endpoints.join(", "),
-            s.max_in_flight,
-            s.timeout_secs,
-            s.max_retries,
-        ));
-    }
+    let servers = env.servers_text(
+        |role| {
+            let grounding = if s.captions && matches!(role, "verifier" | "evaluator") {
+                "grounding = \"caption\"\n"
+            } else {
+                ""
+            };
+            format!(
+                "max_in_flight = {}\ntimeout_secs = {}\n{grounding}",
+                s.max_in_flight, s.timeout_secs
+            )
+        },
+        |role| {
+            format!(
+                "[roles.{role}.retry]\nmax_retries = {}\ninitial_backoff_ms = 1\nmax_backoff_ms = 4\nmax_retry_after_ms = 10\nreplica_cooldown_ms = 30\n",
+                s.max_retries
+            )
+        },
+    );
     let servers_path = env.path(&format!("sim/servers-{}.toml", s.seed));
     std::fs::create_dir_all(servers_path.parent().unwrap()).unwrap();
     std::fs::write(&servers_path, servers).unwrap();

@@ -136,7 +136,7 @@ pub async fn in_order<F: std::future::Future>(order: usize, work: F) -> F::Outpu
 }
 
 /// The priority of the current task's requests (`in_order`).
-pub fn current_priority() -> Priority {
+fn current_priority() -> Priority {
     PRIORITY.try_with(|p| *p).unwrap_or(Priority::MIN)
 }
 

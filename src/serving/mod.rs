@@ -32,7 +32,7 @@ use std::path::Path;
 
 pub use cache::{Cache, CacheMode};
 pub use client::{CallMeta, Reply, RoleClient};
-pub use endpoints::{current_priority, in_order};
+pub use endpoints::in_order;
 pub use errors::{ErrorKind, HttpClass, ServingError};
 pub use retry::{backoff_delay, parse_retry_after};
 pub use stats::{RoleStats, StatsSnapshot};

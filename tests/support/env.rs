@@ -77,6 +77,43 @@ impl Env {
         self.dir.path().join(rel)
     }
 
+    /// A servers file for the five fakes: per role its endpoints, model and API, then the lines
+    /// `keys(role)` gives (settings of `[roles.<role>]`), the embedder's shape, then `tables(role)`
+    /// (sub-tables such as `[roles.<role>.retry]`).
+    pub fn servers_text(
+        &self,
+        keys: impl Fn(&str) -> String,
+        tables: impl Fn(&str) -> String,
+    ) -> String {
+        let reasoners: Vec<String> = self
+            .reasoner
+            .iter()
+            .map(|r| format!("{:?}", r.base_url()))
+            .collect();
+        let one = |f: &FakeServer| vec![format!("{:?}", f.base_url())];
+        let mut servers = String::new();
+        for (role, model, endpoints, extra) in [
+            ("captioner", "llava", one(&self.captioner), ""),
+            ("reasoner", "llama", reasoners, ""),
+            ("verifier", "paligemma", one(&self.verifier), ""),
+            ("evaluator", "internvl", one(&self.evaluator), ""),
+            (
+                "embedder",
+                "clip",
+                one(&self.embedder),
+                "embed_shape = \"vllm-messages\"\ndimension = 32\n",
+            ),
+        ] {
+            servers.push_str(&format!(
+                "[roles.{role}]\nendpoints = [{}]\nmodel = \"{model}\"\napi = \"vllm\"\n{}{extra}{}\n",
+                endpoints.join(", "),
+                keys(role),
+                tables(role)
+            ));
+        }
+        servers
+    }
+
     /// Writes servers.toml and an experiment file; returns the experiment's path.
     pub fn configs(
         &self,
@@ -85,46 +122,10 @@ impl Env {
         pipeline: &str,
         prompts: Option<&Path>,
     ) -> PathBuf {
-        let reasoners: Vec<String> = self
-            .reasoner
-            .iter()
-            .map(|r| format!("{:?}", r.base_url()))
-            .collect();
-        let fast = "[roles.{r}.retry]\nmax_retries = 3\ninitial_backoff_ms = 5\nmax_backoff_ms = 20\nreplica_cooldown_ms = 200\n";
-        let mut servers = String::new();
-        for (role, model, endpoints, extra) in [
-            (
-                "captioner",
-                "llava",
-                vec![format!("{:?}", self.captioner.base_url())],
-                "",
-            ),
-            ("reasoner", "llama", reasoners, ""),
-            (
-                "verifier",
-                "paligemma",
-                vec![format!("{:?}", self.verifier.base_url())],
-                "",
-            ),
-            (
-                "evaluator",
-                "internvl",
-                vec![format!("{:?}", self.evaluator.base_url())],
-                "",
-            ),
-            (
-                "embedder",
-                "clip",
-                vec![format!("{:?}", self.embedder.base_url())],
-                "embed_shape = \"vllm-messages\"\ndimension = 32\n",
-            ),
-        ] {
-            servers.push_str(&format!(
-                "[roles.{role}]\nendpoints = [{}]\nmodel = \"{model}\"\napi = \"vllm\"\nmax_in_flight = 8\ntimeout_secs = 10\n{extra}{}\n",
-                endpoints.join(", "),
-                fast.replace("{r}", role)
-            ));
-        }
+        let servers = self.servers_text(
+            |_| "max_in_flight = 8\ntimeout_secs = 10\n".into(),
+            |role| format!("[roles.{role}.retry]\nmax_retries = 3\ninitial_backoff_ms = 5\nmax_backoff_ms = 20\nreplica_cooldown_ms = 200\n"),
+        );
         std::fs::write(self.path("servers.toml"), servers).unwrap();
         let prompts = prompts.map_or_else(
             || Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"),
