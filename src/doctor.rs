@@ -8,8 +8,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::config::{ApiFlavour, ConfigError, Role, RoleServer, ServersConfig};
 use crate::images::EncodedImage;
 use crate::serving::{ChatRequest, EmbedInput, ErrorKind, Message, Part, RoleClient, Speaker};
@@ -132,7 +130,7 @@ async fn check_endpoint(client: RoleClient, role: Role, server: RoleServer) -> E
     };
     let model = match client.probe_get(0, "/models", false).await {
         Ok((200, body)) => {
-            let served = served_models(&body);
+            let served = crate::serving::models::served_names(&body);
             if served.iter().any(|m| m == &server.model) {
                 Check::Ok(String::new())
             } else if served.is_empty() {
@@ -169,18 +167,6 @@ async fn check_endpoint(client: RoleClient, role: Role, server: RoleServer) -> E
     }
 }
 
-fn served_models(body: &str) -> Vec<String> {
-    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    v.get("data")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A small, real image: a 64×64 colour gradient.
 pub fn probe_image() -> EncodedImage {
     let img = image::RgbImage::from_fn(64, 64, |x, y| {
@@ -210,6 +196,9 @@ async fn round_trip(client: &RoleClient, role: Role, server: &RoleServer) -> Che
             Ok(r) => r.value.into_iter().next().map_or(0, |v| v.len()),
             Err(e) => return Check::Fail(format!("text embedding: {}", e.kind)),
         };
+        if let Some(fail) = text_window(client).await {
+            return fail;
+        }
         if !server.embeds_images() {
             return Check::Ok(format!("text dim {text} (text only)"));
         }
@@ -259,6 +248,44 @@ async fn round_trip(client: &RoleClient, role: Role, server: &RoleServer) -> Che
             }),
         }
     }
+}
+
+/// Words the two texts of the window probe share before they differ: past 20 tokens (where
+/// infinity 0.0.78 cuts a hub CLIP) and, with every word one letter, inside CLIP's 77 tokens both for
+/// a BPE tokenizer (a letter and its space are one token) and for a byte-level one (two).
+const WINDOW_PROBE_WORDS: usize = 27;
+
+/// Two texts of single letters that differ only after their first [`WINDOW_PROBE_WORDS`] words.
+pub fn window_probe_texts() -> [String; 2] {
+    let head: Vec<String> = (0..WINDOW_PROBE_WORDS)
+        .map(|i| char::from(b'a' + (i % 26) as u8).to_string())
+        .collect();
+    let head = head.join(" ");
+    [format!("{head} x y z"), format!("{head} q r s")]
+}
+
+/// Whether the embedder reads a description to its end: the same vector for two texts that differ
+/// only after their 27th word means it cuts text early (found on infinity 0.0.78, which reads a
+/// CLIP's window from the config's generation default of 20 tokens), and every longer description
+/// would be embedded by its first words only. `None` when it reads them, or the probe failed (the
+/// text round trip above says why).
+async fn text_window(client: &RoleClient) -> Option<Check> {
+    let [a, b] = window_probe_texts();
+    let reply = client
+        .embed(&[EmbedInput::Text(a), EmbedInput::Text(b)])
+        .await
+        .ok()?;
+    let [x, y] = reply.value.as_slice() else {
+        return None;
+    };
+    let dot: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+    let norms =
+        x.iter().map(|p| p * p).sum::<f32>().sqrt() * y.iter().map(|q| q * q).sum::<f32>().sqrt();
+    (norms > 0.0 && dot / norms > 0.999_999).then(|| {
+        Check::Fail(format!(
+            "the embedder gave one vector to two texts that differ only after word {WINDOW_PROBE_WORDS}: it cuts text short, so longer descriptions are embedded by their first words only (infinity 0.0.78 cuts a CLIP at 20 tokens unless the model's config.json has \"max_length\": 77; see launch/infinity/embedder.sh)"
+        ))
+    })
 }
 
 fn shorten(s: &str, n: usize) -> String {
@@ -325,4 +352,24 @@ pub fn render(reports: &[EndpointReport]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_probe_texts_differ_only_after_their_shared_words() {
+        let [a, b] = window_probe_texts();
+        let (a, b): (Vec<&str>, Vec<&str>) = (
+            a.split_whitespace().collect(),
+            b.split_whitespace().collect(),
+        );
+        assert_eq!(a[..WINDOW_PROBE_WORDS], b[..WINDOW_PROBE_WORDS]);
+        assert_ne!(a[WINDOW_PROBE_WORDS], b[WINDOW_PROBE_WORDS]);
+        // Inside CLIP's 77 tokens even for a byte-level tokenizer (start and end tokens besides).
+        for t in window_probe_texts() {
+            assert!(t.len() <= 75, "{} bytes", t.len());
+        }
+    }
 }

@@ -117,3 +117,30 @@ async fn unknown_key_in_the_config_is_a_usage_error() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedder_that_cuts_text_short_fails_with_the_fix() {
+    let fakes = five_fakes().await;
+    // As infinity 0.0.78 serving a hub CLIP: only the first 18 words of a text count.
+    let embedder = &fakes.iter().find(|(r, _)| *r == Role::Embedder).unwrap().1;
+    embedder.set_embed_responder(|input, dim| {
+        let text = input
+            .get("text")
+            .and_then(|t| t.as_str())
+            .or(input.as_str())
+            .unwrap_or_default();
+        let head: Vec<&str> = text.split_whitespace().take(18).collect();
+        support::fake_server::fake_vector(&serde_json::json!(head), dim)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("servers.toml");
+    let list: Vec<_> = fakes.iter().map(|(r, f)| (*r, f.base_url())).collect();
+    std::fs::write(&path, servers_toml(&list)).unwrap();
+    let (code, text) = doctor(&path).await;
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("embedder @") && text.contains("cuts text short"),
+        "{text}"
+    );
+    assert!(text.contains("\"max_length\": 77"), "{text}");
+}

@@ -183,3 +183,80 @@ fn the_cpu_stacks_checkpoints_name_the_pinned_packages_that_ship_the_weights() {
         );
     }
 }
+
+/// The words of one `DRY_RUN=1` infinity command: its CUDA_VISIBLE_DEVICES, executable and flags.
+fn infinity_dry_run(script: &str) -> (String, String, BTreeMap<String, String>) {
+    let out = std::process::Command::new("bash")
+        .arg(root().join(script))
+        .arg("--dry-run")
+        .env("DRY_RUN", "1")
+        .env("IMAGESCOPE_INFINITY_CPU_HOME", "/opt/infinity-cpu")
+        .env_remove("IMAGESCOPE_INFINITY_PORT")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[2], "v2", "{line}");
+    let mut flags = BTreeMap::new();
+    let mut i = 3;
+    while i < words.len() {
+        flags.insert(words[i].to_string(), words[i + 1].to_string());
+        i += 2;
+    }
+    (words[0].to_string(), words[1].to_string(), flags)
+}
+
+#[test]
+fn the_infinity_cpu_stack_runs_the_gpu_recipe_with_only_documented_overrides() {
+    let (gpus, bin, gpu) = infinity_dry_run("launch/infinity/embedder.sh");
+    assert_eq!(gpus, "CUDA_VISIBLE_DEVICES=3");
+    assert_eq!(bin, "infinity_emb");
+    assert_eq!(gpu["--model-id"], "laion/CLIP-ViT-L-14-laion2B-s32B-b82K");
+    assert_eq!(gpu["--port"], "8005");
+    let (_, cpu_bin, cpu) = infinity_dry_run("launch/infinity-cpu/up.sh");
+    assert_eq!(cpu_bin, "/opt/infinity-cpu/venv/bin/infinity_emb");
+    let mut expected = gpu.clone();
+    expected.insert(
+        "--model-id".into(),
+        "/opt/infinity-cpu/models/embedder".into(),
+    );
+    expected.insert("--served-model-name".into(), "embedder".into());
+    expected.insert("--port".into(), "8006".into());
+    expected.insert("--device".into(), "cpu".into());
+    expected.insert("--host".into(), "127.0.0.1".into());
+    assert_eq!(cpu, expected);
+    // The servers file names what the CPU command serves.
+    let served =
+        ServersConfig::load(&root().join("configs/servers/vllm-cpu-infinity.toml")).unwrap();
+    let e = &served.roles[&Role::Embedder];
+    assert_eq!(e.model, cpu["--served-model-name"]);
+    assert_eq!(
+        e.endpoints[0],
+        format!("http://127.0.0.1:{}", cpu["--port"])
+    );
+}
+
+#[test]
+fn the_infinity_servers_file_differs_from_the_vllm_cpu_one_only_in_its_embedder() {
+    let vllm = ServersConfig::load(&root().join("configs/servers/vllm-cpu.toml")).unwrap();
+    let inf = ServersConfig::load(&root().join("configs/servers/vllm-cpu-infinity.toml")).unwrap();
+    for &role in Role::ALL {
+        if role == Role::Embedder {
+            assert_ne!(
+                format!("{:?}", vllm.roles[&role]),
+                format!("{:?}", inf.roles[&role])
+            );
+        } else {
+            assert_eq!(
+                format!("{:?}", vllm.roles[&role]),
+                format!("{:?}", inf.roles[&role]),
+                "{role}"
+            );
+        }
+    }
+}

@@ -54,6 +54,11 @@ pub struct EmbedderPrint {
     pub normalize: bool,
     /// Image vectors present (false: caption-only database, searched with τ = 1).
     pub images: bool,
+    /// Text requests ask for the tokenizer's start and end tokens (vLLM's messages shape since
+    /// they were found missing; caption vectors built without them are another embedding).
+    /// Absent, and so not hashed, where false: other databases keep their ids.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub text_special_tokens: bool,
     /// Longest image side sent to the embedder, if resized.
     pub image_max_side: Option<u32>,
 }
@@ -173,6 +178,7 @@ impl EmbedderPrint {
                 .unwrap_or_default(),
             normalize: s.normalize,
             images: s.embeds_images(),
+            text_special_tokens: s.embed_shape == Some(crate::config::EmbedShape::VllmMessages),
             image_max_side: s.image_max_side,
         }
     }

@@ -282,6 +282,7 @@ pub fn import(
             shape: "imported".into(),
             normalize: true,
             images: true,
+            text_special_tokens: false,
             image_max_side: None,
         },
         preprocessing: PREPROCESSING.into(),

@@ -54,8 +54,11 @@ pub fn parse_error_body(body: &str) -> ServerMessage {
     let message = obj
         .get("message")
         .or_else(|| v.get("error").filter(|e| e.is_string()))
-        .or_else(|| v.get("detail"))
         .and_then(text)
+        .or_else(|| {
+            v.get("detail")
+                .and_then(|d| validation_messages(d).or_else(|| text(d)))
+        })
         .unwrap_or_else(|| excerpt(body.trim()));
     ServerMessage {
         message,
@@ -65,6 +68,22 @@ pub fn parse_error_body(body: &str) -> ServerMessage {
             .or_else(|| v.get("error_type"))
             .and_then(text),
     }
+}
+
+/// FastAPI's 422 `detail`: a list of pydantic errors, each with a `msg` (infinity sends one per
+/// alternative of a union, so the same complaint may repeat): their distinct messages, in order.
+fn validation_messages(detail: &Value) -> Option<String> {
+    let mut msgs: Vec<&str> = Vec::new();
+    for m in detail
+        .as_array()?
+        .iter()
+        .filter_map(|e| e.get("msg")?.as_str())
+    {
+        if !msgs.contains(&m) {
+            msgs.push(m);
+        }
+    }
+    (!msgs.is_empty()).then(|| excerpt(&msgs.join("; ")))
 }
 
 /// The typed error of a non-2xx answer: status, class (context length, image loading, ...), the
@@ -109,6 +128,9 @@ pub fn is_media_load(msg: &ServerMessage) -> bool {
         || m.contains("Cannot load local files")
         || m.contains("Failed to load image")
         || m.contains("Cannot connect to host")
+        // infinity-emb 0.0.78 installed without aiohttp (no extra of its package pulls it in):
+        // every image input fails this way, data: URIs included, on every retry.
+        || m.contains("aiohttp is not available")
 }
 
 /// At most 2,000 characters of a body, for error records.
@@ -127,6 +149,19 @@ pub fn excerpt(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn infinity_without_aiohttp_cannot_load_any_image_and_says_so() {
+        // The body infinity-emb 0.0.78 sent for a data: image before aiohttp was installed.
+        let body = r#"{"error":{"message":"InternalServerError: aiohttp is not available. install via `pip install infinity-emb[server]`","type":null,"param":null,"code":500}}"#;
+        match http_error(500, body) {
+            ErrorKind::Http { class, code, .. } => {
+                assert_eq!(class, HttpClass::MediaLoad);
+                assert_eq!(code.as_deref(), Some("500"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn vllm_new_envelope_with_integer_code() {

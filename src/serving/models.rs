@@ -2,13 +2,15 @@
 //! names one, else what each endpoint's `GET /models` reports (vLLM: the entry's `root`, the model
 //! folder or hub id it loaded, and `max_model_len`), else only the served name, with a warning.
 //! Replicas of one role that report different checkpoints are an error: their answers cannot
-//! share a cache or an index.
+//! share a cache or an index. An infinity server answers every model name with the one model it
+//! serves, so for it the listed names are checked too: a served name it does not list is an error,
+//! not a silent substitute.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::config::Role;
+use crate::config::{ApiFlavour, Role};
 use crate::identity::{IdentitySource, ModelIdentity};
 
 use super::{Clients, RoleClient};
@@ -44,6 +46,36 @@ pub enum IdentityError {
         /// The servers file.
         path: String,
     },
+    /// The server lists other models, not the configured one, and would answer with one of them
+    /// anyway (infinity serving one model ignores the request's `model`).
+    #[error(
+        "{endpoint} does not serve {model:?} (it lists {listed}), yet an infinity server answers any model name with the one it serves, so the {role}'s vectors would come from another model; set `model` under [roles.{role}] in {path} to the served name (infinity's --served-model-name)"
+    )]
+    NotServed {
+        /// The role.
+        role: Role,
+        /// The configured served name.
+        model: String,
+        /// The endpoint that lists other names.
+        endpoint: String,
+        /// The names it lists.
+        listed: String,
+        /// The servers file.
+        path: String,
+    },
+}
+
+/// The `id` of every entry of a `/models` page (empty when the page is not such a list).
+pub fn served_names(body: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    v.get("data")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What one `/models` entry says about `served`: its checkpoint (`root`) and context length.
@@ -66,13 +98,17 @@ pub fn reported(body: &str, served: &str) -> Option<(Option<String>, Option<u64>
 /// Asks every endpoint of `client` which checkpoint it serves.
 async fn identify_one(client: &RoleClient, path: &str) -> Result<ModelIdentity, IdentityError> {
     let s = client.server();
-    if let Some(c) = &s.checkpoint {
-        return Ok(ModelIdentity {
-            served: s.model.clone(),
-            checkpoint: Some(c.clone()),
-            source: IdentitySource::Explicit,
-            max_model_len: None,
-        });
+    let explicit = s.checkpoint.as_ref().map(|c| ModelIdentity {
+        served: s.model.clone(),
+        checkpoint: Some(c.clone()),
+        source: IdentitySource::Explicit,
+        max_model_len: None,
+    });
+    let infinity = s.api == ApiFlavour::Infinity;
+    if let Some(id) = &explicit
+        && !infinity
+    {
+        return Ok(id.clone());
     }
     // An endpoint that does not answer is asked again under the role's retry policy (a server
     // busy at start-up is not a missing one); one that answers, however, is taken at its word.
@@ -91,6 +127,25 @@ async fn identify_one(client: &RoleClient, path: &str) -> Result<ModelIdentity, 
         }
     });
     let answers = futures::future::join_all(probes).await;
+    if infinity {
+        for (endpoint, answer) in s.endpoints.iter().zip(&answers) {
+            if let Ok((200, body)) = answer {
+                let names = served_names(body);
+                if !names.is_empty() && !names.contains(&s.model) {
+                    return Err(IdentityError::NotServed {
+                        role: client.role(),
+                        model: s.model.clone(),
+                        endpoint: endpoint.clone(),
+                        listed: names.join(", "),
+                        path: path.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    if let Some(id) = explicit {
+        return Ok(id);
+    }
     let mut seen: Vec<(String, String)> = Vec::new();
     let mut max_len = None;
     let mut silent = Vec::new();

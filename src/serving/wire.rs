@@ -142,6 +142,12 @@ pub fn embed_bodies(
                 );
                 m.insert("encoding_format".into(), json!("float"));
                 if text {
+                    // vLLM's messages API tokenizes without the tokenizer's special tokens unless
+                    // asked; CLIP pools its text vector at the end-of-text token, so without them
+                    // the vector is another one (cosine 0.85 to the model's own on the CPU stack's
+                    // CLIP, tests/infinity_live.rs). With them it matches transformers' and
+                    // infinity's to 0.9999.
+                    m.insert("add_special_tokens".into(), json!(true));
                     // CLIP reads 77 tokens. The original truncates longer text (open_clip's
                     // tokenizer); vLLM refuses it with a 400 unless asked to truncate to the
                     // model's length (-1).

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Default)]
 pub struct Seen {
     pub requests: usize,
+    /// Answers by status.
+    pub statuses: std::collections::BTreeMap<u16, usize>,
     pub with_image: usize,
     pub in_flight: usize,
     pub max_in_flight: usize,
@@ -42,7 +44,11 @@ async fn forward(
         }
         Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()),
     };
-    seen.lock().unwrap().in_flight -= 1;
+    {
+        let mut s = seen.lock().unwrap();
+        s.in_flight -= 1;
+        *s.statuses.entry(answer.0.as_u16()).or_default() += 1;
+    }
     answer
 }
 
@@ -58,6 +64,16 @@ async fn get(
 /// Starts a proxy to `upstream` (an API base such as `http://127.0.0.1:8003/v1`); returns its own
 /// API base and what it sees.
 pub async fn start(upstream: String) -> (String, Arc<Mutex<Seen>>) {
+    start_under(upstream, "/v1").await
+}
+
+/// The same for a server whose API sits at its root (infinity: `/embeddings`, `/models`).
+#[allow(dead_code)]
+pub async fn start_at_root(upstream: String) -> (String, Arc<Mutex<Seen>>) {
+    start_under(upstream, "").await
+}
+
+async fn start_under(upstream: String, prefix: &str) -> (String, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     #[expect(
         clippy::disallowed_methods,
@@ -65,7 +81,10 @@ pub async fn start(upstream: String) -> (String, Arc<Mutex<Seen>>) {
     )]
     let http = reqwest::Client::new();
     let app = axum::Router::new()
-        .route("/v1/{*rest}", axum::routing::post(forward).get(get))
+        .route(
+            &format!("{prefix}/{{*rest}}"),
+            axum::routing::post(forward).get(get),
+        )
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state((
             upstream.trim_end_matches('/').to_string(),
@@ -77,5 +96,5 @@ pub async fn start(upstream: String) -> (String, Arc<Mutex<Seen>>) {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    (format!("http://{addr}/v1"), seen)
+    (format!("http://{addr}{prefix}"), seen)
 }
