@@ -125,6 +125,28 @@ pub struct Usage {
     /// Generated tokens.
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Prompt tokens served from the server's cache, when it says (vLLM with
+    /// `--enable-prompt-tokens-details`: `usage.prompt_tokens_details.cached_tokens`, absent
+    /// meaning 0 once the details are there).
+    #[serde(
+        default,
+        rename = "prompt_tokens_details",
+        deserialize_with = "cached_tokens",
+        skip_serializing
+    )]
+    pub cached_tokens: Option<u64>,
+}
+
+fn cached_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Details {
+        #[serde(default)]
+        cached_tokens: Option<u64>,
+    }
+    Ok(Option::<Details>::deserialize(d)
+        .ok()
+        .flatten()
+        .map(|x| x.cached_tokens.unwrap_or(0)))
 }
 
 /// A validated chat answer.

@@ -30,6 +30,7 @@ pub const ROLE_SCHEDULING_KEYS: &[&str] = &[
     "retry",
     "api_key_env",
     "image_transport",
+    "affinity",
 ];
 
 /// The keys of the `[pipeline]` table that only schedule work.

@@ -393,6 +393,25 @@ fn every_parser_of_untrusted_input_survives_generated_inputs() {
         let _ = imagescope::images::decode_data_url(&String::from_utf8_lossy(&b));
         Ok(())
     }));
+    count(fuzz("server_metrics::read_page", text_from(METRICS), |s| {
+        let r = imagescope::serving::server_metrics::read_page(&s, "verifier");
+        let f = imagescope::serving::server_metrics::figures(
+            &[Some(imagescope::serving::server_metrics::Reading::default())],
+            &[Some(r.clone())],
+            &[vec![Some(r)]],
+            Default::default(),
+        );
+        for rate in [f.prefix_cache_hit_rate, f.mm_cache_hit_rate]
+            .into_iter()
+            .flatten()
+        {
+            prop_assert!(rate.is_finite(), "{rate}");
+        }
+        for q in [f.queue_p50_s, f.queue_p95_s].into_iter().flatten() {
+            prop_assert!(!q.is_nan(), "{q}");
+        }
+        Ok(())
+    }));
     count(fuzz_annotations());
     count(fuzz(
         "captions file (index::build::load_captions)",
@@ -515,6 +534,11 @@ fn fuzz_annotations() -> u64 {
 }
 
 /// A servers file, the seed of the edited ones.
+/// Seeds for the `/metrics` reader: lines of a real vLLM 0.32 page (tests/fixtures/vllm/).
+const METRICS: &[&str] = &[
+    "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n# TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total{engine=\"0\",model_name=\"verifier\"} 46656.0\nvllm:request_queue_time_seconds_bucket{engine=\"0\",le=\"0.3\",model_name=\"verifier\"} 41.0\nvllm:request_queue_time_seconds_bucket{engine=\"0\",le=\"+Inf\",model_name=\"verifier\"} 41.0\nvllm:kv_cache_usage_perc{engine=\"0\",model_name=\"verifier\"} 0.5\n",
+];
+
 const SERVERS: &[&str] = &[
     "[roles.reasoner]\nendpoints = [\"http://127.0.0.1:8001/v1\"]\nmodel = \"m\"\napi = \"vllm\"\nmax_in_flight = 64\n\n[roles.embedder]\nendpoints = [\"http://127.0.0.1:8005/v1\"]\nmodel = \"clip\"\napi = \"infinity\"\nembed_shape = \"infinity\"\ndimension = 768\n[roles.embedder.retry]\nmax_retries = 3\n",
 ];

@@ -357,6 +357,8 @@ impl Drop for Stop {
 
 /// Starts a second infinity on port 8007 with these extra variables; stopped when dropped.
 fn second_server(env: &[(&str, &str)]) -> Stop {
+    // One left by an interrupted run would have other settings.
+    drop(Stop);
     let up = std::process::Command::new(root().join("launch/infinity-cpu/up.sh"))
         .env("IMAGESCOPE_INFINITY_PORT", "8007")
         .envs(env.iter().copied())
@@ -373,7 +375,9 @@ async fn infinity_over_a_config_without_max_length_cuts_text_and_the_doctor_says
     // The adapted folder without the one line launch/infinity-cpu/adapt_model.py adds: what a
     // hub CLIP's config looks like to infinity.
     let dir = tempfile::tempdir().unwrap();
-    let src = root().join(".infinity-cpu/models/embedder");
+    let home = std::env::var_os("IMAGESCOPE_INFINITY_CPU_HOME")
+        .map_or_else(|| root().join(".infinity-cpu"), PathBuf::from);
+    let src = home.join("models/embedder");
     let model = dir.path().join("embedder");
     std::fs::create_dir(&model).unwrap();
     for entry in std::fs::read_dir(&src).unwrap_or_else(|e| panic!("{NEEDS}: {e}")) {

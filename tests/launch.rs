@@ -91,6 +91,10 @@ fn every_role_is_launched_as_the_servers_file_expects() {
             cmd.flags.contains_key("--generation-config"),
             "{role}: explicit sampling, not the model's defaults"
         );
+        assert!(
+            cmd.flags.contains_key("--enable-prompt-tokens-details"),
+            "{role}: answers say their cached prompt tokens"
+        );
         if role.sees_images() {
             assert_eq!(
                 cmd.flags["--limit-mm-per-prompt"], "{\"image\":1}",
@@ -127,6 +131,12 @@ fn the_compose_file_matches_the_scripts() {
             compose.contains(&format!("\"--model\", \"{}\"", cmd.model)),
             "{} missing",
             cmd.model
+        );
+        assert!(
+            compose
+                .matches("\"--enable-prompt-tokens-details\"")
+                .count()
+                >= 5
         );
         let seqs = format!("\"--max-num-seqs\", \"{}\"", cmd.flags["--max-num-seqs"]);
         let port = format!("\"--port\", \"{}\"", cmd.flags["--port"]);
@@ -186,12 +196,18 @@ fn the_cpu_stacks_checkpoints_name_the_pinned_packages_that_ship_the_weights() {
 
 /// The words of one `DRY_RUN=1` infinity command: its CUDA_VISIBLE_DEVICES, executable and flags.
 fn infinity_dry_run(script: &str) -> (String, String, BTreeMap<String, String>) {
-    let out = std::process::Command::new("bash")
+    let mut cmd = std::process::Command::new("bash");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("IMAGESCOPE_INFINITY_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
         .arg(root().join(script))
         .arg("--dry-run")
         .env("DRY_RUN", "1")
         .env("IMAGESCOPE_INFINITY_CPU_HOME", "/opt/infinity-cpu")
-        .env_remove("IMAGESCOPE_INFINITY_PORT")
+        .env_remove("EMBEDDER_GPUS")
         .output()
         .unwrap();
     assert!(

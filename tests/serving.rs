@@ -219,6 +219,93 @@ async fn two_replicas_share_the_load() {
     assert!(a.max_in_flight() <= 4 && b.max_in_flight() <= 4);
 }
 
+/// A verifier-style request about `image`.
+fn about(image: &EncodedImage, question: &str) -> ChatRequest {
+    ChatRequest {
+        messages: vec![Message {
+            speaker: Speaker::User,
+            parts: vec![Part::Image(image.clone()), Part::Text(question.into())],
+        }],
+        max_tokens: Some(4),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_questions_about_one_image_meet_on_one_replica_and_say_their_session() {
+    let a = FakeServer::start("m", 4).await;
+    let b = FakeServer::start("m", 4).await;
+    let images: Vec<EncodedImage> = (0..12u8)
+        .map(|i| {
+            let mut bytes = Vec::new();
+            image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+                8,
+                8,
+                image::Rgb([i * 20, 3, 5]),
+            ))
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+            EncodedImage::from_bytes(bytes, "t.png").unwrap()
+        })
+        .collect();
+    for affinity in [true, false] {
+        let c = client(
+            Role::Verifier,
+            "m",
+            &[a.base_url(), b.base_url()],
+            &format!("max_in_flight = 4\naffinity = {affinity}\n"),
+        );
+        // Five questions about each of twelve images, all at once.
+        let reqs: Vec<ChatRequest> = images
+            .iter()
+            .flat_map(|img| (0..5).map(move |q| about(img, &format!("question {q}?"))))
+            .collect();
+        let before = (a.requests().len(), b.requests().len());
+        let results = futures::future::join_all(reqs.iter().map(|r| c.chat(r))).await;
+        assert!(results.iter().all(Result::is_ok));
+        // How many of each image's questions reached each replica.
+        let mut per_image: std::collections::BTreeMap<String, [usize; 2]> = Default::default();
+        for (n, fake) in [&a, &b].into_iter().enumerate() {
+            let skip = if n == 0 { before.0 } else { before.1 };
+            for r in fake.requests().into_iter().skip(skip) {
+                let image = r.body["messages"][0]["content"][0]["image_url"]["url"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                if affinity {
+                    let session = r.session.clone().expect("X-Session-ID sent");
+                    assert_eq!(session.len(), 16);
+                } else {
+                    assert!(r.session.is_none(), "no session id when affinity is off");
+                }
+                per_image.entry(image).or_default()[n] += 1;
+            }
+        }
+        assert_eq!(per_image.len(), 12);
+        // Questions that met the others about their image on its usual replica. The load bound
+        // lets a few spill when the hash gives one replica more images than the other.
+        let together: usize = per_image.values().map(|c| c[0].max(c[1])).sum();
+        if affinity {
+            assert!(
+                together >= 54,
+                "{together} of 60 with their image: {per_image:?}"
+            );
+        } else {
+            assert!(
+                together <= 50,
+                "least-loaded keeps {together} of 60 together"
+            );
+        }
+        let served = per_image
+            .values()
+            .fold([0, 0], |acc, c| [acc[0] + c[0], acc[1] + c[1]]);
+        assert!(served[0] > 0 && served[1] > 0, "{served:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replica_is_routed_around_and_picked_up_again() {
     let a = FakeServer::start("m", 4).await;

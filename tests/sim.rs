@@ -178,8 +178,9 @@ async fn invoke(
     })
     .await
     .map_err(|e| format!("drive: {e}"))?;
-    let report = imagescope::pipeline::finish::finish(&prepared, interrupted, true)
-        .map_err(|e| format!("finish: {e}"))?;
+    let report =
+        imagescope::pipeline::finish::finish(&prepared, interrupted, true, Default::default())
+            .map_err(|e| format!("finish: {e}"))?;
     Ok((report.folder, interrupted))
 }
 

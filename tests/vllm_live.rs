@@ -198,6 +198,33 @@ async fn vllm_index_then_run_all_stages_with_every_role_on_vllm() {
             assert_eq!(s.with_image, 0, "the reasoner is sent text only");
         }
     }
+    // What the servers report of their own work (their /metrics, read at the start and the end):
+    // every role's prompt tokens; the images the vision roles' encoder cache looked up; the
+    // reasoner's prefix-cache hits, also summed from its own answers (--enable-prompt-tokens-details).
+    for role in ["reasoner", "verifier", "evaluator", "embedder"] {
+        let f = &report["servers"][role];
+        assert_eq!(f["endpoints_read"], 1, "{role}: {f}");
+        assert!(f["prompt_tokens"].as_u64().unwrap() > 0, "{role}: {f}");
+        assert!(f["samples"].as_u64().is_some(), "{role}: {f}");
+    }
+    for role in ["verifier", "evaluator"] {
+        let f = &report["servers"][role];
+        assert!(f["mm_cache_queries"].as_u64().unwrap() > 0, "{role}: {f}");
+    }
+    assert!(
+        report["servers"]["reasoner"]["prefix_cache_hits"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{report}"
+    );
+    assert!(
+        report["roles"]["reasoner"]["cached_prompt_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{report}"
+    );
     // Logprob mode: the verifier's answers carry probabilities.
     let folder = PathBuf::from(report["folder"].as_str().unwrap());
     let journal = std::fs::read_to_string(folder.join("queries.jsonl")).unwrap();

@@ -9,7 +9,7 @@
 #   IMAGESCOPE_INFINITY_CPU_MODEL=DIR up.sh                     serve DIR instead of the adapted folder
 # The model is the tiny RANDOM-weight CLIP of launch/vllm-cpu (64 dimensions): this stack proves the
 # protocol (request shapes, data: images, batching, error bodies), not embedding quality.
-# Log and pid: runs/servers/infinity-embedder.log|pid (or infinity-embedder-PORT for another port).
+# Log and pid: runs/servers/infinity-embedder-PORT.log|pid.
 # Stop: launch/infinity-cpu/down.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,12 +32,15 @@ if [ "$dry" = 1 ]; then
 fi
 [ -x "$IMAGESCOPE_INFINITY_BIN" ] || { echo "infinity-emb is not installed in $home; run launch/infinity-cpu/setup.sh" >&2; exit 2; }
 [ -d "$IMAGESCOPE_INFINITY_MODEL" ] || { echo "no model folder $IMAGESCOPE_INFINITY_MODEL; run launch/infinity-cpu/setup.sh" >&2; exit 2; }
-name=infinity-embedder
-[ "$port" = 8006 ] || name="infinity-embedder-$port"
+name="infinity-embedder-$port"
 logs="$root/runs/servers"
 if [ -f "$logs/$name.pid" ] && kill -0 "$(cat "$logs/$name.pid")" 2>/dev/null; then
-  echo "    $name already running (pid $(cat "$logs/$name.pid"))"
-  exit 0
+  if curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+    echo "    $name already running (pid $(cat "$logs/$name.pid")); launch/infinity-cpu/down.sh stops it"
+    exit 0
+  fi
+  echo "infinity-cpu: $name (pid $(cat "$logs/$name.pid")) runs but does not answer on port $port; stop it with launch/infinity-cpu/down.sh" >&2
+  exit 1
 fi
 if curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
   echo "infinity-cpu: something not started by this script already answers on port $port; stop it, or choose another port with IMAGESCOPE_INFINITY_PORT" >&2

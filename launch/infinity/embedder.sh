@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CLIP ViT-L/14 (LAION-2B) on infinity instead of vLLM: `POST /embeddings` with `input` and
 # `modality`. In the servers file: api = "infinity", embed_shape = "infinity",
-# endpoints = ["http://HOST:8005"], model = "laion/CLIP-ViT-L-14-laion2B-s32B-b82K" (see
-# configs/servers/vllm-infinity.toml). infinity answers 429 when its queue is full; imagescope backs
+# endpoints = ["http://HOST:8005"], model = the served name (configs/servers/vllm-cpu-infinity.toml
+# is the CPU stack's example). infinity answers 429 when its queue is full; imagescope backs
 # off and retries. Log and pid: runs/servers/infinity-embedder.log|pid. DRY_RUN=1 prints the command.
 #
 # Text window: infinity 0.0.78 cuts CLIP text at the model config's `max_length`, and transformers 4
@@ -38,6 +38,17 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   exit 0
 fi
 name=${IMAGESCOPE_INFINITY_NAME:-infinity-embedder}
+if [ -z "${IMAGESCOPE_INFINITY_MODEL:-}" ] && [ "${IMAGESCOPE_INFINITY_ALLOW_HUB:-0}" != 1 ]; then
+  cat >&2 <<HELP
+infinity 0.0.78 would read $model's text for 20 tokens, not 77 (see the top of this script).
+Serve a local copy instead:
+  huggingface-cli download $model --local-dir DIR
+  python3 -c 'import json,sys; p=sys.argv[1]+"/config.json"; c=json.load(open(p)); c["max_length"]=77; json.dump(c,open(p,"w"),indent=2)' DIR
+  IMAGESCOPE_INFINITY_MODEL=DIR IMAGESCOPE_INFINITY_SERVED_NAME=$model $0
+(IMAGESCOPE_INFINITY_ALLOW_HUB=1 starts the hub id as it is; imagescope doctor will then fail it.)
+HELP
+  exit 2
+fi
 mkdir -p "$root/runs/servers"
 # infinity reports anonymous usage to PostHog unless told not to.
 DO_NOT_TRACK=1 INFINITY_ANONYMOUS_USAGE_STATS=0 CUDA_VISIBLE_DEVICES="$gpus" \

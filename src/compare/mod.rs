@@ -156,6 +156,12 @@ pub struct Cost {
     pub latency_p50_ms: Option<f64>,
     /// 95th percentile latency.
     pub latency_p95_ms: Option<f64>,
+    /// Prompt tokens the servers said came from their cache, over this run's own answers.
+    pub cached_prompt_tokens: Option<u64>,
+    /// What the role's servers reported of their own work (`summary.json` `servers`, carried as
+    /// written: compare reads run folders, not servers), if any was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<serde_json::Value>,
 }
 
 /// A role's cost in each run (`None`: the role did not run, or the run has no summary).
@@ -294,12 +300,28 @@ fn load(dir: &Path) -> Result<Loaded, CompareError> {
         rankings.insert(r.id.clone(), (done, by_stage));
     })
     .map_err(|e| at("cannot read queries.jsonl", &e))?;
-    let roles = std::fs::read_to_string(dir.join("summary.json"))
+    let summary = std::fs::read_to_string(dir.join("summary.json"))
         .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let mut roles: BTreeMap<String, Cost> = summary
+        .as_ref()
         .and_then(|v| v.get("roles").cloned())
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default();
+    let servers: BTreeMap<String, serde_json::Value> = summary
+        .as_ref()
+        .and_then(|v| v.get("servers").cloned())
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    for (role, figures) in servers {
+        if figures
+            .get("endpoints_read")
+            .and_then(serde_json::Value::as_u64)
+            > Some(0)
+        {
+            roles.entry(role).or_default().server = Some(figures);
+        }
+    }
     let failed = rankings.values().filter(|(done, _)| !done).count();
     Ok(Loaded {
         side: Side {

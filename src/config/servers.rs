@@ -211,6 +211,13 @@ pub struct RoleServer {
     pub requests_per_second: Option<f64>,
     /// Burst allowed above the rate.
     pub burst: Option<u32>,
+    /// With several endpoints: requests about the same image go to the same replica (rendezvous
+    /// hashing of the image over the healthy replicas, bounded so one image cannot overload one),
+    /// where its prefix and encoder caches are warm; text-only requests go to the least-loaded.
+    /// Every request with an image also carries `X-Session-ID: <image hash>`, for a router's
+    /// `consistent_hash` policy. `false`: least-loaded for everything.
+    #[serde(default = "defaults::yes")]
+    pub affinity: bool,
     /// Time limit of one request attempt, in seconds.
     #[serde(default = "defaults::timeout_secs")]
     pub timeout_secs: f64,

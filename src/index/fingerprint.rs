@@ -183,3 +183,34 @@ impl EmbedderPrint {
         }
     }
 }
+
+#[cfg(test)]
+mod special_tokens_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_vllm_messages_shape_carries_the_special_tokens_field() {
+        let server = |shape: &str| -> RoleServer {
+            let text = format!(
+                "[roles.embedder]\nendpoints = [\"http://127.0.0.1:9/v1\"]\nmodel = \"m\"\napi = \"vllm\"\nembed_shape = \"{shape}\"\n"
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("servers.toml");
+            std::fs::write(&path, text).unwrap();
+            crate::config::ServersConfig::load(&path).unwrap().roles[&crate::config::Role::Embedder]
+                .clone()
+        };
+        let messages = serde_json::to_value(EmbedderPrint::of(&server("vllm-messages"))).unwrap();
+        assert_eq!(messages["text_special_tokens"], true);
+        // Other shapes serialise as before the field existed, so their databases keep their ids.
+        for shape in ["infinity", "openai-input"] {
+            let v = serde_json::to_value(EmbedderPrint::of(&server(shape))).unwrap();
+            assert!(v.get("text_special_tokens").is_none(), "{shape}: {v}");
+        }
+        // A print written before the field reads back as false: a new id for vllm-messages.
+        let mut old = messages.clone();
+        old.as_object_mut().unwrap().remove("text_special_tokens");
+        let old: EmbedderPrint = serde_json::from_value(old).unwrap();
+        assert!(!old.text_special_tokens);
+    }
+}

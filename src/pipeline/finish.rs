@@ -15,6 +15,7 @@ use crate::record::Status;
 use crate::runs::folder::read_journal;
 use crate::runs::submission::{self, CirrMetric};
 use crate::serving::StatsSnapshot;
+use crate::serving::server_metrics::ServerFigures;
 
 use super::prepare::Prepared;
 use super::run::RunError;
@@ -38,6 +39,10 @@ pub struct RunReport {
     pub metrics: Vec<(Stage, Vec<(String, f64)>)>,
     /// Traffic per role.
     pub roles: BTreeMap<String, StatsSnapshot>,
+    /// Per role, what its servers' `/metrics` pages say of this invocation's work (empty where
+    /// no server exports them): `serving::server_metrics`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub servers: BTreeMap<String, ServerFigures>,
     /// The most gallery images (or their decoded pixels) held in memory at once.
     pub peak_images_in_memory: usize,
     /// The bound on it: `IMAGES_PER_SLOT` × the verifier's request slots and twice that per
@@ -296,7 +301,12 @@ fn score_options(p: &Prepared) -> ScoreOptions {
 /// `ANSWERED_ONLY`, and the plain names (the whole split, failures as misses) are kept only when
 /// nothing is unanswered. Test-split submissions are written only for a complete run, or with
 /// `--allow-partial` under a name that carries the answered count.
-pub fn finish(p: &Prepared, interrupted: bool, allow_partial: bool) -> Result<RunReport, RunError> {
+pub fn finish(
+    p: &Prepared,
+    interrupted: bool,
+    allow_partial: bool,
+    servers: BTreeMap<String, ServerFigures>,
+) -> Result<RunReport, RunError> {
     let ReadBack { outcomes, preds } = read_back(p)?;
     let in_run: std::collections::HashSet<&str> = p.queries.iter().map(|q| q.id.as_str()).collect();
     let score_opts = score_options(p);
@@ -418,6 +428,7 @@ pub fn finish(p: &Prepared, interrupted: bool, allow_partial: bool) -> Result<Ru
         failures_by_kind,
         metrics,
         roles,
+        servers,
         peak_images_in_memory: p.ctx.images.peak.load(std::sync::atomic::Ordering::Relaxed),
         images_in_memory_bound: p.ctx.images.bound,
         fallbacks,

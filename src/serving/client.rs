@@ -21,6 +21,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::config::{ApiFlavour, ConfigError, Role, RoleServer};
+use crate::images::EncodedImage;
 
 use super::cache::{self, Cache};
 use super::endpoints::{Assignment, Endpoint, Endpoints};
@@ -189,16 +190,26 @@ impl RoleClient {
         };
         let key = self.cache_key(|| wire::chat_body(req, s, ImageRendering::Hash));
         let reply = self
-            .call("/chat/completions", build, key, greedy(req, s), |text| {
-                let answer = wire::parse_chat(text)?;
-                self.check_model(answer.model.as_deref())?;
-                Ok(answer)
-            })
+            .call(
+                "/chat/completions",
+                build,
+                key,
+                greedy(req, s),
+                req.images().next().map(EncodedImage::hash),
+                |text| {
+                    let answer = wire::parse_chat(text)?;
+                    self.check_model(answer.model.as_deref())?;
+                    Ok(answer)
+                },
+            )
             .await?;
         if let (false, Some(u)) = (reply.meta.cached, reply.value.usage) {
             self.inner
                 .stats
                 .record_tokens(u.prompt_tokens, u.completion_tokens);
+            if let Some(c) = u.cached_tokens {
+                self.inner.stats.record_cached_tokens(c);
+            }
         }
         Ok(reply)
     }
@@ -229,7 +240,8 @@ impl RoleClient {
             });
             let images: Vec<_> = images.collect();
             let build = move || bytes::Bytes::from(wire::encode_body(body, images.iter().copied()));
-            self.call("/embeddings", build, key, true, move |text| {
+            // No affinity: an image is embedded once, so no later request could meet its cache.
+            self.call("/embeddings", build, key, true, None, move |text| {
                 let a = wire::parse_embeddings(text, expected, s.dimension)?;
                 self.check_model(a.model.as_deref())?;
                 Ok(a.vectors)
@@ -346,9 +358,14 @@ impl RoleClient {
         build: impl Fn() -> bytes::Bytes,
         cache_key: Option<String>,
         deterministic: bool,
+        image: Option<&str>,
         validate: impl Fn(&str) -> Result<T, ErrorKind>,
     ) -> Result<Reply<T>, ServingError> {
         let inner = &self.inner;
+        // The image's hash: the replica it goes to, and the session id a router can key on.
+        let session: Option<String> = image
+            .filter(|_| inner.server.affinity)
+            .map(|h| h.get(..16).unwrap_or(h).to_string());
         if let (Some(cache), Some(key)) = (&inner.cache, &cache_key)
             && let Some(text) = cache.get_async(key).await
             && let Ok(value) = validate(&text)
@@ -372,7 +389,9 @@ impl RoleClient {
         let mut delays = Vec::new();
         let mut attempt: u32 = 0;
         loop {
-            let (assignment, permit) = self.slot().await;
+            let (assignment, permit) = self
+                .slot(session.as_deref().and_then(super::endpoints::affinity_key))
+                .await;
             let index = assignment.index;
             let ep = assignment.endpoint();
             if let Some(limiter) = &inner.limiter {
@@ -382,7 +401,7 @@ impl RoleClient {
             let payload = build();
             let held = inner.stats.hold_body(payload.len());
             let sent = Instant::now();
-            let outcome = self.attempt(ep, path, payload).await;
+            let outcome = self.attempt(ep, path, payload, session.as_deref()).await;
             drop(held);
             drop(permit);
             let result =
@@ -458,11 +477,17 @@ impl RoleClient {
     /// An endpoint and one of its in-flight slots. A request that waited for the slot of an
     /// endpoint that was set aside meanwhile (it hung, or failed) gives the slot back and is
     /// assigned again, unless it is that endpoint's probe or no other endpoint is available.
-    async fn slot(&self) -> (Assignment<'_>, priority_semaphore::Permit) {
+    async fn slot(&self, affinity: Option<u64>) -> (Assignment<'_>, priority_semaphore::Permit) {
         let endpoints = &self.inner.endpoints;
         loop {
-            let assignment = endpoints.assign();
-            let permit = assignment.permit().await;
+            let assignment = endpoints.assign_for(affinity);
+            let permit = match assignment.try_permit() {
+                Some(p) => p,
+                None => {
+                    self.inner.stats.record_slot_wait();
+                    assignment.permit().await
+                }
+            };
             let index = assignment.index;
             if assignment.is_probe()
                 || !endpoints.is_set_aside(index)
@@ -479,6 +504,7 @@ impl RoleClient {
         ep: &Endpoint,
         path: &str,
         payload: bytes::Bytes,
+        session: Option<&str>,
     ) -> Result<String, (ErrorKind, Option<Duration>)> {
         let inner = &self.inner;
         let mut rb = inner
@@ -486,6 +512,9 @@ impl RoleClient {
             .post(format!("{}{}", ep.base, path))
             .header(CONTENT_TYPE, "application/json")
             .body(payload);
+        if let Some(id) = session {
+            rb = rb.header("X-Session-ID", id);
+        }
         if let Some(k) = &inner.api_key {
             rb = rb.bearer_auth(&k.0);
         }

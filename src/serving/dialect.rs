@@ -154,13 +154,17 @@ mod tests {
     fn infinity_without_aiohttp_cannot_load_any_image_and_says_so() {
         // The body infinity-emb 0.0.78 sent for a data: image before aiohttp was installed.
         let body = r#"{"error":{"message":"InternalServerError: aiohttp is not available. install via `pip install infinity-emb[server]`","type":null,"param":null,"code":500}}"#;
-        match http_error(500, body) {
+        let e = http_error(500, body);
+        match &e {
             ErrorKind::Http { class, code, .. } => {
-                assert_eq!(class, HttpClass::MediaLoad);
+                assert_eq!(*class, HttpClass::MediaLoad);
                 assert_eq!(code.as_deref(), Some("500"));
             }
             other => panic!("{other:?}"),
         }
+        // Never retried, and the message says the fix that works (the server's own does not).
+        assert!(!e.may_change(true) && !e.may_change(false));
+        assert!(e.to_string().contains("pip install aiohttp"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //! requests timed out) is assigned again once it holds the slot (`RoleClient::call`), so the
 //! requests queued behind a hung replica cost one timeout, not one per wave.
 //!
+//! Affinity: a request about an image (`assign_for` with its key) goes to the healthy endpoint
+//! that ranks first for that key by rendezvous (highest-random-weight) hashing, so the requests
+//! about one image meet the same server's prefix and encoder caches, and a replica that leaves or
+//! returns moves only its own share of images. The rank is bounded: an endpoint already holding
+//! more than [`AFFINITY_BOUND`] × the mean load (plus one) is passed over for the next in the key's
+//! order, so one hot image cannot pile onto one replica.
+//!
 //! Requests waiting for an in-flight slot are served by priority, then in arrival order: the
 //! requests of work started earlier (`in_order`: a run numbers its queries) go first. In a
 //! pipelined run the queries further along thus overtake those just started, reach the busiest
@@ -106,6 +113,11 @@ impl<'a> Assignment<'a> {
         self.probe
     }
 
+    /// A free in-flight slot on this endpoint, if one is free now and nobody waits for it.
+    pub fn try_permit(&self) -> Option<Permit> {
+        self.endpoint.permits.try_acquire(current_priority()).ok()
+    }
+
     /// Waits for a free in-flight slot on this endpoint; waiting requests of work started
     /// earlier (`in_order`) go first, the rest in arrival order.
     #[expect(
@@ -119,6 +131,24 @@ impl<'a> Assignment<'a> {
             .await
             .expect("endpoint semaphore is never closed")
     }
+}
+
+/// How far above the mean load (plus one request) an endpoint may be and still take the
+/// requests of the images that rank it first.
+pub const AFFINITY_BOUND: f64 = 1.25;
+
+/// An endpoint's weight for a key: a 64-bit mix of both (SplitMix64's finaliser), so each key
+/// orders the endpoints its own way and removing one endpoint keeps every other key's first.
+fn rendezvous(key: u64, endpoint: usize) -> u64 {
+    let mut z = key ^ (endpoint as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The affinity key of an image hash (hex): its first 16 hex digits.
+pub fn affinity_key(image_hash: &str) -> Option<u64> {
+    u64::from_str_radix(image_hash.get(..16)?, 16).ok()
 }
 
 tokio::task_local! {
@@ -157,8 +187,54 @@ impl Endpoints {
         &self.list
     }
 
-    /// Picks the endpoint for the next attempt (see the module doc) and claims it.
+    /// Picks the endpoint for the next attempt without an affinity key.
+    #[cfg(test)]
     pub fn assign(&self) -> Assignment<'_> {
+        self.assign_for(None)
+    }
+
+    /// Picks the endpoint for the next attempt (see the module doc) and claims it: with a
+    /// request's affinity key (its image's hash), the endpoint the key ranks first among the
+    /// healthy ones unless it is over the load bound; without one, the least loaded.
+    pub fn assign_for(&self, key: Option<u64>) -> Assignment<'_> {
+        if let Some(key) = key
+            && self.list.len() > 1
+            && let Some(i) = self.by_affinity(key)
+        {
+            return self.claim(i);
+        }
+        self.assign_least_loaded()
+    }
+
+    /// The healthy endpoint first in `key`'s rendezvous order whose load is within the bound;
+    /// `None` if a recovering endpoint is due its probe (least-loaded assignment sends it) or
+    /// none is healthy.
+    fn by_affinity(&self, key: u64) -> Option<usize> {
+        let now = Instant::now();
+        let mut healthy = Vec::with_capacity(self.list.len());
+        for (i, ep) in self.list.iter().enumerate() {
+            let h = ep.health();
+            match h.down_until {
+                None => healthy.push((rendezvous(key, i), i)),
+                Some(t) if t <= now && !h.probing => return None,
+                Some(_) => {}
+            }
+        }
+        if healthy.is_empty() {
+            return None;
+        }
+        let load = |i: usize| self.list[i].assigned.load(Ordering::Relaxed);
+        let total: usize = healthy.iter().map(|&(_, i)| load(i)).sum();
+        let bound = AFFINITY_BOUND * (total as f64 / healthy.len() as f64 + 1.0);
+        healthy.sort_unstable_by_key(|&(w, _)| std::cmp::Reverse(w));
+        healthy
+            .iter()
+            .map(|&(_, i)| i)
+            .find(|&i| (load(i) as f64) < bound)
+            .or(Some(healthy[0].1))
+    }
+
+    fn assign_least_loaded(&self) -> Assignment<'_> {
         let now = Instant::now();
         let n = self.list.len();
         let offset = self.rotation.fetch_add(1, Ordering::Relaxed);
@@ -280,6 +356,66 @@ mod tests {
         drop(a);
         let c = e.assign();
         assert_ne!(c.index, b.index);
+    }
+
+    fn key(i: u64) -> u64 {
+        rendezvous(i, 99)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_image_keeps_its_replica_and_images_spread_evenly() {
+        let e = eps(2);
+        let mut first = [0usize; 2];
+        for i in 0..2000 {
+            let a = e.assign_for(Some(key(i)));
+            let again = e.assign_for(Some(key(i)));
+            assert_eq!(a.index, again.index, "key {i}");
+            first[a.index] += 1;
+        }
+        assert!(
+            first.iter().all(|&n| (800..=1200).contains(&n)),
+            "{first:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_set_aside_moves_only_its_own_images() {
+        let e = eps(3);
+        let before: Vec<usize> = (0..300).map(|i| e.assign_for(Some(key(i))).index).collect();
+        let p = RetryPolicy {
+            replica_cooldown_ms: 60_000,
+            ..RetryPolicy::default()
+        };
+        e.mark_failed(2, &p);
+        for (i, &was) in before.iter().enumerate() {
+            let now = e.assign_for(Some(key(i as u64))).index;
+            assert_ne!(now, 2);
+            if was != 2 {
+                assert_eq!(now, was, "key {i} moved though its replica is healthy");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_hot_image_spills_past_the_load_bound() {
+        let e = eps(2);
+        let k = key(7);
+        let home = e.assign_for(Some(k)).index;
+        // Hold the requests of one image: past 1.25 × (mean + 1) the next go elsewhere.
+        let held: Vec<_> = (0..20).map(|_| e.assign_for(Some(k))).collect();
+        let at_home = held.iter().filter(|a| a.index == home).count();
+        assert!((10..20).contains(&at_home), "{at_home} of 20 at home");
+        // Without a key: least-loaded, as before.
+        let other = 1 - home;
+        let loads = |i: usize| e.list[i].assigned.load(Ordering::Relaxed);
+        if loads(other) != loads(home) {
+            let lighter = if loads(other) < loads(home) {
+                other
+            } else {
+                home
+            };
+            assert_eq!(e.assign().index, lighter);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -189,6 +189,9 @@ impl fmt::Display for ErrorKind {
                     HttpClass::ContextLength => " (prompt exceeds the model's context length)",
                     HttpClass::Auth => " (check the API key variable)",
                     HttpClass::NotFound => " (check the endpoint URL and model name)",
+                    HttpClass::MediaLoad if message.contains("aiohttp") => {
+                        " (infinity cannot read any image without aiohttp, which no extra of infinity-emb installs: pip install aiohttp in the server's environment, as launch/infinity-cpu/requirements.lock does)"
+                    }
                     HttpClass::MediaLoad => {
                         " (the server could not load the image; with image_transport = \"local-path\" start vLLM with --allowed-local-media-path, or use \"data-url\")"
                     }

@@ -24,6 +24,7 @@ mod errors;
 mod inline;
 pub mod models;
 mod retry;
+pub mod server_metrics;
 mod stats;
 pub mod wire;
 

@@ -25,6 +25,9 @@ pub struct RoleStats {
     cache_hits: AtomicU64,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    cached_tokens: AtomicU64,
+    answers_with_cache_details: AtomicU64,
+    slot_waits: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     latencies_us: Mutex<Option<Histogram<u64>>>,
     body_bytes: AtomicU64,
@@ -65,6 +68,11 @@ pub struct StatsSnapshot {
     pub prompt_tokens: u64,
     /// Generated tokens reported by the server.
     pub completion_tokens: u64,
+    /// Prompt tokens the server said it served from its cache, summed over this run's own
+    /// answers (`usage.prompt_tokens_details.cached_tokens`); `None` when no answer said.
+    pub cached_prompt_tokens: Option<u64>,
+    /// Requests that found every in-flight slot of their endpoint taken and waited for one.
+    pub slot_waits: u64,
     /// Failed attempts by error label.
     pub errors: BTreeMap<String, u64>,
     /// Median latency of successful attempts, milliseconds.
@@ -90,6 +98,12 @@ impl StatsSnapshot {
         self.cache_hits += earlier.cache_hits;
         self.prompt_tokens += earlier.prompt_tokens;
         self.completion_tokens += earlier.completion_tokens;
+        self.cached_prompt_tokens = match (self.cached_prompt_tokens, earlier.cached_prompt_tokens)
+        {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        self.slot_waits += earlier.slot_waits;
         for (k, v) in &earlier.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }
@@ -135,6 +149,15 @@ impl RoleStats {
         self.completion_tokens
             .fetch_add(completion, Ordering::Relaxed);
     }
+    /// Adds the cached prompt tokens one answer reported.
+    pub(crate) fn record_cached_tokens(&self, cached: u64) {
+        self.cached_tokens.fetch_add(cached, Ordering::Relaxed);
+        self.answers_with_cache_details
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn record_slot_wait(&self) {
+        self.slot_waits.fetch_add(1, Ordering::Relaxed);
+    }
     /// Counts `bytes` of request body as held until the returned guard drops.
     pub(crate) fn hold_body(&self, bytes: usize) -> HeldBody<'_> {
         let bytes = bytes as u64;
@@ -164,6 +187,9 @@ impl RoleStats {
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            cached_prompt_tokens: (self.answers_with_cache_details.load(Ordering::Relaxed) > 0)
+                .then(|| self.cached_tokens.load(Ordering::Relaxed)),
+            slot_waits: self.slot_waits.load(Ordering::Relaxed),
             errors: lock(&self.errors).clone(),
             latency_p50_ms: p50,
             latency_p95_ms: p95,

@@ -124,6 +124,8 @@ pub struct Recorded {
     pub body: Value,
     pub at: Instant,
     pub auth: Option<String>,
+    /// The `X-Session-ID` header, if sent.
+    pub session: Option<String>,
 }
 
 /// Computes the default chat answer text from a request body.
@@ -146,6 +148,8 @@ pub struct FakeState {
     chaos: Mutex<Option<Chaos>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// `/metrics` pages, served in turn (the last one again and again); none: 404.
+    pub metrics: Mutex<Vec<String>>,
 }
 
 /// A running fake server; dropping it (or calling `stop`) closes its port.
@@ -190,12 +194,14 @@ impl FakeServer {
             chaos: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            metrics: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/models", get(models))
             .route("/health", get(health))
+            .route("/metrics", get(metrics_page))
             .with_state(state.clone());
         // Connections live in a JoinSet owned by the accept loop, so stopping the server closes
         // every open (keep-alive) connection too, as a killed process would.
@@ -277,6 +283,12 @@ impl FakeServer {
     }
 
     /// Requests received so far.
+    /// Serves these Prometheus pages at `/metrics`, one per request, the last one repeated.
+    #[allow(dead_code)]
+    pub fn set_metrics(&self, pages: Vec<String>) {
+        *self.state.metrics.lock().unwrap() = pages;
+    }
+
     /// Reports `root` as the checkpoint behind the served name in `/v1/models`, as vLLM does.
     pub fn set_root(&self, root: &str) {
         *self.state.root.lock().unwrap() = Some(root.to_string());
@@ -331,6 +343,10 @@ async fn handle(
         at: Instant::now(),
         auth: headers
             .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        session: headers
+            .get("x-session-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
     });
@@ -497,6 +513,15 @@ async fn models(State(state): State<Arc<FakeState>>, headers: HeaderMap) -> Resp
         },
     )
     .await
+}
+
+async fn metrics_page(State(state): State<Arc<FakeState>>) -> Response {
+    let mut pages = state.metrics.lock().unwrap();
+    match pages.len() {
+        0 => StatusCode::NOT_FOUND.into_response(),
+        1 => pages[0].clone().into_response(),
+        _ => pages.remove(0).into_response(),
+    }
 }
 
 async fn health(State(state): State<Arc<FakeState>>, headers: HeaderMap) -> Response {

@@ -61,6 +61,16 @@ async fn get(
     (status, r.text().await.unwrap_or_default())
 }
 
+/// The server's `/metrics` page, from its root (the API base without `/v1`).
+async fn metrics(
+    axum::extract::State((up, http, _)): axum::extract::State<State>,
+) -> (axum::http::StatusCode, String) {
+    let root = up.strip_suffix("/v1").unwrap_or(&up);
+    let r = http.get(format!("{root}/metrics")).send().await.unwrap();
+    let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap();
+    (status, r.text().await.unwrap_or_default())
+}
+
 /// Starts a proxy to `upstream` (an API base such as `http://127.0.0.1:8003/v1`); returns its own
 /// API base and what it sees.
 pub async fn start(upstream: String) -> (String, Arc<Mutex<Seen>>) {
@@ -85,6 +95,7 @@ async fn start_under(upstream: String, prefix: &str) -> (String, Arc<Mutex<Seen>
             &format!("{prefix}/{{*rest}}"),
             axum::routing::post(forward).get(get),
         )
+        .route("/metrics", axum::routing::get(metrics))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state((
             upstream.trim_end_matches('/').to_string(),
