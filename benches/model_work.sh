@@ -25,6 +25,8 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 v = r["servers"]["verifier"]
 q = r["queries"]
+if not v.get("prompt_tokens"):
+    sys.exit(f"the verifiers reported no prompt tokens: {v}")
 computed = v["prompt_tokens"] - (v["prefix_cache_hits"] or 0)
 print(f"affinity={sys.argv[2]:5}  verifier requests {r['roles']['verifier']['attempts']}, prompt tokens {v['prompt_tokens']}, "
       f"prefix hits {v['prefix_cache_hits']} ({(v['prefix_cache_hit_rate'] or 0)*100:.1f}%), computed {computed} "
@@ -36,5 +38,5 @@ done
 "$bin" compare "${folders[0]}" "${folders[1]}" --json | python3 -c '
 import json, sys
 c = json.load(sys.stdin)
-moved = c.get("moved", [])
+moved = c["moves"]["moved"]
 print(f"rankings: {len(moved)} queries moved between the two runs")'

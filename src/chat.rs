@@ -138,15 +138,13 @@ pub struct Usage {
 }
 
 fn cached_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    struct Details {
-        #[serde(default)]
-        cached_tokens: Option<u64>,
-    }
-    Ok(Option::<Details>::deserialize(d)
-        .ok()
-        .flatten()
-        .map(|x| x.cached_tokens.unwrap_or(0)))
+    // Read as any JSON value first, so an odd `cached_tokens` cannot upset the rest of the answer.
+    let details = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(details.filter(serde_json::Value::is_object).map(|v| {
+        v.get("cached_tokens")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    }))
 }
 
 /// A validated chat answer.

@@ -395,8 +395,10 @@ fn every_parser_of_untrusted_input_survives_generated_inputs() {
     }));
     count(fuzz("server_metrics::read_page", text_from(METRICS), |s| {
         let r = imagescope::serving::server_metrics::read_page(&s, "verifier");
+        // From the seed page to the fuzzed one: deltas, restarts and rates all get computed.
+        let seed = imagescope::serving::server_metrics::read_page(METRICS[0], "verifier");
         let f = imagescope::serving::server_metrics::figures(
-            &[Some(imagescope::serving::server_metrics::Reading::default())],
+            &[Some(seed)],
             &[Some(r.clone())],
             &[vec![Some(r)]],
             Default::default(),

@@ -10,7 +10,7 @@ mod support;
 
 use std::path::PathBuf;
 
-use imagescope::serving::server_metrics::{Reading, figures, read_page};
+use imagescope::serving::server_metrics::{figures, read_page};
 use serde_json::Value;
 use support::env::{Env, write_cirr};
 
@@ -58,16 +58,6 @@ fn recorded_vllm_pages_read_for_their_own_served_name() {
 
 #[test]
 fn the_older_gpu_prefixed_names_are_read_too() {
-    let old = read_page(&page("metrics_older_names.prom"), "verifier");
-    let f = figures(
-        &[Some(Reading::default())],
-        &[Some(old.clone())],
-        &[vec![Some(old)]],
-        Default::default(),
-    );
-    // Counters absent at the start count as not reported; read against an empty start they
-    // are still absent, so compare two readings of the page instead.
-    assert_eq!(f.prefix_cache_hit_rate, None);
     let text = page("metrics_older_names.prom");
     let later = text
         .replace("5120.0", "10240.0")
@@ -82,6 +72,20 @@ fn the_older_gpu_prefixed_names_are_read_too() {
     assert_eq!(f.prefix_cache_hits, Some(5120));
     assert_eq!(f.prefix_cache_hit_rate, Some(1.0));
     assert_eq!(f.kv_cache_peak, Some(0.25));
+    // Where a server exports both names (vLLM 0.9.x), the new one wins: nothing counts twice.
+    let both = format!(
+        "{text}vllm:prefix_cache_queries_total{{model_name=\"verifier\"}} 100.0\nvllm:kv_cache_usage_perc{{model_name=\"verifier\"}} 0.5\n"
+    );
+    let r = read_page(&both, "verifier");
+    assert_eq!(r.get("vllm:prefix_cache_queries_total"), Some(100.0));
+    assert_eq!(r.get("vllm:kv_cache_usage_perc"), Some(0.5));
+    // KV use of two engines is the fuller one's, not their sum.
+    let engines =
+        "vllm:kv_cache_usage_perc{engine=\"0\"} 0.7\nvllm:kv_cache_usage_perc{engine=\"1\"} 0.6\n";
+    assert_eq!(
+        read_page(engines, "x").get("vllm:kv_cache_usage_perc"),
+        Some(0.7)
+    );
 }
 
 /// A vLLM-like page for the fake verifier: counters and a queue histogram at `scale`.

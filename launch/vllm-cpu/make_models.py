@@ -43,7 +43,7 @@ MARKS = {
     # 224-pixel images in 14-pixel patches: 256 image tokens per image, as PaliGemma-3B-mix-224.
     # With 16 (56-pixel images) a verifier prompt was ~34 tokens, under one 128-token KV block of
     # vLLM's CPU backend, so its prefix cache could never hit (BENCHMARKS.md, "Model work").
-    "verifier": "ok: 256 image tokens\n",
+    "verifier": "ok: 256 image tokens, yes/no rigged x200\n",
 }
 
 
@@ -125,7 +125,9 @@ def rig_yes_no(model, tok):
     no = single(["no", "No", " no", " No"])
     with torch.no_grad():
         head = model.get_output_embeddings().weight
-        w = torch.randn(head.shape[1]) * head.norm(dim=1).mean() * 20 / head.shape[1] ** 0.5
+        # 200: with 20, a 256-image-token PaliGemma prompt could end in a state nearly
+        # orthogonal to w, and neither yes nor no reached the top logprobs.
+        w = torch.randn(head.shape[1]) * head.norm(dim=1).mean() * 200 / head.shape[1] ** 0.5
         for i in yes:
             head[i] = w
         for i in no:

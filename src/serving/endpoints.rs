@@ -14,8 +14,9 @@
 //! that ranks first for that key by rendezvous (highest-random-weight) hashing, so the requests
 //! about one image meet the same server's prefix and encoder caches, and a replica that leaves or
 //! returns moves only its own share of images. The rank is bounded: an endpoint already holding
-//! more than [`AFFINITY_BOUND`] × the mean load (plus one) is passed over for the next in the key's
-//! order, so one hot image cannot pile onto one replica.
+//! more than [`AFFINITY_BOUND`] × the mean load (plus one) and more than twice its slots (a full
+//! set in flight and as many waiting) is passed over for the next in the key's order, so one hot
+//! image cannot pile onto one replica.
 //!
 //! Requests waiting for an in-flight slot are served by priority, then in arrival order: the
 //! requests of work started earlier (`in_order`: a run numbers its queries) go first. In a
@@ -46,6 +47,9 @@ struct Health {
 pub struct Endpoint {
     /// Base URL including the API prefix, without a trailing slash.
     pub base: String,
+    /// A hash of `base`: the endpoint's name in rendezvous hashing, so reordering the list in the
+    /// servers file moves no image.
+    id: u64,
     permits: Arc<PrioritySemaphore>,
     assigned: AtomicUsize,
     health: Mutex<Health>,
@@ -53,8 +57,13 @@ pub struct Endpoint {
 
 impl Endpoint {
     fn new(base: &str, max_in_flight: usize) -> Self {
+        let base = base.trim_end_matches('/').to_string();
+        let digest = blake3::hash(base.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest.as_bytes()[..8]);
         Endpoint {
-            base: base.trim_end_matches('/').to_string(),
+            id: u64::from_le_bytes(first),
+            base,
             permits: Arc::new(PrioritySemaphore::new(
                 max_in_flight.min(PrioritySemaphore::MAX_PERMITS),
             )),
@@ -78,6 +87,8 @@ impl Endpoint {
 #[derive(Debug)]
 pub struct Endpoints {
     list: Vec<Endpoint>,
+    /// In-flight slots of each endpoint.
+    slots: usize,
     rotation: AtomicUsize,
 }
 
@@ -139,8 +150,8 @@ pub const AFFINITY_BOUND: f64 = 1.25;
 
 /// An endpoint's weight for a key: a 64-bit mix of both (SplitMix64's finaliser), so each key
 /// orders the endpoints its own way and removing one endpoint keeps every other key's first.
-fn rendezvous(key: u64, endpoint: usize) -> u64 {
-    let mut z = key ^ (endpoint as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+fn rendezvous(key: u64, endpoint: u64) -> u64 {
+    let mut z = key ^ endpoint.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -178,6 +189,7 @@ impl Endpoints {
                 .iter()
                 .map(|b| Endpoint::new(b, max_in_flight))
                 .collect(),
+            slots: max_in_flight,
             rotation: AtomicUsize::new(0),
         }
     }
@@ -215,7 +227,7 @@ impl Endpoints {
         for (i, ep) in self.list.iter().enumerate() {
             let h = ep.health();
             match h.down_until {
-                None => healthy.push((rendezvous(key, i), i)),
+                None => healthy.push((rendezvous(key, ep.id), i)),
                 Some(t) if t <= now && !h.probing => return None,
                 Some(_) => {}
             }
@@ -225,13 +237,18 @@ impl Endpoints {
         }
         let load = |i: usize| self.list[i].assigned.load(Ordering::Relaxed);
         let total: usize = healthy.iter().map(|&(_, i)| load(i)).sum();
-        let bound = AFFINITY_BOUND * (total as f64 / healthy.len() as f64 + 1.0);
+        // Home keeps an image's requests until it holds more than 1.25 × the mean load (+1) and
+        // also a second full set of slots' worth waiting: at low load a replica with a few more
+        // requests than an idle one is no overload, and spilling there computes the image again.
+        let bound = (AFFINITY_BOUND * (total as f64 / healthy.len() as f64 + 1.0))
+            .max((2 * self.slots) as f64);
         healthy.sort_unstable_by_key(|&(w, _)| std::cmp::Reverse(w));
-        healthy
+        let home = healthy
             .iter()
             .map(|&(_, i)| i)
             .find(|&i| (load(i) as f64) < bound)
-            .or(Some(healthy[0].1))
+            .unwrap_or(healthy[0].1);
+        Some(home)
     }
 
     fn assign_least_loaded(&self) -> Assignment<'_> {

@@ -7,8 +7,14 @@
 //! Counters are the server's own totals, so on a server shared with other clients they count
 //! everyone's work; the per-request `usage.prompt_tokens_details.cached_tokens` that the role
 //! counters sum (`StatsSnapshot::cached_prompt_tokens`) is this run's alone. A series a server does
-//! not export stays `None` and reads "not reported", never 0. Pages are parsed with the
-//! `prometheus-parse` crate; only the series named here are kept.
+//! not export stays `None` and reads "not reported", never 0.
+//!
+//! The page is read by [`samples`], a small reader of the text format's sample lines, not a crate:
+//! `prometheus-parse` 0.2.5 matches metric names with `\w+` and so drops every `vllm:` series (a
+//! colon is legal in Prometheus names), `prom_text_format_parser` 0.1.0 unwraps its float parses
+//! (a panic on a server's odd value), and `openmetrics-parser` is LGPL-3.0. Only the series named
+//! here are kept; a line it cannot read is skipped (tests/fuzz.rs feeds it generated pages).
+//! Where vLLM exports a series under its old name too (`gpu_` prefixes, 0.9.x), the new name wins.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,11 +30,14 @@ enum Series {
     GenerationTokens,
     PrefixQueries,
     PrefixHits,
+    OldPrefixQueries,
+    OldPrefixHits,
     PromptTokensCached,
     MmQueries,
     MmHits,
     Preemptions,
     KvUsage,
+    OldKvUsage,
     Running,
     Waiting,
 }
@@ -39,17 +48,16 @@ impl Series {
         Some(match name {
             "vllm:prompt_tokens_total" => Series::PromptTokens,
             "vllm:generation_tokens_total" => Series::GenerationTokens,
-            "vllm:prefix_cache_queries_total" | "vllm:gpu_prefix_cache_queries_total" => {
-                Series::PrefixQueries
-            }
-            "vllm:prefix_cache_hits_total" | "vllm:gpu_prefix_cache_hits_total" => {
-                Series::PrefixHits
-            }
+            "vllm:prefix_cache_queries_total" => Series::PrefixQueries,
+            "vllm:prefix_cache_hits_total" => Series::PrefixHits,
+            "vllm:gpu_prefix_cache_queries_total" => Series::OldPrefixQueries,
+            "vllm:gpu_prefix_cache_hits_total" => Series::OldPrefixHits,
             "vllm:prompt_tokens_cached_total" => Series::PromptTokensCached,
             "vllm:mm_cache_queries_total" => Series::MmQueries,
             "vllm:mm_cache_hits_total" => Series::MmHits,
             "vllm:num_preemptions_total" => Series::Preemptions,
-            "vllm:kv_cache_usage_perc" | "vllm:gpu_cache_usage_perc" => Series::KvUsage,
+            "vllm:kv_cache_usage_perc" => Series::KvUsage,
+            "vllm:gpu_cache_usage_perc" => Series::OldKvUsage,
             "vllm:num_requests_running" => Series::Running,
             "vllm:num_requests_waiting" => Series::Waiting,
             _ => return None,
@@ -176,7 +184,13 @@ pub fn read_page(text: &str, served: &str) -> Reading {
             continue;
         }
         if let Some(series) = Series::of(s.name) {
-            *out.values.entry(series).or_default() += s.value;
+            let v = out.values.entry(series).or_default();
+            if matches!(series, Series::KvUsage | Series::OldKvUsage) {
+                // A share per engine: the fullest one, not their sum.
+                *v = v.max(s.value);
+            } else {
+                *v += s.value;
+            }
         } else if s.name == "vllm:request_queue_time_seconds_bucket" {
             let le = match label("le") {
                 Some("+Inf" | "Inf") => f64::INFINITY,
@@ -191,11 +205,22 @@ pub fn read_page(text: &str, served: &str) -> Reading {
     }
     out.queue = queue.into_values().collect();
     out.queue.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // The old names stand in only where the new ones are missing.
+    for (old, new) in [
+        (Series::OldPrefixQueries, Series::PrefixQueries),
+        (Series::OldPrefixHits, Series::PrefixHits),
+        (Series::OldKvUsage, Series::KvUsage),
+    ] {
+        if let Some(v) = out.values.remove(&old) {
+            out.values.entry(new).or_insert(v);
+        }
+    }
     out
 }
 
 /// An upper bound on the `q` quantile of a cumulative histogram: the upper bound of the bucket
-/// that holds it (the open last bucket answers its lower bound). Not interpolated: with vLLM's
+/// that holds it (the open last bucket answers its lower bound, so there it is a lower bound:
+/// the quantile is past vLLM's largest bucket, 960 s). Not interpolated: with vLLM's
 /// buckets (0.3 s, 0.5 s, ...) interpolation would report 0.15 s for queues that were all under
 /// a millisecond. `None` when empty.
 pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
@@ -261,10 +286,17 @@ pub struct ServerFigures {
     pub advice: Vec<String>,
 }
 
-fn delta(start: &Reading, end: &Reading, s: Series) -> Option<(f64, bool)> {
-    let (a, b) = (start.values.get(&s)?, end.values.get(&s)?);
-    Some(if b >= a { (b - a, false) } else { (*b, true) })
-}
+/// The counters (as opposed to gauges) whose run figure is their growth.
+const COUNTERS: [Series; 8] = [
+    Series::PromptTokens,
+    Series::GenerationTokens,
+    Series::PrefixQueries,
+    Series::PrefixHits,
+    Series::PromptTokensCached,
+    Series::MmQueries,
+    Series::MmHits,
+    Series::Preemptions,
+];
 
 fn rate(hits: Option<u64>, queries: Option<u64>) -> Option<f64> {
     match (hits, queries) {
@@ -304,30 +336,28 @@ pub fn figures(
             continue;
         }
         f.endpoints_read += 1;
-        let mut restarted = false;
-        for s in [
-            Series::PromptTokens,
-            Series::GenerationTokens,
-            Series::PrefixQueries,
-            Series::PrefixHits,
-            Series::PromptTokensCached,
-            Series::MmQueries,
-            Series::MmHits,
-            Series::Preemptions,
-        ] {
-            if let Some((d, back)) = delta(a, b, s) {
+        // A server restarted during the run: any counter or bucket went down. Then every figure
+        // of that endpoint counts from zero (its end values), none from its old start.
+        let before: BTreeMap<u64, f64> = a.queue.iter().map(|(u, c)| (u.to_bits(), *c)).collect();
+        let restarted = COUNTERS
+            .iter()
+            .any(|s| matches!((a.values.get(s), b.values.get(s)), (Some(x), Some(y)) if y < x))
+            || b.queue
+                .iter()
+                .any(|(u, c)| before.get(&u.to_bits()).is_some_and(|x| c < x));
+        for s in COUNTERS {
+            let (start, end) = (a.values.get(&s), b.values.get(&s));
+            let d = match (start, end) {
+                (_, Some(e)) if restarted => Some(*e),
+                (Some(x), Some(e)) => Some(e - x),
+                _ => None,
+            };
+            if let Some(d) = d {
                 *sums.entry(s).or_default() += d;
-                restarted |= back;
             }
         }
-        let before: BTreeMap<u64, f64> = a.queue.iter().map(|(u, c)| (u.to_bits(), *c)).collect();
-        let back = b
-            .queue
-            .iter()
-            .any(|(u, c)| before.get(&u.to_bits()).is_some_and(|x| c < x));
-        restarted |= back;
         for (u, c) in &b.queue {
-            let was = if back {
+            let was = if restarted {
                 0.0
             } else {
                 before.get(&u.to_bits()).copied().unwrap_or(0.0)
@@ -453,20 +483,24 @@ pub struct Monitor {
 }
 
 /// How long one page may take before it counts as not read.
-const SCRAPE_LIMIT: Duration = Duration::from_secs(5);
+const SCRAPE_LIMIT: Duration = Duration::from_secs(2);
 
 impl Monitor {
     /// Reads every endpoint's page now (the run's start), then samples every `every`.
     pub async fn start(clients: Vec<RoleClient>, every: Duration) -> Monitor {
-        let mut watched = Vec::new();
-        for client in clients {
-            let start = scrape_all(&client, SCRAPE_LIMIT).await;
-            watched.push(Watched {
+        // Every role at once, within one limit: a server that does not answer delays the run's
+        // start by SCRAPE_LIMIT at most.
+        let starts =
+            futures::future::join_all(clients.iter().map(|c| scrape_all(c, SCRAPE_LIMIT))).await;
+        let mut watched: Vec<Watched> = clients
+            .into_iter()
+            .zip(starts)
+            .map(|(client, start)| Watched {
                 client,
                 start,
                 samples: Vec::new(),
-            });
-        }
+            })
+            .collect();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             // Roles whose servers answered nothing at the start are not sampled.
@@ -475,11 +509,19 @@ impl Monitor {
                     _ = stopped.changed() => break,
                     () = tokio::time::sleep(every) => {}
                 }
-                for w in watched
+                let live: Vec<&mut Watched> = watched
                     .iter_mut()
                     .filter(|w| w.start.iter().any(Option::is_some))
-                {
-                    let tick = scrape_all(&w.client, SCRAPE_LIMIT).await;
+                    .collect();
+                let ticks = futures::future::join_all(
+                    live.iter().map(|w| scrape_all(&w.client, SCRAPE_LIMIT)),
+                );
+                // The run's end does not wait for a sample in progress.
+                let ticks = tokio::select! {
+                    _ = stopped.changed() => break,
+                    t = ticks => t,
+                };
+                for (w, tick) in live.into_iter().zip(ticks) {
                     w.samples.push(tick);
                 }
             }
@@ -494,13 +536,16 @@ impl Monitor {
         let Ok(watched) = self.task.await else {
             return BTreeMap::new();
         };
-        let mut out = BTreeMap::new();
-        for w in watched {
-            let end = if w.start.iter().any(Option::is_some) {
+        let ends = futures::future::join_all(watched.iter().map(|w| async {
+            if w.start.iter().any(Option::is_some) {
                 scrape_all(&w.client, SCRAPE_LIMIT).await
             } else {
                 vec![None; w.start.len()]
-            };
+            }
+        }))
+        .await;
+        let mut out = BTreeMap::new();
+        for (w, end) in watched.into_iter().zip(ends) {
             let stats = w.client.stats().snapshot();
             let client = ClientSide {
                 max_in_flight: w.client.server().max_in_flight,
