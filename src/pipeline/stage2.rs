@@ -1,6 +1,7 @@
 //! Stage 2: the reasoner writes yes/no propositions about the target, the verifier answers each
 //! for each of the top-K candidates (`CANDIDATES_AT_ONCE` candidates at a time per query, all of a
-//! candidate's questions at once; the verifier's limits pace them), and the top K are stably
+//! candidate's first question alone, then the rest at once, so they meet the image's cached prefix;
+//! the verifier's limits pace them), and the top K are stably
 //! re-sorted by how many answers match (or, in logprob mode, by
 //! the summed probability of the expected answers). Positions after K keep their order.
 
@@ -54,7 +55,7 @@ fn score_of(verdicts: &[VerdictRecord], props: &[Proposition], mode: RerankMode)
 }
 
 /// Candidates of one query whose images are loaded at once. Each candidate's questions go out
-/// together, so this many candidates keep `CANDIDATES_AT_ONCE` × |questions| requests queued per
+/// together after its first, so this many candidates keep `CANDIDATES_AT_ONCE` × |questions| requests queued per
 /// query (plenty to keep a verifier busy with 128 queries in flight) while a query holds at most
 /// this many loaded images instead of all K.
 pub const CANDIDATES_AT_ONCE: usize = 4;

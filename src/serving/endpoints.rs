@@ -14,7 +14,7 @@
 //! that ranks first for that key by rendezvous (highest-random-weight) hashing, so the requests
 //! about one image meet the same server's prefix and encoder caches, and a replica that leaves or
 //! returns moves only its own share of images. The rank is bounded: an endpoint already holding
-//! more than [`AFFINITY_BOUND`] × the mean load (plus one) and more than twice its slots (a full
+//! as many requests as [`AFFINITY_BOUND`] × (the mean load + 1) and twice its slots (a full
 //! set in flight and as many waiting) is passed over for the next in the key's order, so one hot
 //! image cannot pile onto one replica.
 //!
