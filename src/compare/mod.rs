@@ -364,10 +364,14 @@ pub fn compare(a_dir: &Path, b_dir: &Path, how: Bootstrap) -> Result<Comparison,
         image_ext: d.image_ext.clone(),
     };
     let (queries, from_journal) = queries::for_scoring(&spec, &a.recorded)?;
-    let shared: Vec<&Query> = queries
+    let mut shared: Vec<&Query> = queries
         .iter()
         .filter(|q| a.rankings.contains_key(&q.id) && b.rankings.contains_key(&q.id))
         .collect();
+    // In query-id order, whichever source listed them: the dataset lists them in its order, a
+    // journal in the order queries finished, and the bootstrap's resamples (drawn by position
+    // from a fixed seed) must pick the same queries either way.
+    shared.sort_by(|x, y| x.id.cmp(&y.id));
     let ids: std::collections::HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
     let in_dataset = |l: &Loaded| {
         l.rankings
