@@ -1,26 +1,45 @@
 #!/usr/bin/env bash
-# Model work with two verifier replicas, affinity on and off (BENCHMARKS.md, "Model work").
-# Needs the vLLM CPU stack with a second verifier and the demo's database:
+# Model work with two verifier replicas, by routing (BENCHMARKS.md, "Model work").
+# Needs the vLLM CPU stack with a second verifier and the demo's database; the router modes need
+# launch/router/setup.sh:
 #   launch/vllm-cpu/up.sh reasoner embedder verifier verifier:8013
 #   imagescope index --config configs/vllm-cpu-demo.toml
-#   benches/model_work.sh [imagescope binary]
-# Each run: the demo's 13 queries, stages 1-2, request cache off, the verifiers restarted first so
-# both start with empty caches. Prints, per run, the verifiers' prompt tokens, prefix-cache hits
-# and the tokens they computed (prompt - hits) per query, then compares the two runs' rankings.
+#   benches/model_work.sh [imagescope binary] [mode...]
+# Modes (default: affinity least-loaded):
+#   affinity            imagescope picks the replica per image (configs/servers/vllm-cpu-two-verifiers.toml)
+#   least-loaded        the same file with affinity = false
+#   router:POLICY       vllm-router on 8023 with --policy POLICY (consistent_hash, cache_aware,
+#                       round_robin, ...) in front of both (configs/servers/vllm-cpu-router.toml)
+# Each run: the demo's 13 queries, stages 1-2, request cache off, the verifiers (and the router)
+# restarted first so every cache starts empty. Prints, per run, the verifiers' prompt tokens,
+# prefix-cache hits and the tokens they computed (prompt - hits) per query, then how many queries'
+# rankings differ from the first run's.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-$root/target/release/imagescope}
+shift || true
+modes=("$@")
+[ ${#modes[@]} -gt 0 ] || modes=(affinity least-loaded)
 cd "$root"
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap 'rm -rf "$tmp"; ./launch/router/down.sh >/dev/null' EXIT
 folders=()
-for affinity in true false; do
+for mode in "${modes[@]}"; do
+  ./launch/router/down.sh >/dev/null
   ./launch/down.sh verifier verifier-8013 >/dev/null
   ./launch/vllm-cpu/up.sh verifier verifier:8013 >/dev/null
-  sed "s/^affinity = true/affinity = $affinity/" configs/servers/vllm-cpu-two-verifiers.toml >"$tmp/servers.toml"
+  case "$mode" in
+    affinity) cp configs/servers/vllm-cpu-two-verifiers.toml "$tmp/servers.toml" ;;
+    least-loaded) sed "s/^affinity = true/affinity = false/" configs/servers/vllm-cpu-two-verifiers.toml >"$tmp/servers.toml" ;;
+    router:*)
+      IMAGESCOPE_ROUTER_POLICY=${mode#router:} ./launch/router/up.sh >/dev/null
+      cp configs/servers/vllm-cpu-router.toml "$tmp/servers.toml" ;;
+    *) echo "unknown mode $mode (affinity, least-loaded, router:POLICY)" >&2; exit 2 ;;
+  esac
   sed -e "s#^servers = .*#servers = \"$tmp/servers.toml\"#" -e "s#\"\.\./#\"$root/#g" configs/vllm-cpu-demo.toml >"$tmp/exp.toml"
-  "$bin" run --config "$tmp/exp.toml" --stages s1,s2 --cache off --json --run-name "model-work-affinity-$affinity" >"$tmp/$affinity.json"
-  python3 - "$tmp/$affinity.json" "$affinity" <<'PY'
+  name="model-work-${mode/:/-}"
+  "$bin" run --config "$tmp/exp.toml" --stages s1,s2 --cache off --json --run-name "$name" >"$tmp/$name.json"
+  python3 - "$tmp/$name.json" "$mode" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 v = r["servers"]["verifier"]
@@ -28,15 +47,17 @@ q = r["queries"]
 if not v.get("prompt_tokens"):
     sys.exit(f"the verifiers reported no prompt tokens: {v}")
 computed = v["prompt_tokens"] - (v["prefix_cache_hits"] or 0)
-print(f"affinity={sys.argv[2]:5}  verifier requests {r['roles']['verifier']['attempts']}, prompt tokens {v['prompt_tokens']}, "
-      f"prefix hits {v['prefix_cache_hits']} ({(v['prefix_cache_hit_rate'] or 0)*100:.1f}%), computed {computed} "
-      f"({computed / q:.0f} per query), mm hit {(v['mm_cache_hit_rate'] or 0)*100:.1f}%, "
+mm_miss = (v["mm_cache_queries"] or 0) - (v["mm_cache_hits"] or 0)
+print(f"{sys.argv[2]:26} servers read {v['endpoints_read']}/{v['servers']}, verifier requests {r['roles']['verifier']['attempts']}, "
+      f"prompt tokens {v['prompt_tokens']}, prefix hits {v['prefix_cache_hits']} ({(v['prefix_cache_hit_rate'] or 0)*100:.1f}%), "
+      f"computed {computed} ({computed / q:.0f} per query), images encoded {mm_miss}, "
       f"own cached {r['roles']['verifier'].get('cached_prompt_tokens')}")
 PY
-  folders+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["folder"])' "$tmp/$affinity.json")")
+  folders+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["folder"])' "$tmp/$name.json")")
 done
-"$bin" compare "${folders[0]}" "${folders[1]}" --json | python3 -c '
+for i in $(seq 1 $((${#folders[@]} - 1))); do
+  "$bin" compare "${folders[0]}" "${folders[$i]}" --json | python3 -c '
 import json, sys
-c = json.load(sys.stdin)
-moved = c["moves"]["moved"]
-print(f"rankings: {len(moved)} queries moved between the two runs")'
+moved = json.load(sys.stdin)["moves"]["moved"]
+print("rankings, %s against %s: %d queries moved" % (sys.argv[1], sys.argv[2], len(moved)))' "${modes[0]}" "${modes[$i]}"
+done

@@ -31,6 +31,7 @@ pub const ROLE_SCHEDULING_KEYS: &[&str] = &[
     "api_key_env",
     "image_transport",
     "affinity",
+    "metrics_urls",
 ];
 
 /// The keys of the `[pipeline]` table that only schedule work.

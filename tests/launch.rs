@@ -276,3 +276,97 @@ fn the_infinity_servers_file_differs_from_the_vllm_cpu_one_only_in_its_embedder(
         }
     }
 }
+
+/// The router's command, as `launch/router/up.sh --dry-run` prints it: its worker URLs and flags.
+fn router_dry_run(args: &[&str]) -> (Vec<String>, BTreeMap<String, String>) {
+    let mut cmd = std::process::Command::new("bash");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("IMAGESCOPE_ROUTER_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .arg(root().join("launch/router/up.sh"))
+        .arg("--dry-run")
+        .args(args)
+        .env("IMAGESCOPE_ROUTER_HOME", "/opt/router")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[0], "/opt/router/venv/bin/vllm-router", "{line}");
+    let mut workers = Vec::new();
+    let mut flags = BTreeMap::new();
+    let mut i = 1;
+    while i < words.len() {
+        if words[i] == "--worker-urls" {
+            i += 1;
+            while i < words.len() && !words[i].starts_with("--") {
+                workers.push(words[i].to_string());
+                i += 1;
+            }
+            continue;
+        }
+        flags.insert(words[i].to_string(), words[i + 1].to_string());
+        i += 2;
+    }
+    (workers, flags)
+}
+
+#[test]
+fn the_cpu_router_fronts_the_replicas_and_port_the_servers_file_names() {
+    let (workers, flags) = router_dry_run(&[]);
+    let two =
+        ServersConfig::load(&root().join("configs/servers/vllm-cpu-two-verifiers.toml")).unwrap();
+    let routed = ServersConfig::load(&root().join("configs/servers/vllm-cpu-router.toml")).unwrap();
+    // The router's workers are the two-replica file's verifier endpoints, and the router file's
+    // one verifier endpoint is the router.
+    let roots: Vec<String> = two.roles[&Role::Verifier]
+        .endpoints
+        .iter()
+        .map(|e| e.trim_end_matches("/v1").to_string())
+        .collect();
+    assert_eq!(workers, roots);
+    let v = &routed.roles[&Role::Verifier];
+    assert_eq!(
+        v.endpoints,
+        [format!("http://127.0.0.1:{}/v1", flags["--port"])]
+    );
+    assert_eq!(flags["--policy"], "consistent_hash");
+    assert!(
+        v.affinity,
+        "consistent_hash needs the X-Session-ID that affinity sends"
+    );
+    assert_eq!(
+        v.max_in_flight,
+        two.roles[&Role::Verifier].max_in_flight * workers.len(),
+        "the pool's slots through one endpoint"
+    );
+    assert_eq!(flags["--host"], "127.0.0.1");
+    // Every other role is the plain CPU stack's.
+    let vllm = ServersConfig::load(&root().join("configs/servers/vllm-cpu.toml")).unwrap();
+    for &role in Role::ALL {
+        if role != Role::Verifier {
+            assert_eq!(
+                format!("{:?}", vllm.roles[&role]),
+                format!("{:?}", routed.roles[&role]),
+                "{role}"
+            );
+        }
+    }
+    // Any role and replicas, and the policy by environment.
+    let (workers, flags) = router_dry_run(&["reasoner", "8102", "http://a:8002", "http://b:8002"]);
+    assert_eq!(workers, ["http://a:8002", "http://b:8002"]);
+    assert_eq!(
+        (
+            flags["--port"].as_str(),
+            flags["--prometheus-port"].as_str()
+        ),
+        ("8102", "28102")
+    );
+}

@@ -177,3 +177,98 @@ async fn a_run_reports_its_servers_figures_and_not_reported_where_they_export_no
     assert_eq!(verifier["a"]["server"]["prompt_tokens"], 2000, "{verifier}");
     assert_eq!(verifier["b"]["server"]["prompt_tokens"], 1000, "{verifier}");
 }
+
+/// A stand-in for vLLM's router (a test double of vllm-router 0.1.17's two routes that matter
+/// here): `GET /list_workers` names the workers, and `GET /metrics` forwards to one of them, as the
+/// real router does; the figures must come from every worker, not from the router's page.
+async fn fake_router(workers: Vec<String>, forwarded: String) -> String {
+    use axum::{Router, routing::get};
+    let list = serde_json::json!({ "urls": workers }).to_string();
+    let app = Router::new()
+        .route("/list_workers", get(move || async move { list }))
+        .route("/metrics", get(move || async move { forwarded }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_is_vllms_router_is_read_through_the_workers_it_lists() {
+    use imagescope::config::Role;
+    use imagescope::serving::RoleClient;
+    use imagescope::serving::server_metrics::Monitor;
+    use support::fake_server::FakeServer;
+    let a = FakeServer::start("paligemma", 4).await;
+    let b = FakeServer::start("paligemma", 4).await;
+    a.set_metrics(vec![verifier_page(1.0), verifier_page(2.0)]);
+    b.set_metrics(vec![verifier_page(10.0), verifier_page(13.0)]);
+    let root = |u: String| u.trim_end_matches("/v1").to_string();
+    let router = fake_router(
+        vec![root(a.base_url()), format!("{}/", root(b.base_url()))],
+        verifier_page(1000.0),
+    )
+    .await;
+    let cfg = support::servers(Role::Verifier, "paligemma", &[router], "max_in_flight = 16");
+    let client = RoleClient::new(
+        Role::Verifier,
+        &cfg.roles[&Role::Verifier],
+        std::path::Path::new("test-servers.toml"),
+    )
+    .unwrap();
+    let monitor = Monitor::start(vec![client], std::time::Duration::from_secs(3600)).await;
+    let figures = monitor.finish().await;
+    let v = &figures["verifier"];
+    assert_eq!(
+        (v.endpoints, v.servers, v.router_workers),
+        (1, 2, 2),
+        "{v:?}"
+    );
+    assert_eq!(v.endpoints_read, 2, "{v:?}");
+    // (2 - 1) + (13 - 10) pages' worth: 1000 prompt tokens each.
+    assert_eq!(v.prompt_tokens, Some(4000), "{v:?}");
+
+    // metrics_urls, when given, are the pages read (here: one of the two workers).
+    let cfg = support::servers(
+        Role::Verifier,
+        "paligemma",
+        &[fake_router(vec![root(a.base_url())], verifier_page(1000.0)).await],
+        &format!("metrics_urls = [\"{}/metrics\"]", root(b.base_url())),
+    );
+    b.set_metrics(vec![verifier_page(20.0), verifier_page(21.0)]);
+    let client = RoleClient::new(
+        Role::Verifier,
+        &cfg.roles[&Role::Verifier],
+        std::path::Path::new("test-servers.toml"),
+    )
+    .unwrap();
+    let v = &Monitor::start(vec![client], std::time::Duration::from_secs(3600))
+        .await
+        .finish()
+        .await["verifier"];
+    assert_eq!(
+        (v.servers, v.router_workers, v.prompt_tokens),
+        (1, 0, Some(1000)),
+        "{v:?}"
+    );
+
+    // A plain server's /list_workers is a 404: its own page is read.
+    let c = FakeServer::start("paligemma", 4).await;
+    c.set_metrics(vec![verifier_page(1.0), verifier_page(2.0)]);
+    let cfg = support::servers(Role::Verifier, "paligemma", &[c.base_url()], "");
+    let client = RoleClient::new(
+        Role::Verifier,
+        &cfg.roles[&Role::Verifier],
+        std::path::Path::new("test-servers.toml"),
+    )
+    .unwrap();
+    let v = &Monitor::start(vec![client], std::time::Duration::from_secs(3600))
+        .await
+        .finish()
+        .await["verifier"];
+    assert_eq!(
+        (v.servers, v.router_workers, v.prompt_tokens),
+        (1, 0, Some(1000)),
+        "{v:?}"
+    );
+}

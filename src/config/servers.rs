@@ -218,6 +218,13 @@ pub struct RoleServer {
     /// `consistent_hash` policy. `false`: least-loaded for everything.
     #[serde(default = "defaults::yes")]
     pub affinity: bool,
+    /// The Prometheus pages that tell what this role's servers did in a run, when the endpoints'
+    /// own `/metrics` do not: full URLs (`http://gpu-a:8003/metrics`), read instead. Empty (the
+    /// default): each endpoint's `/metrics`, or the workers of an endpoint that is vLLM's router
+    /// (it lists them at `GET /list_workers`). Give them for another router (the production
+    /// stack's), or when the router's workers are known to the client by other addresses.
+    #[serde(default)]
+    pub metrics_urls: Vec<String>,
     /// Time limit of one request attempt, in seconds.
     #[serde(default = "defaults::timeout_secs")]
     pub timeout_secs: f64,
@@ -327,7 +334,12 @@ fn check_endpoints(role: Role, s: &RoleServer) -> Result<(), (String, String)> {
     if s.endpoints.is_empty() {
         return Err((k("endpoints"), "needs at least one base URL".into()));
     }
-    for e in &s.endpoints {
+    for (field, e) in s
+        .endpoints
+        .iter()
+        .map(|e| ("endpoints", e))
+        .chain(s.metrics_urls.iter().map(|e| ("metrics_urls", e)))
+    {
         let parsed = reqwest::Url::parse(e).ok();
         if let Some(u) = parsed
             .as_ref()
@@ -337,7 +349,7 @@ fn check_endpoints(role: Role, s: &RoleServer) -> Result<(), (String, String)> {
             let _ = shown.set_username("");
             let _ = shown.set_password(None);
             return Err((
-                k("endpoints"),
+                k(field),
                 format!(
                     "{shown} carries a user name or password in the URL, which would end up in logs and run folders; remove it and put the NAME of an environment variable holding the key in api_key_env"
                 ),
@@ -347,9 +359,14 @@ fn check_endpoints(role: Role, s: &RoleServer) -> Result<(), (String, String)> {
             .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
             .unwrap_or(false);
         if !ok {
+            let example = if field == "endpoints" {
+                "http://127.0.0.1:8000/v1"
+            } else {
+                "http://127.0.0.1:8000/metrics"
+            };
             return Err((
-                k("endpoints"),
-                format!("{e:?} is not an http(s) URL such as \"http://127.0.0.1:8000/v1\""),
+                k(field),
+                format!("{e:?} is not an http(s) URL such as \"{example}\""),
             ));
         }
     }
@@ -576,6 +593,25 @@ api = "vllm"
             err.to_string().contains("roles.reasoner.endpoints"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn metrics_urls_are_checked_like_endpoints() {
+        let ok = parse(&format!(
+            "{MINIMAL}metrics_urls = [\"http://gpu-a:8003/metrics\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.roles[&Role::Reasoner].metrics_urls,
+            ["http://gpu-a:8003/metrics"]
+        );
+        for bad in ["gpu-a:8003/metrics", "http://user:pw@gpu-a:8003/metrics"] {
+            let err = parse(&format!("{MINIMAL}metrics_urls = [{bad:?}]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("roles.reasoner.metrics_urls"), "{bad}: {err}");
+            assert!(!err.contains("pw@"), "the password is not repeated: {err}");
+        }
     }
 
     #[test]

@@ -291,6 +291,17 @@ impl RoleClient {
     ) -> Result<(u16, String), ErrorKind> {
         let ep = &self.inner.endpoints.all()[index];
         let url = format!("{}{}", if from_root { ep.root() } else { &ep.base }, path);
+        self.get_url(&url).await
+    }
+
+    /// The server root of endpoint `index` (its URL without the `/v1` API prefix).
+    pub fn endpoint_root(&self, index: usize) -> String {
+        self.inner.endpoints.all()[index].root().to_string()
+    }
+
+    /// GETs `url` once, with the role's API key and attempt timeout: a page of the role's servers
+    /// (a `/metrics` page, a router's worker list). Returns status and body.
+    pub async fn get_url(&self, url: &str) -> Result<(u16, String), ErrorKind> {
         let mut rb = self.inner.http.get(url);
         if let Some(k) = &self.inner.api_key {
             rb = rb.bearer_auth(&k.0);

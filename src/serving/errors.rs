@@ -196,6 +196,15 @@ impl fmt::Display for ErrorKind {
                         " (the server could not load the image; with image_transport = \"local-path\" start vLLM with --allowed-local-media-path, or use \"data-url\")"
                     }
                     HttpClass::RateLimited => " (rate limited)",
+                    // vLLM's router (vllm-router 0.1.17) in front of replicas, in plain text.
+                    HttpClass::Server if message.starts_with("No available workers") => {
+                        " (vLLM's router has no healthy worker: see its GET /workers, start or restart the replicas behind it)"
+                    }
+                    HttpClass::Server
+                        if message.starts_with("Request failed: error sending request") =>
+                    {
+                        " (vLLM's router could not reach the worker it chose; it moves the worker's requests to another once the worker's circuit opens)"
+                    }
                     _ => "",
                 };
                 write!(f, "HTTP {status}{what}: {message}")

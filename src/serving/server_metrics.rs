@@ -15,6 +15,14 @@
 //! (a panic on a server's odd value), and `openmetrics-parser` is LGPL-3.0. Only the series named
 //! here are kept; a line it cannot read is skipped (tests/fuzz.rs feeds it generated pages).
 //! Where vLLM exports a series under its old name too (`gpu_` prefixes, 0.9.x), the new name wins.
+//!
+//! An endpoint that is vLLM's router (`vllm-router`) is read through its workers: the router's own
+//! `/metrics` forwards to one worker, picked per request like any other request (seen on
+//! vllm-router 0.1.17), so two reads of it may come from two servers. The router lists its workers
+//! at `GET /list_workers` (`{"urls": [...]}`); when an endpoint answers that, each listed worker's
+//! `/metrics` is read instead, with the role's API key. Workers the client cannot reach (a
+//! cluster's internal addresses) read as not reported; a role's `metrics_urls` names the pages
+//! to read when neither way fits (another router, other addresses).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -243,10 +251,14 @@ pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ServerFigures {
-    /// Endpoints whose `/metrics` page was read at the start and the end, of all the role's.
+    /// Servers whose `/metrics` page was read at the start and the end, of `servers`.
     pub endpoints_read: usize,
     /// The role's endpoints.
     pub endpoints: usize,
+    /// The servers behind them: the endpoints themselves, or a router's workers in its place.
+    pub servers: usize,
+    /// Of `servers`, the workers listed by vLLM routers among the endpoints.
+    pub router_workers: usize,
     /// Prompt tokens the servers processed (`vllm:prompt_tokens_total`).
     pub prompt_tokens: Option<u64>,
     /// Prompt tokens looked up in the prefix cache, and found there.
@@ -308,6 +320,8 @@ fn rate(hits: Option<u64>, queries: Option<u64>) -> Option<f64> {
 /// What the client saw of its own limit, for the advice.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientSide {
+    /// The role's endpoints (0: one per page read).
+    pub endpoints: usize,
     /// The role's `max_in_flight` per endpoint.
     pub max_in_flight: usize,
     /// Requests sent.
@@ -325,7 +339,12 @@ pub fn figures(
     client: ClientSide,
 ) -> ServerFigures {
     let mut f = ServerFigures {
-        endpoints: start.len(),
+        endpoints: if client.endpoints > 0 {
+            client.endpoints
+        } else {
+            start.len()
+        },
+        servers: start.len(),
         ..Default::default()
     };
     let mut sums: BTreeMap<Series, f64> = BTreeMap::new();
@@ -454,24 +473,60 @@ fn advice(f: &ServerFigures, running: &[f64], client: ClientSide) -> Vec<String>
     out
 }
 
-/// Reads one endpoint's page for `served`; `None` if it cannot be had within `limit`.
-async fn scrape(client: &RoleClient, index: usize, limit: Duration) -> Option<Reading> {
+/// The worker URLs of vLLM's router's `GET /list_workers` answer (`{"urls": ["http://...", ...]}`);
+/// `None` for any other answer (a vLLM server's 404, a page that is not that shape).
+pub fn router_workers(body: &str) -> Option<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let urls: Vec<String> = v
+        .get("urls")?
+        .as_array()?
+        .iter()
+        .map(|u| u.as_str().map(|s| s.trim_end_matches('/').to_string()))
+        .collect::<Option<_>>()?;
+    urls.iter()
+        .all(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .then_some(urls)
+}
+
+/// The pages that stand for endpoint `index`: its own `/metrics`, or each worker's when the
+/// endpoint is vLLM's router. The flag says which.
+async fn pages_of(client: &RoleClient, index: usize, limit: Duration) -> (Vec<String>, bool) {
+    let root = client.endpoint_root(index);
+    let listed = tokio::time::timeout(limit, client.get_url(&format!("{root}/list_workers"))).await;
+    match listed {
+        Ok(Ok((200, body))) => match router_workers(&body) {
+            Some(urls) => (urls.iter().map(|u| format!("{u}/metrics")).collect(), true),
+            None => (vec![format!("{root}/metrics")], false),
+        },
+        _ => (vec![format!("{root}/metrics")], false),
+    }
+}
+
+/// Reads one page for `served`; `None` if it cannot be had within `limit`.
+async fn scrape(client: &RoleClient, url: &str, limit: Duration) -> Option<Reading> {
     let served = client.server().model.clone();
-    match tokio::time::timeout(limit, client.probe_get(index, "/metrics", true)).await {
+    match tokio::time::timeout(limit, client.get_url(url)).await {
         Ok(Ok((200, body))) => Some(read_page(&body, &served)),
         _ => None,
     }
 }
 
-/// Every endpoint of `client`, read at once.
-pub async fn scrape_all(client: &RoleClient, limit: Duration) -> Vec<Option<Reading>> {
-    let n = client.server().endpoints.len();
-    futures::future::join_all((0..n).map(|i| scrape(client, i, limit))).await
+/// Every page of a role, read at once.
+async fn scrape_all(
+    client: &RoleClient,
+    pages: &[String],
+    limit: Duration,
+) -> Vec<Option<Reading>> {
+    futures::future::join_all(pages.iter().map(|u| scrape(client, u, limit))).await
 }
 
 /// A role's readings at the start of a run, and the samples taken since.
 struct Watched {
     client: RoleClient,
+    /// The `/metrics` URLs read, fixed at the start.
+    pages: Vec<String>,
+    /// How many of them are router workers.
+    router_workers: usize,
     start: Vec<Option<Reading>>,
     samples: Vec<Vec<Option<Reading>>>,
 }
@@ -488,15 +543,34 @@ const SCRAPE_LIMIT: Duration = Duration::from_secs(2);
 impl Monitor {
     /// Reads every endpoint's page now (the run's start), then samples every `every`.
     pub async fn start(clients: Vec<RoleClient>, every: Duration) -> Monitor {
-        // Every role at once, within one limit: a server that does not answer delays the run's
-        // start by SCRAPE_LIMIT at most.
-        let starts =
-            futures::future::join_all(clients.iter().map(|c| scrape_all(c, SCRAPE_LIMIT))).await;
+        // Every role at once, within one limit per step: a server that does not answer delays
+        // the run's start by twice SCRAPE_LIMIT at most (the router question, then the page).
+        let starts = futures::future::join_all(clients.iter().map(|c| async move {
+            let given = &c.server().metrics_urls;
+            if !given.is_empty() {
+                let start = scrape_all(c, given, SCRAPE_LIMIT).await;
+                return (given.clone(), 0, start);
+            }
+            let n = c.server().endpoints.len();
+            let found =
+                futures::future::join_all((0..n).map(|i| pages_of(c, i, SCRAPE_LIMIT))).await;
+            let router_workers = found
+                .iter()
+                .filter(|(_, router)| *router)
+                .map(|(p, _)| p.len())
+                .sum();
+            let pages: Vec<String> = found.into_iter().flat_map(|(p, _)| p).collect();
+            let start = scrape_all(c, &pages, SCRAPE_LIMIT).await;
+            (pages, router_workers, start)
+        }))
+        .await;
         let mut watched: Vec<Watched> = clients
             .into_iter()
             .zip(starts)
-            .map(|(client, start)| Watched {
+            .map(|(client, (pages, router_workers, start))| Watched {
                 client,
+                pages,
+                router_workers,
                 start,
                 samples: Vec::new(),
             })
@@ -514,7 +588,8 @@ impl Monitor {
                     .filter(|w| w.start.iter().any(Option::is_some))
                     .collect();
                 let ticks = futures::future::join_all(
-                    live.iter().map(|w| scrape_all(&w.client, SCRAPE_LIMIT)),
+                    live.iter()
+                        .map(|w| scrape_all(&w.client, &w.pages, SCRAPE_LIMIT)),
                 );
                 // The run's end does not wait for a sample in progress.
                 let ticks = tokio::select! {
@@ -538,7 +613,7 @@ impl Monitor {
         };
         let ends = futures::future::join_all(watched.iter().map(|w| async {
             if w.start.iter().any(Option::is_some) {
-                scrape_all(&w.client, SCRAPE_LIMIT).await
+                scrape_all(&w.client, &w.pages, SCRAPE_LIMIT).await
             } else {
                 vec![None; w.start.len()]
             }
@@ -548,11 +623,13 @@ impl Monitor {
         for (w, end) in watched.into_iter().zip(ends) {
             let stats = w.client.stats().snapshot();
             let client = ClientSide {
+                endpoints: w.client.server().endpoints.len(),
                 max_in_flight: w.client.server().max_in_flight,
                 attempts: stats.attempts,
                 slot_waits: stats.slot_waits,
             };
-            let f = figures(&w.start, &end, &w.samples, client);
+            let mut f = figures(&w.start, &end, &w.samples, client);
+            f.router_workers = w.router_workers;
             out.insert(w.client.role().to_string(), f);
         }
         out
@@ -579,6 +656,27 @@ vllm:request_queue_time_seconds_bucket{engine="0",le="1.0",model_name="verifier"
 vllm:request_queue_time_seconds_bucket{engine="0",le="+Inf",model_name="verifier"} 10.0
 vllm:request_queue_time_seconds_count{engine="0",model_name="verifier"} 10.0
 "#;
+
+    #[test]
+    fn a_routers_worker_list_is_read_and_nothing_else_is() {
+        let body = r#"{"urls":["http://127.0.0.1:8013","http://10.0.0.2:8003/"]}"#;
+        assert_eq!(
+            router_workers(body),
+            Some(vec![
+                "http://127.0.0.1:8013".to_string(),
+                "http://10.0.0.2:8003".to_string()
+            ])
+        );
+        for other in [
+            r#"{"detail":"Not Found"}"#,
+            r#"{"urls":"http://a"}"#,
+            r#"{"urls":[1]}"#,
+            r#"{"urls":["file:///etc/passwd"]}"#,
+            "not json",
+        ] {
+            assert_eq!(router_workers(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn a_page_is_read_for_its_served_model_only() {
@@ -674,6 +772,7 @@ vllm:request_queue_time_seconds_count{engine="0",model_name="verifier"} 10.0
         let empty = [Some(Reading::default())];
         let some = [Some(reading(&[(Series::Preemptions, 0.0)], &[]))];
         let client = ClientSide {
+            endpoints: 1,
             max_in_flight: 8,
             attempts: 100,
             slot_waits: 40,
