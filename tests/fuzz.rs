@@ -8,7 +8,7 @@
 //!
 //! ```bash
 //! cargo test --test fuzz -- --nocapture                    # 2,000 per parser (FUZZ_CASES; CI runs 10,000)
-//! FUZZ_CASES=63000 cargo test --test fuzz -- --nocapture    # the long run: 1,008,000 inputs
+//! FUZZ_CASES=56000 cargo test --test fuzz -- --nocapture    # the long run: 1,008,000 inputs
 //! FUZZ_SEED=7 cargo test --test fuzz -- --nocapture          # other inputs (default seed 0)
 //! ```
 //!
@@ -414,6 +414,19 @@ fn every_parser_of_untrusted_input_survives_generated_inputs() {
         }
         Ok(())
     }));
+    count(fuzz(
+        "server_metrics::router_workers",
+        text_from(ROUTER_LISTS),
+        |s| {
+            // Only http(s) URLs ever come out: nothing else is fetched with the role's key.
+            if let Some(urls) = imagescope::serving::server_metrics::router_workers(&s) {
+                for u in urls {
+                    prop_assert!(u.starts_with("http://") || u.starts_with("https://"), "{u}");
+                }
+            }
+            Ok(())
+        },
+    ));
     count(fuzz_annotations());
     count(fuzz(
         "captions file (index::build::load_captions)",
@@ -428,6 +441,9 @@ fn every_parser_of_untrusted_input_survives_generated_inputs() {
     ));
     println!("fuzzed inputs: {total} across {parsers} parsers, panics: 0");
 }
+
+/// Seeds for a router's worker list (vllm-router 0.1.17's `GET /list_workers`, recorded).
+const ROUTER_LISTS: &[&str] = &[r#"{"urls":["http://127.0.0.1:8013","http://127.0.0.1:8003"]}"#];
 
 const CAPTIONS: &[&str] = &[r#"{"a.jpg": "a dog on a sofa", "b/c.png": "two cats"}"#];
 

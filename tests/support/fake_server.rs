@@ -150,6 +150,20 @@ pub struct FakeState {
     max_in_flight: AtomicUsize,
     /// `/metrics` pages, served in turn (the last one again and again); none: 404.
     pub metrics: Mutex<Vec<String>>,
+    /// The replica's outage, if any (`FakeServer::set_outage`).
+    outage: Mutex<Option<Outage>>,
+    /// Bumped when the replica dies: every open connection closes.
+    killed: tokio::sync::watch::Sender<u64>,
+}
+
+/// A replica that stops working for a while (`FakeServer::set_outage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// As a killed process: open connections close, new ones are closed at once.
+    Dead,
+    /// As a wedged process: every chat and embedding request is held this long (past the
+    /// client's timeout) before it is answered.
+    Hung(Duration),
 }
 
 /// A running fake server; dropping it (or calling `stop`) closes its port.
@@ -195,6 +209,8 @@ impl FakeServer {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             metrics: Mutex::new(Vec::new()),
+            outage: Mutex::new(None),
+            killed: tokio::sync::watch::channel(0).0,
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -205,20 +221,29 @@ impl FakeServer {
             .with_state(state.clone());
         // Connections live in a JoinSet owned by the accept loop, so stopping the server closes
         // every open (keep-alive) connection too, as a killed process would.
+        let accept_state = state.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                if *accept_state.outage.lock().unwrap() == Some(Outage::Dead) {
+                    drop(stream);
+                    continue;
+                }
+                let mut killed = accept_state.killed.subscribe();
                 let svc = hyper_util::service::TowerToHyperService::new(app.clone());
                 conns.spawn(async move {
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper_util::server::conn::auto::Builder::new(
+                    let builder = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(io, svc)
-                    .await;
+                    );
+                    let serve = builder.serve_connection(io, svc);
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = killed.changed() => {}
+                    }
                 });
                 while conns.try_join_next().is_some() {}
             }
@@ -272,6 +297,15 @@ impl FakeServer {
             hang,
             sent: HashMap::new(),
         });
+    }
+
+    /// Puts the replica out of service (`Some`) or back (`None`): dead closes every open
+    /// connection and refuses new ones; hung holds each chat and embedding request.
+    pub fn set_outage(&self, outage: Option<Outage>) {
+        *self.state.outage.lock().unwrap() = outage;
+        if outage == Some(Outage::Dead) {
+            self.state.killed.send_modify(|n| *n += 1);
+        }
     }
 
     /// Sets how embeddings are computed from each input.
@@ -384,6 +418,13 @@ async fn handle(
         let body =
             json!({"error": {"message": "injected fault", "type": "ServerError", "code": status}});
         return (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+    }
+    let hung = match *state.outage.lock().unwrap() {
+        Some(Outage::Hung(d)) if matches!(route, Route::Chat | Route::Embeddings) => Some(d),
+        _ => None,
+    };
+    if let Some(d) = hung {
+        tokio::time::sleep(d).await;
     }
     let chaos = match route {
         Route::Chat | Route::Embeddings => state
