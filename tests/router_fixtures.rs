@@ -27,7 +27,7 @@ fn the_routers_errors_are_retryable_server_faults_with_a_hint() {
     for (file, hint) in [
         ("chat_no_available_workers.json", "no healthy worker"),
         ("chat_worker_unreachable.json", "could not reach the worker"),
-        ("models_no_workers.json", ""),
+        ("models_no_workers.json", "no healthy worker"),
     ] {
         let (status, body) = recorded(file);
         let e = http_error(status, &body);

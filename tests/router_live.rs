@@ -231,7 +231,9 @@ async fn a_run_through_the_router_keeps_each_image_on_one_replica_and_reads_both
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs vllm-router installed: launch/router/setup.sh"]
 async fn the_routers_own_errors_are_retryable_server_faults() {
-    let bin = root().join(".router/venv/bin/vllm-router");
+    let home = std::env::var_os("IMAGESCOPE_ROUTER_HOME")
+        .map_or_else(|| root().join(".router"), PathBuf::from);
+    let bin = home.join("venv/bin/vllm-router");
     assert!(bin.exists(), "{NEEDS}");
     let worker = FakeServer::start("verifier", 4).await;
     let worker_root = worker.base_url().trim_end_matches("/v1").to_string();

@@ -497,6 +497,40 @@ async fn embeddings_in_vllm_messages_shape_are_validated() {
     );
 }
 
+/// A page of another server (a worker a router lists, a `metrics_urls` page elsewhere) is asked
+/// without the role's key; the role's own servers get it.
+#[tokio::test]
+async fn the_api_key_goes_to_the_roles_own_servers_only() {
+    let own = FakeServer::start("m", 4).await;
+    let other = FakeServer::start("m", 4).await;
+    let var = "IMAGESCOPE_TEST_KEY";
+    let cfg = support::servers(
+        Role::Verifier,
+        "m",
+        &[own.base_url()],
+        &format!("api_key_env = \"{var}\"\n"),
+    );
+    let env = |name: &str| (name == var).then(|| "sk-test-secret-123".to_string());
+    let c = RoleClient::with_env(
+        Role::Verifier,
+        &cfg.roles[&Role::Verifier],
+        Path::new("s.toml"),
+        env,
+    )
+    .unwrap();
+    c.get_url(&format!("{}/models", own.base_url()))
+        .await
+        .unwrap();
+    c.get_url(&format!("{}/models", other.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(
+        own.requests()[0].auth.as_deref(),
+        Some("Bearer sk-test-secret-123")
+    );
+    assert_eq!(other.requests()[0].auth, None, "no key to another server");
+}
+
 #[tokio::test]
 async fn api_key_travels_as_bearer_and_a_missing_variable_is_named() {
     let fake = FakeServer::start("m", 4).await;

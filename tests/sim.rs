@@ -15,7 +15,8 @@
 //! SIM_SEED=1234 cargo test --test sim -- --nocapture        # replay one schedule exactly
 //! ```
 //!
-//! A seed picks its world's task shape (seed % 3) and everything else. A fault is a function of
+//! A seed picks its world's task shape (seed % 3) and everything else. `SIM_WORLDS=N` runs N worlds
+//! of each shape at once (default 4 for 300 seeds or more, else 2). A fault is a function of
 //! the seed, the request body and how many times that body was sent (`FakeServer::set_chaos`),
 //! never of arrival order, so a seed's faults replay; outages start and end at counts of finished
 //! queries. Timing (which request a hang delays past another) is the machine's; the invariants
@@ -330,22 +331,29 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
     if s.outage.is_some_and(|p| p.after == 0) {
         outage(0);
     }
+    // The only verifier dead (not hung: a hung server still lists its models) when a run that
+    // needs it starts: the run must refuse to start, naming the verifier (nothing is lost:
+    // nothing began). Then, as a user would, bring it back and start again.
+    let verifier_dead = || {
+        down.get()
+            && s.stages.contains(&Stage::S2)
+            && s.outage.is_some_and(|p| !p.reasoner && !p.hung)
+    };
+    let refused = |what: &str, got: &Result<(PathBuf, bool), String>| -> Option<String> {
+        match got {
+            Ok(_) => Some(format!("the {what} started with its only verifier dead")),
+            Err(e) if e.starts_with("prepare:") && e.contains("verifier") => None,
+            Err(e) => Some(format!("the {what} refused for another reason: {e}")),
+        }
+    };
+    let dead_at_start = verifier_dead();
     let mut first = invoke(&exp, &options(s, None), s.stop_after, outage).await;
-    // The verifier out of service before the run starts: the run must refuse to start, saying
-    // which server did not answer (nothing is lost: nothing began). Then, as a user would, bring
-    // it back and start again.
-    if let (Err(e), Some(plan)) = (&first, &s.outage)
-        && !plan.reasoner
-        && plan.after == 0
-    {
-        if !(e.starts_with("prepare:") && e.contains("verifier")) {
-            return end(
-                env,
-                s,
-                vec![format!("the run began with its only verifier down: {e}")],
-            );
+    if dead_at_start && let Some(plan) = &s.outage {
+        if let Some(broken) = refused("run", &first) {
+            return end(env, s, vec![broken]);
         }
         set_outage(env, plan, false);
+        down.set(false);
         first = invoke(&exp, &options(s, None), s.stop_after, |_| {}).await;
     }
     let (folder, interrupted) = match first {
@@ -371,21 +379,15 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
         } else {
             exp
         };
+        // Likewise when the verifier is still dead as the run resumes.
+        let dead_at_resume = verifier_dead();
         let mut again = invoke(&exp, &options(s, Some(folder.clone())), None, outage).await;
-        // The verifier still out of service when the run resumes: the resume refuses to start
-        // (as above), and goes on once it is back.
-        if let (Err(e), Some(plan)) = (&again, &s.outage)
-            && !plan.reasoner
-            && down.get()
-        {
-            if !(e.starts_with("prepare:") && e.contains("verifier")) {
-                return end(
-                    env,
-                    s,
-                    vec![format!("the resume began with its only verifier down: {e}")],
-                );
+        if dead_at_resume && let Some(plan) = &s.outage {
+            if let Some(broken) = refused("resume", &again) {
+                return end(env, s, vec![broken]);
             }
             set_outage(env, plan, false);
+            down.set(false);
             again = invoke(&exp, &options(s, Some(folder.clone())), None, |_| {}).await;
         }
         if let Err(e) = again {

@@ -29,11 +29,14 @@ set -euo pipefail
 [ $# -ge 3 ] || { echo "usage: $0 ROLE PORT WORKER_URL... (e.g. verifier 8100 http://node1:8003 http://node2:8003)" >&2; exit 2; }
 role=$1 port=$2
 shift 2
+metrics_port=${IMAGESCOPE_ROUTER_METRICS_PORT:-$((port + 20000))}
+case "$port$metrics_port" in *[!0-9]*) echo "the port and metrics port must be numbers (got $port, $metrics_port)" >&2; exit 2 ;; esac
+[ "$metrics_port" -le 65535 ] || { echo "metrics port $metrics_port is past 65535: set IMAGESCOPE_ROUTER_METRICS_PORT" >&2; exit 2; }
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cmd=("${IMAGESCOPE_ROUTER_BIN:-vllm-router}" --worker-urls "$@"
   --policy "${IMAGESCOPE_ROUTER_POLICY:-consistent_hash}"
   --host "${IMAGESCOPE_ROUTER_HOST:-0.0.0.0}" --port "$port"
-  --prometheus-host "${IMAGESCOPE_ROUTER_HOST:-0.0.0.0}" --prometheus-port "${IMAGESCOPE_ROUTER_METRICS_PORT:-$((port + 20000))}"
+  --prometheus-host "${IMAGESCOPE_ROUTER_HOST:-0.0.0.0}" --prometheus-port "$metrics_port"
   --health-check-interval-secs 5 --cb-failure-threshold 3 --cb-timeout-duration-secs 15
   --retry-max-retries 1 --request-timeout-secs 600 --log-level info)
 if [ "${DRY_RUN:-0}" = 1 ]; then

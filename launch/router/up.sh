@@ -23,6 +23,8 @@ role=$1 port=$2
 workers=$(($# - 2))
 export IMAGESCOPE_ROUTER_BIN="$home/venv/bin/vllm-router"
 export IMAGESCOPE_ROUTER_HOST=127.0.0.1
+export IMAGESCOPE_ROUTER_NAME="router-$role"
+python="$home/venv/bin/python"
 if [ "$dry" = 1 ]; then
   DRY_RUN=1 exec "$here/router.sh" "$@"
 fi
@@ -33,7 +35,7 @@ if [ -f "$logs/$name.pid" ] && kill -0 "$(cat "$logs/$name.pid")" 2>/dev/null; t
   echo "    $name already running (pid $(cat "$logs/$name.pid")); launch/router/down.sh stops it"
   exit 0
 fi
-if curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+if curl -fsS --max-time 3 "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
   echo "router: something not started by this script already answers on port $port; stop it, or choose another port" >&2
   exit 1
 fi
@@ -41,7 +43,7 @@ step "router: start vllm-router for the $role on 127.0.0.1:$port in front of $wo
 "$here/router.sh" "$@"
 # The router answers only once every worker has passed its health check.
 deadline=$(($(date +%s) + ${IMAGESCOPE_ROUTER_START_SECS:-120}))
-until [ "$(curl -fsS "http://127.0.0.1:$port/list_workers" 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["urls"]))' 2>/dev/null)" = "$workers" ]; do
+until [ "$(curl -fsS --max-time 3 "http://127.0.0.1:$port/list_workers" 2>/dev/null | "$python" -c 'import json,sys; print(len(json.load(sys.stdin)["urls"]))' 2>/dev/null)" = "$workers" ]; do
   if ! kill -0 "$(cat "$logs/$name.pid")" 2>/dev/null; then
     echo "router: vllm-router exited before it was ready; the end of its log:" >&2
     tail -n 20 "$logs/$name.log" >&2
@@ -53,5 +55,5 @@ until [ "$(curl -fsS "http://127.0.0.1:$port/list_workers" 2>/dev/null | python3
   fi
   sleep 1
 done
-echo "    router for the $role ready on 127.0.0.1:$port after $(human $(($(date +%s) - step_t))): $(curl -fsS "http://127.0.0.1:$port/list_workers")"
+echo "    router for the $role ready on 127.0.0.1:$port after $(human $(($(date +%s) - step_t))): $(curl -fsS --max-time 3 "http://127.0.0.1:$port/list_workers")"
 echo "    memory: $(ps -o rss= -p "$(cat "$logs/$name.pid")" | awk '{printf "%.0f MB", $1 / 1024}') resident"

@@ -277,10 +277,12 @@ fn servers_table(
         ));
     }
     for (role, f) in &reported {
-        if f.endpoints_read < f.endpoints {
+        // Servers, not endpoints: a router's endpoint stands for each of its workers.
+        let servers = f.servers.max(f.endpoints);
+        if f.endpoints_read < servers {
             out.push_str(&format!(
-                "  {role}: {} of {} endpoints reported\n",
-                f.endpoints_read, f.endpoints
+                "  {role}: {} of {} servers reported\n",
+                f.endpoints_read, servers
             ));
         }
         for a in &f.advice {

@@ -222,7 +222,9 @@ pub struct RoleServer {
     /// own `/metrics` do not: full URLs (`http://gpu-a:8003/metrics`), read instead. Empty (the
     /// default): each endpoint's `/metrics`, or the workers of an endpoint that is vLLM's router
     /// (it lists them at `GET /list_workers`). Give them for another router (the production
-    /// stack's), or when the router's workers are known to the client by other addresses.
+    /// stack's), or when the router's workers are known to the client by other addresses. A page
+    /// on another host than the endpoints' is asked without the role's API key (vLLM's
+    /// `/metrics` needs none).
     #[serde(default)]
     pub metrics_urls: Vec<String>,
     /// Time limit of one request attempt, in seconds.

@@ -294,16 +294,32 @@ impl RoleClient {
         self.get_url(&url).await
     }
 
+    /// Whether `url` lies on one of the role's endpoints (same scheme, host and port).
+    fn is_own_origin(&self, url: &str) -> bool {
+        let Ok(u) = reqwest::Url::parse(url) else {
+            return false;
+        };
+        self.inner
+            .endpoints
+            .all()
+            .iter()
+            .any(|e| reqwest::Url::parse(&e.base).is_ok_and(|b| b.origin() == u.origin()))
+    }
+
     /// The server root of endpoint `index` (its URL without the `/v1` API prefix).
     pub fn endpoint_root(&self, index: usize) -> String {
         self.inner.endpoints.all()[index].root().to_string()
     }
 
-    /// GETs `url` once, with the role's API key and attempt timeout: a page of the role's servers
-    /// (a `/metrics` page, a router's worker list). Returns status and body.
+    /// GETs `url` once, with the attempt timeout: a page of the role's servers (a `/metrics`
+    /// page, a router's worker list). The role's API key goes only to the role's own servers, a
+    /// URL with the scheme, host and port of one of its endpoints; any other page (a worker a
+    /// router lists, a `metrics_urls` page elsewhere) is asked without it. Returns status and body.
     pub async fn get_url(&self, url: &str) -> Result<(u16, String), ErrorKind> {
         let mut rb = self.inner.http.get(url);
-        if let Some(k) = &self.inner.api_key {
+        if let Some(k) = &self.inner.api_key
+            && self.is_own_origin(url)
+        {
             rb = rb.bearer_auth(&k.0);
         }
         let fut = async {

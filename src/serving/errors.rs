@@ -197,7 +197,10 @@ impl fmt::Display for ErrorKind {
                     }
                     HttpClass::RateLimited => " (rate limited)",
                     // vLLM's router (vllm-router 0.1.17) in front of replicas, in plain text.
-                    HttpClass::Server if message.starts_with("No available workers") => {
+                    HttpClass::Server
+                        if message.starts_with("No available workers")
+                            || message.starts_with("No workers are currently available") =>
+                    {
                         " (vLLM's router has no healthy worker: see its GET /workers, start or restart the replicas behind it)"
                     }
                     HttpClass::Server

@@ -473,19 +473,31 @@ fn advice(f: &ServerFigures, running: &[f64], client: ClientSide) -> Vec<String>
     out
 }
 
-/// The worker URLs of vLLM's router's `GET /list_workers` answer (`{"urls": ["http://...", ...]}`);
-/// `None` for any other answer (a vLLM server's 404, a page that is not that shape).
+/// Most workers read behind one router: a longer list is cut (and says nothing more useful).
+const MAX_WORKERS: usize = 64;
+
+/// The worker URLs of vLLM's router's `GET /list_workers` answer (`{"urls": ["http://...", ...]}`),
+/// each once, at most [`MAX_WORKERS`]; `None` for any other answer (a vLLM server's 404, a page
+/// that is not that shape, a URL that is not plain http(s) with a host, or carries a user name or
+/// password).
 pub fn router_workers(body: &str) -> Option<Vec<String>> {
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    let urls: Vec<String> = v
-        .get("urls")?
-        .as_array()?
-        .iter()
-        .map(|u| u.as_str().map(|s| s.trim_end_matches('/').to_string()))
-        .collect::<Option<_>>()?;
-    urls.iter()
-        .all(|u| u.starts_with("http://") || u.starts_with("https://"))
-        .then_some(urls)
+    let mut urls: Vec<String> = Vec::new();
+    for u in v.get("urls")?.as_array()? {
+        let text = u.as_str()?.trim_end_matches('/');
+        let parsed = reqwest::Url::parse(text).ok()?;
+        let plain = matches!(parsed.scheme(), "http" | "https")
+            && parsed.host().is_some()
+            && parsed.username().is_empty()
+            && parsed.password().is_none();
+        if !plain {
+            return None;
+        }
+        if !urls.iter().any(|x| x == text) && urls.len() < MAX_WORKERS {
+            urls.push(text.to_string());
+        }
+    }
+    Some(urls)
 }
 
 /// The pages that stand for endpoint `index`: its own `/metrics`, or each worker's when the
@@ -495,8 +507,10 @@ async fn pages_of(client: &RoleClient, index: usize, limit: Duration) -> (Vec<St
     let listed = tokio::time::timeout(limit, client.get_url(&format!("{root}/list_workers"))).await;
     match listed {
         Ok(Ok((200, body))) => match router_workers(&body) {
-            Some(urls) => (urls.iter().map(|u| format!("{u}/metrics")).collect(), true),
-            None => (vec![format!("{root}/metrics")], false),
+            Some(urls) if !urls.is_empty() => {
+                (urls.iter().map(|u| format!("{u}/metrics")).collect(), true)
+            }
+            _ => (vec![format!("{root}/metrics")], false),
         },
         _ => (vec![format!("{root}/metrics")], false),
     }
@@ -554,12 +568,17 @@ impl Monitor {
             let n = c.server().endpoints.len();
             let found =
                 futures::future::join_all((0..n).map(|i| pages_of(c, i, SCRAPE_LIMIT))).await;
-            let router_workers = found
-                .iter()
-                .filter(|(_, router)| *router)
-                .map(|(p, _)| p.len())
-                .sum();
-            let pages: Vec<String> = found.into_iter().flat_map(|(p, _)| p).collect();
+            // Each server once, even when two routers share workers or a worker is an endpoint.
+            let mut pages: Vec<String> = Vec::new();
+            let mut router_workers = 0;
+            for (list, router) in found {
+                for p in list {
+                    if !pages.contains(&p) {
+                        router_workers += usize::from(router);
+                        pages.push(p);
+                    }
+                }
+            }
             let start = scrape_all(c, &pages, SCRAPE_LIMIT).await;
             (pages, router_workers, start)
         }))
@@ -667,11 +686,22 @@ vllm:request_queue_time_seconds_count{engine="0",model_name="verifier"} 10.0
                 "http://10.0.0.2:8003".to_string()
             ])
         );
+        assert_eq!(
+            router_workers(r#"{"urls":["http://a:1","http://a:1/","http://b:2"]}"#),
+            Some(vec!["http://a:1".to_string(), "http://b:2".to_string()]),
+            "each worker once"
+        );
+        let many: Vec<String> = (0..100).map(|i| format!("http://w{i}:8000")).collect();
+        let body = serde_json::json!({ "urls": many }).to_string();
+        assert_eq!(router_workers(&body).map(|u| u.len()), Some(MAX_WORKERS));
         for other in [
             r#"{"detail":"Not Found"}"#,
             r#"{"urls":"http://a"}"#,
             r#"{"urls":[1]}"#,
             r#"{"urls":["file:///etc/passwd"]}"#,
+            r#"{"urls":["http://user:pw@evil:80"]}"#,
+            r#"{"urls":["http://"]}"#,
+            r#"{"urls":["ftp://files:21"]}"#,
             "not json",
         ] {
             assert_eq!(router_workers(other), None, "{other}");

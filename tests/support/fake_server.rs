@@ -228,11 +228,13 @@ impl FakeServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // Subscribe before looking: a death announced in between is then seen by this
+                // connection's task at once.
+                let mut killed = accept_state.killed.subscribe();
                 if *accept_state.outage.lock().unwrap() == Some(Outage::Dead) {
                     drop(stream);
                     continue;
                 }
-                let mut killed = accept_state.killed.subscribe();
                 let svc = hyper_util::service::TowerToHyperService::new(app.clone());
                 conns.spawn(async move {
                     let io = hyper_util::rt::TokioIo::new(stream);
