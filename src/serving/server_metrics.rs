@@ -493,8 +493,10 @@ pub fn router_workers(body: &str) -> Option<Vec<String>> {
         if !plain {
             return None;
         }
-        if !urls.iter().any(|x| x == text) && urls.len() < MAX_WORKERS {
-            urls.push(text.to_string());
+        // The URL as parsed ("http:/host" reads as "http://host"), without its trailing slash.
+        let url = parsed.as_str().trim_end_matches('/').to_string();
+        if !urls.contains(&url) && urls.len() < MAX_WORKERS {
+            urls.push(url);
         }
     }
     Some(urls)
@@ -690,6 +692,11 @@ vllm:request_queue_time_seconds_count{engine="0",model_name="verifier"} 10.0
             router_workers(r#"{"urls":["http://a:1","http://a:1/","http://b:2"]}"#),
             Some(vec!["http://a:1".to_string(), "http://b:2".to_string()]),
             "each worker once"
+        );
+        // Found by tests/fuzz.rs: a URL is returned as parsed, so only http(s):// comes out.
+        assert_eq!(
+            router_workers(r#"{"urls":["http:/127.0.0.1:8013"]}"#),
+            Some(vec!["http://127.0.0.1:8013".to_string()])
         );
         let many: Vec<String> = (0..100).map(|i| format!("http://w{i}:8000")).collect();
         let body = serde_json::json!({ "urls": many }).to_string();
