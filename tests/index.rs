@@ -187,10 +187,14 @@ async fn killed_mid_build_and_resumed_repeats_no_finished_image() {
         *counts.entry(d).or_default() += 1;
     }
     assert_eq!(counts.len(), 1000, "seed {seed}: every image captioned");
+    // Captioned twice: only images not yet committed at the kill, which are the 16 in process
+    // (8 captioner + 8 embedder slots) and the finished ones on their way to the database writer
+    // (one batch of up to 64 being committed, up to 256 queued). A CI simulation saw 18: a
+    // bound of 16 had taken the writer to be always idle.
     let twice = counts.values().filter(|&&n| n > 1).count();
     assert!(
-        twice <= 16,
-        "seed {seed}: only requests in flight at the kill are repeated ({twice})"
+        twice <= 16 + 64 + 256,
+        "seed {seed}: only work not yet committed at the kill is repeated ({twice})"
     );
 
     let db = ImageDb::open(&db_dirs(&s)[0], Default::default()).unwrap();
