@@ -128,28 +128,12 @@ async fn infinity_indexes_the_demo_photos_and_a_run_retrieves_with_its_text_vect
         .unwrap()
         .replace(&format!("\"{real}\""), &format!("\"{through}\""));
     std::fs::write(dir.path().join("servers.toml"), servers).unwrap();
-    let exp = std::fs::read_to_string(root().join("configs/vllm-cpu-demo.toml"))
-        .unwrap()
-        .replace(
-            "servers = \"servers/vllm-cpu.toml\"",
-            "servers = \"servers.toml\"",
-        )
-        .replace(
-            "prompts = \"../prompts\"",
-            &format!(
-                "prompts = {:?}\ncaptions = {:?}",
-                root().join("prompts"),
-                root().join("launch/demo/captions.json")
-            ),
-        )
-        .replace("\"../runs\"", "\"runs\"")
-        .replace("\"../data/image_db\"", "\"image_db\"")
-        .replace(
-            "\"../data/demo\"",
-            &format!("{:?}", root().join("data/demo")),
-        );
-    let config = dir.path().join("experiment.toml");
-    std::fs::write(&config, exp).unwrap();
+    let config = support::demo_experiment(
+        dir.path(),
+        &dir.path().join("servers.toml"),
+        &format!("captions = {:?}", root().join("launch/demo/captions.json")),
+        "",
+    );
     let config = config.to_str().unwrap();
     photos();
 

@@ -5,6 +5,8 @@
 //! `launch/vllm-cpu/up.sh` documents.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -369,4 +371,21 @@ fn the_cpu_router_fronts_the_replicas_and_port_the_servers_file_names() {
         ),
         ("8102", "28102")
     );
+}
+
+/// The live tests' demo experiment (`support::demo_experiment`) rewrites
+/// `configs/vllm-cpu-demo.toml` by its text: every line it rewrites must still be there, and the
+/// result must load with its paths where the tests expect them.
+#[test]
+fn the_live_tests_demo_experiment_rewrites_every_line_it_means_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = root().join("configs/servers/vllm-cpu.toml");
+    let path = support::demo_experiment(dir.path(), &servers, "", "stages = [\"s1\"]");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("\"../"), "a relative path was left: {text}");
+    assert!(text.contains("stages = [\"s1\"]"), "{text}");
+    let exp = imagescope::config::ExperimentConfig::load(&path).unwrap();
+    assert_eq!(exp.servers_path, servers);
+    assert_eq!(exp.runs_dir, dir.path().join("runs"));
+    assert_eq!(exp.image_db_root, dir.path().join("image_db"));
 }

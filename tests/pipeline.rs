@@ -6,7 +6,7 @@ mod support;
 
 use std::path::PathBuf;
 
-use support::env::{Env, write_cirr};
+use support::env::{Env, write_cirr, write_flickr, write_visdial};
 use support::fake_server::{FakeServer, Recorded, Route};
 
 /// The chat requests a fake server saw (not the `/models` probe that asks for its checkpoint).
@@ -209,18 +209,16 @@ async fn a_second_run_is_answered_from_the_cache_and_a_changed_template_resends_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_to_image_uses_a_blank_reference() {
     let env = Env::start("images", |i| format!("{i}"), 1).await;
-    let rows = [
-        ("7", "white dog"),
-        ("9", "white cat"),
-        ("1", "blue car"),
-        ("8", "black dog sofa"),
-        ("6", "black dog"),
-    ];
-    let mut csv = String::from("filename,raw,split\n");
-    for (f, c) in rows {
-        csv.push_str(&format!("{f}.png,\"[\"\"{c}\"\"]\",test\n"));
-    }
-    std::fs::write(env.data.join("test_1k_flickr.csv"), csv).unwrap();
+    write_flickr(
+        &env.data,
+        &[
+            (7, "white dog"),
+            (9, "white cat"),
+            (1, "blue car"),
+            (8, "black dog sofa"),
+            (6, "black dog"),
+        ],
+    );
     let config = env.configs("flickr30k", "test", "", None);
     env.index(&config).await;
     let report = env.run(&config, &[]).await;
@@ -263,23 +261,13 @@ async fn fashioniq_runs_with_its_own_prompt_family() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_round_dialogue_carries_its_description_and_scores_cumulative_hits() {
     let env = Env::start("unlabeled2017", |i| format!("{:012}", i + 1), 1).await;
-    let space: Vec<String> = (0..12)
-        .map(|i| format!("unlabeled2017/{:012}.png", i + 1))
-        .collect();
-    std::fs::write(
-        env.data.join("Search_Space_val_50k.json"),
-        serde_json::to_string(&space).unwrap(),
-    )
-    .unwrap();
-    let dialogues = serde_json::json!([
-        {"img": "unlabeled2017/000000000009.png", "dialog": ["a dog", "is it black? yes", "is it on a sofa? yes"]},
-        {"img": "unlabeled2017/000000000010.png", "dialog": ["a cat", "what colour? white", "is it alone? yes"]},
-    ]);
-    std::fs::write(
-        env.data.join("VisDial_v1.0_queries_val.json"),
-        dialogues.to_string(),
-    )
-    .unwrap();
+    write_visdial(
+        &env.data,
+        &serde_json::json!([
+            {"img": "unlabeled2017/000000000009.png", "dialog": ["a dog", "is it black? yes", "is it on a sofa? yes"]},
+            {"img": "unlabeled2017/000000000010.png", "dialog": ["a cat", "what colour? white", "is it alone? yes"]},
+        ]),
+    );
     let config = env.configs("visdial", "val", "", None);
     env.index(&config).await;
     let report = env.run(&config, &[]).await;

@@ -55,21 +55,7 @@ fn prepared() -> &'static Prepared {
         let servers =
             std::fs::read_to_string(root().join("configs/servers/vllm-cpu-router.toml")).unwrap();
         std::fs::write(dir.path().join("servers.toml"), servers).unwrap();
-        let exp = std::fs::read_to_string(root().join("configs/vllm-cpu-demo.toml"))
-            .unwrap()
-            .replace(
-                "servers = \"servers/vllm-cpu.toml\"",
-                "servers = \"servers.toml\"",
-            )
-            .replace("\"../prompts\"", &format!("{:?}", root().join("prompts")))
-            .replace("\"../runs\"", "\"runs\"")
-            .replace("\"../data/image_db\"", "\"image_db\"")
-            .replace(
-                "\"../data/demo\"",
-                &format!("{:?}", root().join("data/demo")),
-            );
-        let config = dir.path().join("experiment.toml");
-        std::fs::write(&config, exp).unwrap();
+        let config = support::demo_experiment(dir.path(), &dir.path().join("servers.toml"), "", "");
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_imagescope"))
             .args(["index", "--config", config.to_str().unwrap(), "--json"])
             .output()

@@ -193,11 +193,28 @@ async fn fake_router(workers: Vec<String>, forwarded: String) -> String {
     format!("http://{addr}/v1")
 }
 
+/// The verifier's server figures of a run that starts and ends at once, for servers file `cfg`.
+async fn verifier_figures(
+    cfg: &imagescope::config::ServersConfig,
+) -> imagescope::serving::server_metrics::ServerFigures {
+    use imagescope::config::Role;
+    let client = imagescope::serving::RoleClient::new(
+        Role::Verifier,
+        &cfg.roles[&Role::Verifier],
+        std::path::Path::new("test-servers.toml"),
+    )
+    .unwrap();
+    let monitor = imagescope::serving::server_metrics::Monitor::start(
+        vec![client],
+        std::time::Duration::from_secs(3600),
+    )
+    .await;
+    monitor.finish().await.remove("verifier").unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_is_vllms_router_is_read_through_the_workers_it_lists() {
     use imagescope::config::Role;
-    use imagescope::serving::RoleClient;
-    use imagescope::serving::server_metrics::Monitor;
     use support::fake_server::FakeServer;
     let a = FakeServer::start("paligemma", 4).await;
     let b = FakeServer::start("paligemma", 4).await;
@@ -210,15 +227,7 @@ async fn an_endpoint_that_is_vllms_router_is_read_through_the_workers_it_lists()
     )
     .await;
     let cfg = support::servers(Role::Verifier, "paligemma", &[router], "max_in_flight = 16");
-    let client = RoleClient::new(
-        Role::Verifier,
-        &cfg.roles[&Role::Verifier],
-        std::path::Path::new("test-servers.toml"),
-    )
-    .unwrap();
-    let monitor = Monitor::start(vec![client], std::time::Duration::from_secs(3600)).await;
-    let figures = monitor.finish().await;
-    let v = &figures["verifier"];
+    let v = &verifier_figures(&cfg).await;
     assert_eq!(
         (v.endpoints, v.servers, v.router_workers),
         (1, 2, 2),
@@ -236,16 +245,7 @@ async fn an_endpoint_that_is_vllms_router_is_read_through_the_workers_it_lists()
         &format!("metrics_urls = [\"{}/metrics\"]", root(b.base_url())),
     );
     b.set_metrics(vec![verifier_page(20.0), verifier_page(21.0)]);
-    let client = RoleClient::new(
-        Role::Verifier,
-        &cfg.roles[&Role::Verifier],
-        std::path::Path::new("test-servers.toml"),
-    )
-    .unwrap();
-    let v = &Monitor::start(vec![client], std::time::Duration::from_secs(3600))
-        .await
-        .finish()
-        .await["verifier"];
+    let v = &verifier_figures(&cfg).await;
     assert_eq!(
         (v.servers, v.router_workers, v.prompt_tokens),
         (1, 0, Some(1000)),
@@ -256,16 +256,7 @@ async fn an_endpoint_that_is_vllms_router_is_read_through_the_workers_it_lists()
     let c = FakeServer::start("paligemma", 4).await;
     c.set_metrics(vec![verifier_page(1.0), verifier_page(2.0)]);
     let cfg = support::servers(Role::Verifier, "paligemma", &[c.base_url()], "");
-    let client = RoleClient::new(
-        Role::Verifier,
-        &cfg.roles[&Role::Verifier],
-        std::path::Path::new("test-servers.toml"),
-    )
-    .unwrap();
-    let v = &Monitor::start(vec![client], std::time::Duration::from_secs(3600))
-        .await
-        .finish()
-        .await["verifier"];
+    let v = &verifier_figures(&cfg).await;
     assert_eq!(
         (v.servers, v.router_workers, v.prompt_tokens),
         (1, 0, Some(1000)),

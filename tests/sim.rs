@@ -39,7 +39,7 @@ use imagescope::datasets::ImageKey;
 use imagescope::pipeline::run::RunOptions;
 use imagescope::record::{QueryRecord, Status};
 use imagescope::serving::CacheMode;
-use support::env::{Env, write_cirr};
+use support::env::{Env, write_cirr, write_flickr, write_visdial};
 use support::fake_server::Outage;
 
 const QUERIES: [(u64, usize, &str, usize); 6] = [
@@ -481,39 +481,28 @@ async fn make_world(shape: Shape) -> Env {
         }
         Shape::TextToImage => {
             let env = Env::start("images", |i| format!("{i}"), 2).await;
-            let mut csv = String::from("filename,raw,split\n");
-            for (f, c) in [
-                (7, "white dog"),
-                (9, "white cat"),
-                (1, "blue car"),
-                (8, "black dog sofa"),
-                (6, "black dog"),
-            ] {
-                csv.push_str(&format!("{f}.png,\"[\"\"{c}\"\"]\",test\n"));
-            }
-            std::fs::write(env.data.join("test_1k_flickr.csv"), csv).unwrap();
+            write_flickr(
+                &env.data,
+                &[
+                    (7, "white dog"),
+                    (9, "white cat"),
+                    (1, "blue car"),
+                    (8, "black dog sofa"),
+                    (6, "black dog"),
+                ],
+            );
             (env, "flickr30k", "test")
         }
         Shape::Dialogue => {
             let env = Env::start("unlabeled2017", |i| format!("{:012}", i + 1), 2).await;
-            let space: Vec<String> = (0..12)
-                .map(|i| format!("unlabeled2017/{:012}.png", i + 1))
-                .collect();
-            std::fs::write(
-                env.data.join("Search_Space_val_50k.json"),
-                serde_json::to_string(&space).unwrap(),
-            )
-            .unwrap();
-            let dialogues = serde_json::json!([
-                {"img": "unlabeled2017/000000000009.png", "dialog": ["a dog", "is it black? yes", "is it on a sofa? yes"]},
-                {"img": "unlabeled2017/000000000010.png", "dialog": ["a cat", "what colour? white", "is it alone? yes"]},
-                {"img": "unlabeled2017/000000000002.png", "dialog": ["a car", "is it blue? yes"]},
-            ]);
-            std::fs::write(
-                env.data.join("VisDial_v1.0_queries_val.json"),
-                dialogues.to_string(),
-            )
-            .unwrap();
+            write_visdial(
+                &env.data,
+                &serde_json::json!([
+                    {"img": "unlabeled2017/000000000009.png", "dialog": ["a dog", "is it black? yes", "is it on a sofa? yes"]},
+                    {"img": "unlabeled2017/000000000010.png", "dialog": ["a cat", "what colour? white", "is it alone? yes"]},
+                    {"img": "unlabeled2017/000000000002.png", "dialog": ["a car", "is it blue? yes"]},
+                ]),
+            );
             (env, "visdial", "val")
         }
     };

@@ -139,21 +139,7 @@ async fn vllm_index_then_run_all_stages_with_every_role_on_vllm() {
         seen.insert(role, s);
     }
     std::fs::write(dir.path().join("servers.toml"), text).unwrap();
-    let exp = std::fs::read_to_string(root().join("configs/vllm-cpu-demo.toml"))
-        .unwrap()
-        .replace(
-            "servers = \"servers/vllm-cpu.toml\"",
-            "servers = \"servers.toml\"",
-        )
-        .replace("\"../prompts\"", &format!("{:?}", root().join("prompts")))
-        .replace("\"../runs\"", "\"runs\"")
-        .replace("\"../data/image_db\"", "\"image_db\"")
-        .replace(
-            "\"../data/demo\"",
-            &format!("{:?}", root().join("data/demo")),
-        );
-    let config = dir.path().join("experiment.toml");
-    std::fs::write(&config, exp).unwrap();
+    let config = support::demo_experiment(dir.path(), &dir.path().join("servers.toml"), "", "");
     let config = config.to_str().unwrap();
     photo("chelsea.png");
 
@@ -251,29 +237,12 @@ fn restart_reasoner(models: Option<&Path>) {
 #[ignore = "needs the vLLM CPU stack; restarts the reasoner twice (a few minutes): run it alone"]
 async fn vllm_same_served_name_over_another_model_folder_misses_the_cache() {
     let dir = tempfile::tempdir().unwrap();
-    let exp = std::fs::read_to_string(root().join("configs/vllm-cpu-demo.toml"))
-        .unwrap()
-        .replace(
-            "servers = \"servers/vllm-cpu.toml\"",
-            &format!(
-                "servers = {:?}\ncaptions = {:?}",
-                root().join("configs/servers/vllm-cpu.toml"),
-                root().join("launch/demo/captions.json")
-            ),
-        )
-        .replace("\"../prompts\"", &format!("{:?}", root().join("prompts")))
-        .replace("\"../runs\"", "\"runs\"")
-        .replace("\"../data/image_db\"", "\"image_db\"")
-        .replace(
-            "\"../data/demo\"",
-            &format!("{:?}", root().join("data/demo")),
-        )
-        .replace(
-            "profile = \"default\"",
-            "profile = \"default\"\nstages = [\"s1\"]",
-        );
-    let config = dir.path().join("experiment.toml");
-    std::fs::write(&config, exp).unwrap();
+    let config = support::demo_experiment(
+        dir.path(),
+        &root().join("configs/servers/vllm-cpu.toml"),
+        &format!("captions = {:?}", root().join("launch/demo/captions.json")),
+        "stages = [\"s1\"]",
+    );
     let config = config.to_str().unwrap();
     photo("chelsea.png");
     let (ok, out, err) = imagescope(&["index", "--config", config, "--json"]).await;

@@ -221,3 +221,30 @@ pub fn write_cirr(root: &Path, queries: &[(u64, usize, &str, usize)]) {
     )
     .unwrap();
 }
+
+/// A Flickr30K `test_1k_flickr.csv` under `root`: one row (one caption) per `(image number, caption)`.
+pub fn write_flickr(root: &Path, rows: &[(usize, &str)]) {
+    let mut csv = String::from("filename,raw,split\n");
+    for (f, c) in rows {
+        csv.push_str(&format!("{f}.png,\"[\"\"{c}\"\"]\",test\n"));
+    }
+    std::fs::write(root.join("test_1k_flickr.csv"), csv).unwrap();
+}
+
+/// VisDial's search space over the twelve `unlabeled2017/NNNNNNNNNNNN.png` images and its
+/// queries file under `root`: `dialogues` as VisDial writes them (`{"img", "dialog"}`).
+pub fn write_visdial(root: &Path, dialogues: &Value) {
+    let space: Vec<String> = (0..IMAGES.len())
+        .map(|i| format!("unlabeled2017/{:012}.png", i + 1))
+        .collect();
+    std::fs::write(
+        root.join("Search_Space_val_50k.json"),
+        serde_json::to_string(&space).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("VisDial_v1.0_queries_val.json"),
+        dialogues.to_string(),
+    )
+    .unwrap();
+}

@@ -39,3 +39,36 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The CPU demo's experiment (`configs/vllm-cpu-demo.toml`) written as `dir/experiment.toml`:
+/// its servers file `servers`, `top` lines added beside it (say `captions = "..."`), `pipeline`
+/// lines added to its `[pipeline]`, prompts and photos from the repository, runs and image
+/// database inside `dir`. For the live tests over real servers.
+pub fn demo_experiment(
+    dir: &Path,
+    servers: &Path,
+    top: &str,
+    pipeline: &str,
+) -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exp = std::fs::read_to_string(root.join("configs/vllm-cpu-demo.toml"))
+        .unwrap()
+        .replace(
+            "servers = \"servers/vllm-cpu.toml\"",
+            &format!("servers = {servers:?}\n{top}"),
+        )
+        .replace("\"../prompts\"", &format!("{:?}", root.join("prompts")))
+        .replace("\"../runs\"", &format!("{:?}", dir.join("runs")))
+        .replace(
+            "\"../data/image_db\"",
+            &format!("{:?}", dir.join("image_db")),
+        )
+        .replace("\"../data/demo\"", &format!("{:?}", root.join("data/demo")))
+        .replace(
+            "profile = \"default\"",
+            &format!("profile = \"default\"\n{pipeline}"),
+        );
+    let path = dir.join("experiment.toml");
+    std::fs::write(&path, exp).unwrap();
+    path
+}
