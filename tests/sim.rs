@@ -32,6 +32,7 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use imagescope::config::{ExperimentConfig, Stage};
@@ -311,20 +312,20 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
     set_faults(env, Some(s.seed), s.per_mille);
     let exp = ExperimentConfig::load(&configs(env, s)).unwrap();
     // The outage begins and ends at counts of finished queries (over the run and its resume).
-    let finished_before = std::cell::Cell::new(0);
-    let finished = std::cell::Cell::new(0);
-    let down = std::cell::Cell::new(false);
+    let finished_before = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    let down = AtomicBool::new(false);
     let outage = |n: usize| {
-        let n = n + finished_before.get();
-        finished.set(n);
+        let n = n + finished_before.load(Relaxed);
+        finished.store(n, Relaxed);
         if let Some(plan) = &s.outage {
             if n == plan.after {
                 set_outage(env, plan, true);
-                down.set(true);
+                down.store(true, Relaxed);
             }
             if plan.back_after.is_some_and(|b| n == plan.after + b) {
                 set_outage(env, plan, false);
-                down.set(false);
+                down.store(false, Relaxed);
             }
         }
     };
@@ -335,7 +336,7 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
     // needs it starts: the run must refuse to start, naming the verifier (nothing is lost:
     // nothing began). Then, as a user would, bring it back and start again.
     let verifier_dead = || {
-        down.get()
+        down.load(Relaxed)
             && s.stages.contains(&Stage::S2)
             && s.outage.is_some_and(|p| !p.reasoner && !p.hung)
     };
@@ -353,7 +354,7 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
             return end(env, s, vec![broken]);
         }
         set_outage(env, plan, false);
-        down.set(false);
+        down.store(false, Relaxed);
         first = invoke(&exp, &options(s, None), s.stop_after, |_| {}).await;
     }
     let (folder, interrupted) = match first {
@@ -364,7 +365,7 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
     if interrupted {
         resumed = true;
         // Queries in flight when the stop came may have finished after it.
-        finished_before.set(finished.get());
+        finished_before.store(finished.load(Relaxed), Relaxed);
         if !s.faults_on_resume {
             set_faults(env, None, 0);
         }
@@ -387,7 +388,7 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
                 return end(env, s, vec![broken]);
             }
             set_outage(env, plan, false);
-            down.set(false);
+            down.store(false, Relaxed);
             again = invoke(&exp, &options(s, Some(folder.clone())), None, |_| {}).await;
         }
         if let Err(e) = again {
@@ -536,7 +537,7 @@ async fn world(shape: Shape, seeds: Vec<u64>) -> Vec<u64> {
     violations
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seeded_schedules_of_faults_and_stops_keep_every_invariant() {
     let started = std::time::Instant::now();
     let seeds = seeds();
@@ -563,12 +564,13 @@ async fn seeded_schedules_of_faults_and_stops_keep_every_invariant() {
             ));
         }
     }
-    let mut violations: Vec<u64> =
-        futures::future::join_all(shares.into_iter().map(|(shape, seeds)| world(shape, seeds)))
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+    // Each world is its own task: a world busy in synchronous work (writing a run's report, say)
+    // then holds up no other world's requests, whose 0.5 s timeouts would fire while they wait.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (shape, seeds) in shares {
+        tasks.spawn(world(shape, seeds));
+    }
+    let mut violations: Vec<u64> = tasks.join_all().await.into_iter().flatten().collect();
     violations.sort_unstable();
     println!(
         "simulated schedules: {}, violations: {} ({:.0} s)",

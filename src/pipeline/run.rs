@@ -179,7 +179,9 @@ pub async fn drive(
                     return Err(RunError::Other("the journal writer stopped".into()));
                 }
             }
-            Ok(_) = stop.wait_for(|s| *s) => stopped = true,
+            // The `Ref` that `wait_for` returns is dropped inside, so `drive` stays `Send`
+            // (`serve` runs it on a task of its own).
+            Ok(()) = async { stop.wait_for(|s| *s).await.map(drop) } => stopped = true,
         }
     }
     // Queries that finished while the stop came in are kept, not redone on resume.
