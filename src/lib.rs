@@ -28,4 +28,5 @@ pub mod record;
 pub mod report;
 pub mod roles;
 pub mod runs;
+pub mod serve;
 pub mod serving;

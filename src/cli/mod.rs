@@ -9,7 +9,7 @@ mod fashioniq;
 mod index;
 mod prompt;
 mod run;
-mod search;
+pub mod search;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -143,6 +143,8 @@ pub enum Command {
         #[command(flatten)]
         target: search::SearchTarget,
     },
+    /// Serve a page and an HTTP API over an indexed folder: results that sharpen as stages end.
+    Serve(crate::serve::ServeArgs),
     /// The paper's FashionIQ table from the three category runs: R@10 and R@50 of each category
     /// and their average, after each stage.
     Fashioniq {
@@ -239,6 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             open,
         } => search::search(target, text, image, json, open).await,
         Command::Chat { target } => search::chat(target).await,
+        Command::Serve(args) => crate::serve::run(args).await,
         Command::Compare(args) => compare::run(args),
         Command::Report { run_dir } => report(run_dir),
         Command::Fashioniq { runs, json } => fashioniq::run(&runs, json),

@@ -28,13 +28,13 @@ use crate::serving::{Cache, CacheMode, Clients};
 /// Where to search and with what.
 #[derive(Debug, Clone, Args)]
 pub struct SearchTarget {
-    /// The indexed folder.
+    /// The indexed folder (default: the experiment's dataset root, when its dataset is a folder).
     #[arg(long)]
-    pub folder: PathBuf,
+    pub folder: Option<PathBuf>,
     /// A servers file or an experiment file (its [pipeline] parameters are used).
     #[arg(long, default_value = "configs/servers/vllm.toml")]
     pub config: PathBuf,
-    /// The captions file the folder was indexed with, if it was.
+    /// The captions file the folder was indexed with, if it was (default: the experiment's).
     #[arg(long)]
     pub captions: Option<PathBuf>,
     /// The image database folder, when not the one the configuration names.
@@ -51,14 +51,28 @@ pub struct SearchTarget {
     pub stages: Vec<Stage>,
 }
 
-struct Session {
-    ctx: Ctx,
-    folder: PathBuf,
-    runs: PathBuf,
+/// An indexed folder opened for searching: the servers asked which weights they serve, the image
+/// database checked against them, the request cache open (`search`, `chat` and `serve`).
+pub(crate) struct Session {
+    /// The context every query of the session runs in.
+    pub(crate) ctx: Ctx,
+    /// The folder searched (absolute).
+    pub(crate) folder: PathBuf,
+    /// The runs folder (request cache, pages).
+    pub(crate) runs: PathBuf,
 }
 
-async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
-    let (servers, servers_path, prompts_dir, db_root, runs, mut params, index_options): (
+/// What an experiment file adds to a search target: its dataset's folder, captions and database.
+#[derive(Default)]
+struct FromExperiment {
+    folder: Option<PathBuf>,
+    captions: Option<PathBuf>,
+    index_dir: Option<PathBuf>,
+}
+
+/// Opens `t` for searching.
+pub(crate) async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
+    let (servers, servers_path, prompts_dir, db_root, runs, mut params, index_options, from_exp): (
         ServersConfig,
         PathBuf,
         PathBuf,
@@ -66,6 +80,7 @@ async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
         PathBuf,
         PipelineParams,
         IndexSection,
+        FromExperiment,
     ) = if crate::config::is_servers_file(&t.config)? {
         let defaults = PipelineParams::defaults();
         (
@@ -76,9 +91,15 @@ async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
             PathBuf::from("runs"),
             defaults,
             IndexSection::default(),
+            FromExperiment::default(),
         )
     } else {
         let exp = ExperimentConfig::load(&t.config)?;
+        let from_exp = FromExperiment {
+            folder: (exp.dataset.name == DatasetName::Folder).then(|| exp.dataset.root.clone()),
+            captions: exp.captions.clone(),
+            index_dir: exp.index_dir.clone(),
+        };
         (
             exp.servers,
             exp.servers_path,
@@ -87,22 +108,30 @@ async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
             exp.runs_dir,
             exp.pipeline,
             exp.index,
+            from_exp,
         )
     };
+    let Some(folder_arg) = t.folder.clone().or(from_exp.folder) else {
+        anyhow::bail!(
+            "say which indexed folder to search with --folder DIR ({} names no folder dataset)",
+            t.config.display()
+        );
+    };
+    let captions = t.captions.clone().or(from_exp.captions);
     if !t.stages.contains(&Stage::S1) {
         anyhow::bail!("--stages must include s1");
     }
     params.stages = t.stages.clone();
-    let folder = std::path::absolute(&t.folder)?;
+    let folder = std::path::absolute(&folder_arg)?;
     let prompts = Arc::new(PromptSet::load(&prompts_dir)?);
-    let dir = match &t.index_dir {
-        Some(d) => d.clone(),
+    let dir = match t.index_dir.clone().or(from_exp.index_dir) {
+        Some(d) => d,
         None => index::expected_dir(
             &servers,
             &servers_path,
             &prompts,
             Family::General,
-            t.captions.as_deref(),
+            captions.as_deref(),
             &db_root,
             &index::folder_db_name(&folder),
         )?,
@@ -110,9 +139,9 @@ async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
     let hint = format!(
         "{} is not indexed with this configuration: run `imagescope index --folder {} --config {}` first{}",
         folder.display(),
-        t.folder.display(),
+        folder_arg.display(),
         t.config.display(),
-        if t.captions.is_some() {
+        if captions.is_some() {
             ""
         } else {
             " (add --captions FILE if you indexed with one)"

@@ -20,11 +20,17 @@ fn add_ms(t: &mut BTreeMap<String, u64>, stage: &str, since: Instant) {
     *t.entry(stage.into()).or_default() += since.elapsed().as_millis() as u64;
 }
 
+/// Called as each stage of a round ends, with the round as it stands (`serve` streams these);
+/// returns whether the round goes on to its next stage (`false`: the round ends there, as if
+/// the later stages were not configured).
+pub type Observer<'a> = &'a (dyn Fn(Stage, &RoundRecord) -> bool + Sync);
+
 async fn run_round(
     ctx: &Ctx,
     input: &RoundInput,
     tally: &mut Tally,
     timings: &mut BTreeMap<String, u64>,
+    observe: Option<Observer<'_>>,
 ) -> Result<RoundRecord, (Failure, RoundRecord)> {
     let mut record = RoundRecord {
         round: input.round,
@@ -41,14 +47,28 @@ async fn run_round(
     };
     add_ms(timings, "s1", t);
     ctx.tick(0);
+    // What an observer sees is a copy; without one nothing is copied.
+    let seen = |record: &RoundRecord, stage: Stage| {
+        observe.is_none_or(|observe| {
+            observe(
+                stage,
+                &RoundRecord {
+                    s1: Some(s1.clone()),
+                    ..record.clone()
+                },
+            )
+        })
+    };
+    let mut go_on = seen(&record, Stage::S1);
     let stages = &ctx.params.stages;
-    if !input.caption_only && stages.contains(&Stage::S2) {
+    if go_on && !input.caption_only && stages.contains(&Stage::S2) {
         let t = Instant::now();
         record.s2 = Some(stage2::run(ctx, input, &s1, tally).await);
         add_ms(timings, "s2", t);
         ctx.tick(1);
+        go_on = seen(&record, Stage::S2);
     }
-    if !input.caption_only && stages.contains(&Stage::S3) {
+    if go_on && !input.caption_only && stages.contains(&Stage::S3) {
         let t = Instant::now();
         let base = record
             .s2
@@ -58,6 +78,7 @@ async fn run_round(
         record.s3 = Some(stage3::run(ctx, input, &base, tally).await);
         add_ms(timings, "s3", t);
         ctx.tick(2);
+        let _ = seen(&record, Stage::S3);
     }
     record.s1 = Some(s1);
     Ok(record)
@@ -84,6 +105,11 @@ pub fn lost(q: &Query, why: &str) -> QueryRecord {
 
 /// Runs every stage of one query and returns its record.
 pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
+    run_observed(ctx, q, None).await
+}
+
+/// `run`, telling `observe` as each stage of each round ends.
+pub async fn run_observed(ctx: &Ctx, q: &Query, observe: Option<Observer<'_>>) -> QueryRecord {
     let mut tally = Tally::default();
     let mut timings = BTreeMap::new();
     let mut rounds = Vec::new();
@@ -128,7 +154,7 @@ pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
                     caption_only: true,
                     rank_target: q.targets.first().cloned(),
                 };
-                match run_round(ctx, &round0, &mut tally, &mut timings).await {
+                match run_round(ctx, &round0, &mut tally, &mut timings, observe).await {
                     Ok(r) => rounds.push(r),
                     Err((e, r)) => {
                         rounds.push(r);
@@ -149,7 +175,7 @@ pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
                     caption_only: false,
                     rank_target: q.targets.first().cloned(),
                 };
-                match run_round(ctx, &input, &mut tally, &mut timings).await {
+                match run_round(ctx, &input, &mut tally, &mut timings, observe).await {
                     Ok(r) => {
                         if let Some(d) = r.s1.as_ref().and_then(|s| s.descriptions.first()) {
                             running = d.clone();
@@ -169,7 +195,7 @@ pub async fn run(ctx: &Ctx, q: &Query) -> QueryRecord {
         if error.is_some() {
             break;
         }
-        match run_round(ctx, &input, &mut tally, &mut timings).await {
+        match run_round(ctx, &input, &mut tally, &mut timings, observe).await {
             Ok(r) => rounds.push(r),
             Err((e, r)) => {
                 rounds.push(r);

@@ -1,0 +1,492 @@
+//! `imagescope serve`, in process, against fake model servers (TEST DOUBLES over the solid-colour
+//! world of tests/support/world.rs: they run no model): the SSE event order and what each event
+//! holds, the non-streamed answer, stages asked for, the token rule, keys and run pages that name
+//! no file, an oversized body, a client gone mid-search, a model server down, the page with and
+//! without JavaScript's help, and the OpenAPI document.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use imagescope::cli::search::SearchTarget;
+use imagescope::config::Stage;
+use imagescope::serve::ServeArgs;
+use serde_json::{Value, json};
+use support::env::Env;
+use support::fake_server::{Outage, Route};
+
+/// An indexed folder experiment (the twelve test images under data/bench/photos).
+async fn world() -> (Env, PathBuf) {
+    let env = Env::start("photos", |i| format!("img{i:02}"), 1).await;
+    let exp = env.configs("folder", "all", "", None);
+    env.index(&exp).await;
+    (env, exp)
+}
+
+fn args(exp: &std::path::Path, host: &str, token: Option<&str>) -> ServeArgs {
+    ServeArgs {
+        target: SearchTarget {
+            folder: None,
+            config: exp.to_path_buf(),
+            captions: None,
+            index_dir: None,
+            prompts: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts")),
+            top: 10,
+            stages: vec![Stage::S1, Stage::S2, Stage::S3],
+        },
+        host: host.parse().unwrap(),
+        port: 0,
+        token: token.map(str::to_string),
+    }
+}
+
+/// Serves `args` on a free loopback port; returns its base URL.
+async fn serve(args: &ServeArgs) -> String {
+    let app = imagescope::serve::app(args).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Reads an SSE body into (event name, JSON data) pairs.
+fn events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let mut name = "message".to_string();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = n.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim());
+                }
+            }
+            (!data.is_empty()).then(|| (name, serde_json::from_str(&data).unwrap()))
+        })
+        .collect()
+}
+
+fn keys(ev: &Value) -> Vec<String> {
+    ev["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn sse(base: &str, body: Value) -> Vec<(String, Value)> {
+    let resp = http()
+        .post(format!("{base}/api/search"))
+        .header("accept", "text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    events(&resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_streams_s1_then_s2_then_s3_and_the_ranking_sharpens() {
+    let (env, exp) = world().await;
+    let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    let got = sse(&base, json!({"text": "black dog sofa", "k": 5})).await;
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["stage", "stage", "stage", "done"], "{got:?}");
+    let stages: Vec<&str> = got[..3]
+        .iter()
+        .map(|(_, e)| e["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["s1", "s2", "s3"]);
+    let (s1, s2, s3) = (&got[0].1, &got[1].1, &got[2].1);
+    // The fake reasoner searches with "black": dogs and cats tie above the sofa; the verifier's
+    // "sofa" proposition brings the black dog on the sofa (image 8) to the top.
+    assert_eq!(s1["descriptions"][0], "black");
+    assert_ne!(keys(s1)[0], "photos/img08.png", "{s1}");
+    assert_eq!(keys(s2)[0], "photos/img08.png", "{s2}");
+    assert_eq!(keys(s3)[0], "photos/img08.png");
+    assert_eq!(keys(s1).len(), 5);
+    let top = &s2["results"][0];
+    assert!(!top["verdicts"].as_array().unwrap().is_empty());
+    assert!(
+        top["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["answer"] == true && v["expected"] == "yes"),
+        "{top}"
+    );
+    assert_eq!(s3["results"][0]["accepted"], true);
+    assert!(s1["results"][0]["verdicts"].as_array().unwrap().is_empty());
+    assert!(s1["results"][0]["score"].as_f64().unwrap() > 0.0);
+    assert_eq!(got[3].1["status"], "done");
+    // Each image URL answers, and its thumbnail is then kept on disk.
+    let thumb = s1["results"][0]["thumb"].as_str().unwrap().to_string();
+    let resp = http().get(format!("{base}{thumb}")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("image/")
+    );
+    let kept = std::fs::read_dir(env.path("runs/serve/thumbs"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 1);
+    let full = s1["results"][0]["full"].as_str().unwrap();
+    assert_eq!(
+        http()
+            .get(format!("{base}{full}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_answer_and_fewer_stages_when_asked() {
+    let (env, exp) = world().await;
+    let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    let resp = http()
+        .post(format!("{base}/api/search"))
+        .json(&json!({"text": "black dog sofa", "k": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["status"], "done");
+    assert_eq!(v["stages"].as_array().unwrap().len(), 3);
+    assert_eq!(keys(&v)[0], "photos/img08.png");
+    // Stage 1 only: no verifier or evaluator request is sent.
+    let verifier_before = env.verifier.count(Route::Chat);
+    let evaluator_before = env.evaluator.count(Route::Chat);
+    let got = sse(&base, json!({"text": "white cat", "stages": ["s1"]})).await;
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["stage", "done"]);
+    assert_eq!(env.verifier.count(Route::Chat), verifier_before);
+    assert_eq!(env.evaluator.count(Route::Chat), evaluator_before);
+    // A composed query: a gallery image plus an edit; a dialogue refined by a turn.
+    let got = sse(
+        &base,
+        json!({"text": "a white cat", "reference": "photos/img10.png", "stages": ["s1"]}),
+    )
+    .await;
+    assert_eq!(got[0].0, "stage");
+    let got = sse(
+        &base,
+        json!({"dialogue": ["a black animal", "is it a cat? yes"], "stages": ["s1"]}),
+    )
+    .await;
+    assert_eq!(got[0].1["round"], 1, "{got:?}");
+    // Bad requests say what is wrong.
+    for (body, says) in [
+        (
+            json!({"text": "x", "reference": "../servers.toml"}),
+            "not an image of this gallery",
+        ),
+        (json!({"txt": "x"}), "unknown field"),
+        (json!({"text": "x", "stages": ["s4"]}), "unknown variant"),
+    ] {
+        let resp = http()
+            .post(format!("{base}/api/search"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_client_error(), "{body}");
+        let p: Value = resp.json().await.unwrap();
+        assert!(p["message"].as_str().unwrap().contains(says), "{body}: {p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_every_call_but_health_needs_the_token() {
+    let (_env, exp) = world().await;
+    let refused = imagescope::serve::app(&args(&exp, "0.0.0.0", None)).await;
+    let why = refused.err().unwrap().to_string();
+    assert!(why.contains("IMAGESCOPE_SERVE_TOKEN"), "{why}");
+    let base = serve(&args(&exp, "0.0.0.0", Some("s3cret-token"))).await;
+    assert_eq!(
+        http()
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for path in [
+        "/",
+        "/api/runs",
+        "/openapi.json",
+        "/api/images/photos%2Fimg01.png",
+    ] {
+        let r = http().get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let r = http()
+            .get(format!("{base}{path}"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let r = http()
+            .get(format!("{base}{path}"))
+            .bearer_auth("s3cret-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let r = http()
+        .post(format!("{base}/api/search?token=s3cret-token"))
+        .json(&json!({"text": "red car", "stages": ["s1"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http()
+        .post(format!("{base}/api/search"))
+        .json(&json!({"text": "red car"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_names_a_file_and_bodies_are_capped() {
+    let (env, exp) = world().await;
+    // A run folder with a report that shows a gallery image by its file:// URL.
+    let run = env.path("runs/folder/demo/20260101T000000Z");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("run.json"), "{}").unwrap();
+    std::fs::write(run.join("queries.jsonl"), "{\"secret\": 1}\n").unwrap();
+    std::fs::write(run.join("summary.json"), r#"{"queries": 7, "failed": 1}"#).unwrap();
+    let img = std::path::absolute(env.data.join("photos/img01.png")).unwrap();
+    let file_url = url::Url::from_file_path(&img).unwrap().to_string();
+    std::fs::write(run.join("report.html"), format!("<img src=\"{file_url}\">")).unwrap();
+    let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    let runs: Value = http()
+        .get(format!("{base}/api/runs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(runs[0]["path"], "folder/demo/20260101T000000Z", "{runs}");
+    assert_eq!(
+        (runs[0]["queries"].as_u64(), runs[0]["failed"].as_u64()),
+        (Some(7), Some(1))
+    );
+    let report = runs[0]["report"].as_str().unwrap();
+    let page = http()
+        .get(format!("{base}{report}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(page, "<img src=\"/api/images/photos%2Fimg01.png/full\">");
+    for path in [
+        "/api/images/..%2F..%2Fservers.toml",
+        "/api/images/%2Fetc%2Fpasswd/full",
+        "/api/images/photos%2F..%2F..%2F..%2Fservers.toml/full",
+        "/runs/folder/demo/20260101T000000Z/queries.jsonl",
+        "/runs/folder/demo/20260101T000000Z/run.json",
+        "/runs/folder/demo/20260101T000000Z/../../../../servers.toml",
+        "/runs/..%2F..%2Fservers.toml/report.html",
+        "/runs/folder/demo/x/report.html",
+    ] {
+        let r = http().get(format!("{base}{path}")).send().await.unwrap();
+        assert!(
+            r.status() == 404 || r.status() == 400,
+            "{path}: {}",
+            r.status()
+        );
+        let text = r.text().await.unwrap();
+        assert!(
+            !text.contains("roles.") && !text.contains("secret"),
+            "{path}: {text}"
+        );
+    }
+    let huge = "x".repeat(imagescope::serve::MAX_BODY_BYTES + 1);
+    let r = http()
+        .post(format!("{base}/api/search"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"text\": \"{huge}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["kind"], "too-large");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_search_cancels_it() {
+    let (env, exp) = world().await;
+    let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    // The verifier answers slowly: stage 2 would take seconds.
+    env.verifier.set_delay(Route::Chat, Duration::from_secs(2));
+    let mut resp = http()
+        .post(format!("{base}/api/search"))
+        .header("accept", "text/event-stream")
+        .json(&json!({"text": "black dog sofa"}))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("event: stage") {
+        let chunk = resp.chunk().await.unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let health: Value = http()
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["searches_running"], 1);
+    drop(resp);
+    let mut running = 1;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let h: Value = http()
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        running = h["searches_running"].as_u64().unwrap();
+        if running == 0 {
+            break;
+        }
+    }
+    assert_eq!(running, 0, "the search went on after its client left");
+    // Nothing more reaches the verifier once the requests in flight have been dropped.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = env.verifier.count(Route::Chat);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.verifier.count(Route::Chat), sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_server_down_is_an_error_event_not_a_hang() {
+    let (env, exp) = world().await;
+    let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    env.reasoner[0].set_outage(Some(Outage::Dead));
+    let got = tokio::time::timeout(
+        Duration::from_secs(30),
+        sse(&base, json!({"text": "red car"})),
+    )
+    .await
+    .expect("the search hung");
+    let last = got.last().unwrap();
+    assert_eq!(last.0, "error", "{got:?}");
+    let msg = last.1["message"].as_str().unwrap();
+    assert!(
+        msg.contains("search failed") && msg.contains("doctor"),
+        "{msg}"
+    );
+    // Not streamed: 502 with the same problem.
+    let r = http()
+        .post(format!("{base}/api/search"))
+        .json(&json!({"text": "red car"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    env.reasoner[0].set_outage(None);
+    let got = sse(&base, json!({"text": "red car", "stages": ["s1"]})).await;
+    assert_eq!(got.last().unwrap().0, "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_answers_without_javascript_and_the_api_is_described() {
+    let (_env, exp) = world().await;
+    let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    let page = http()
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<form id=\"form\" method=\"get\" action=\"/\">"));
+    assert!(page.contains("12 images"));
+    assert!(!page.contains("class=\"card\""));
+    let page = http()
+        .get(format!("{base}/?q=white+cat"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // minijinja escapes '/' in attributes as &#x2f;, which browsers read back as '/'.
+    let page = page.replace("&#x2f;", "/");
+    let first = page.find("class=\"card\"").expect(&page);
+    let card = &page[first..];
+    let img = card.find("<img src=").unwrap();
+    assert!(
+        card[img..].starts_with("<img src=\"/api/images/photos%2Fimg09.png\""),
+        "{page}"
+    );
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "the page fetches nothing from elsewhere"
+    );
+    let doc: Value = http()
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/api/search",
+        "/api/images/{key}",
+        "/api/images/{key}/full",
+        "/api/runs",
+        "/health",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
+    assert!(doc["components"]["schemas"]["StageEvent"].is_object());
+}
