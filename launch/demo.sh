@@ -4,7 +4,12 @@
 # answers 13 text and composed queries through stages 1-3 with real small models, and prints the
 # metrics and the run folder. First run: ~15-25 minutes (building llama.cpp and imagescope); later
 # runs: a few minutes. Every step says what it does before it starts; the end says the total time.
+#
+# ./launch/demo.sh --serve  does the same up to the index, then serves the photos on a page
+# instead of running the queries: http://127.0.0.1:8080/ (IMAGESCOPE_SERVE_PORT), Ctrl-C stops.
 set -euo pipefail
+serve=0
+if [ "${1:-}" = "--serve" ]; then serve=1; shift; fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 # shellcheck source=lib/steps.sh
@@ -30,6 +35,11 @@ bin=target/release/imagescope
 step "5/6 doctor, then index the 29 photos (captions from launch/demo/captions.json)" "under a minute"
 "$bin" doctor --config configs/servers/cpu.toml
 "$bin" index --config configs/demo.toml
+if [ "$serve" = 1 ]; then
+  step "6/6 serve: the 29 photos on http://127.0.0.1:${IMAGESCOPE_SERVE_PORT:-8080}/ (Ctrl-C stops)"
+  "$bin" serve --config configs/demo.toml --port "${IMAGESCOPE_SERVE_PORT:-8080}"
+  exit 0
+fi
 step "6/6 run: 13 queries through stages 1-3" "1-3 minutes"
 "$bin" run --config configs/demo.toml --run-name demo "$@"
 steps_total "demo"

@@ -30,3 +30,4 @@ pub mod roles;
 pub mod runs;
 pub mod serve;
 pub mod serving;
+pub mod session;

@@ -16,9 +16,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use imagescope::cli::search::SearchTarget;
 use imagescope::config::Stage;
 use imagescope::serve::ServeArgs;
+use imagescope::session::SearchTarget;
 use serde_json::{Value, json};
 use support::env::Env;
 use support::fake_server::{Outage, Route};

@@ -9,7 +9,7 @@ mod fashioniq;
 mod index;
 mod prompt;
 mod run;
-pub mod search;
+mod search;
 
 use std::io::Write as _;
 use std::path::PathBuf;

@@ -35,7 +35,7 @@ use axum::routing::{get, post};
 use clap::Args;
 use utoipa::OpenApi as _;
 
-use crate::cli::search::{SearchTarget, Session};
+use crate::session::{SearchTarget, Session};
 
 /// The environment variable a token may come from instead of `--token`.
 pub const TOKEN_ENV: &str = "IMAGESCOPE_SERVE_TOKEN";
@@ -103,7 +103,7 @@ pub fn token_rule(host: IpAddr, token: Option<&str>) -> Result<Option<blake3::Ha
 /// Opens the session and builds the app (the tests serve it on a port of their own).
 pub async fn app(args: &ServeArgs) -> anyhow::Result<Router> {
     let token = token_rule(args.host, args.token.as_deref())?;
-    let session = crate::cli::search::open(&args.target).await?;
+    let session = crate::session::open(&args.target).await?;
     let thumbs = session.runs.join("serve").join("thumbs");
     std::fs::create_dir_all(&thumbs).map_err(|e| {
         anyhow::anyhow!(
