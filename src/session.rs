@@ -41,6 +41,10 @@ pub struct SearchTarget {
     /// Stages to run, e.g. s1 or s1,s2,s3.
     #[arg(long, value_delimiter = ',', default_value = "s1,s2,s3")]
     pub stages: Vec<Stage>,
+    /// The request cache: on (repeated searches and earlier dialogue turns cost nothing), off,
+    /// read-only or write-only.
+    #[arg(long, value_enum, default_value = "on")]
+    pub cache: CacheMode,
 }
 
 /// An indexed folder opened for searching: the servers asked which weights they serve, the image
@@ -155,7 +159,7 @@ pub async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
         split: "all".into(),
         image_ext: None,
     })?;
-    let cache = Arc::new(Cache::open(&runs.join("cache.sqlite"), CacheMode::On)?);
+    let cache = Arc::new(Cache::open(&runs.join("cache.sqlite"), t.cache)?);
     let clients = Clients::new(&servers, &servers_path)?.with_cache(cache);
     let ctx = Ctx::new(
         params,

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use imagescope::config::Stage;
 use imagescope::serve::ServeArgs;
+use imagescope::serving::CacheMode;
 use imagescope::session::SearchTarget;
 use serde_json::{Value, json};
 use support::env::Env;
@@ -41,6 +42,7 @@ fn args(exp: &std::path::Path, host: &str, token: Option<&str>) -> ServeArgs {
             prompts: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts")),
             top: 10,
             stages: vec![Stage::S1, Stage::S2, Stage::S3],
+            cache: CacheMode::On,
         },
         host: host.parse().unwrap(),
         port: 0,
@@ -80,6 +82,18 @@ fn events(body: &str) -> Vec<(String, Value)> {
             (!data.is_empty()).then(|| (name, serde_json::from_str(&data).unwrap()))
         })
         .collect()
+}
+
+/// A GET sent as written (no client tidies its path); returns the whole answer.
+async fn raw_get(base: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn keys(ev: &Value) -> Vec<String> {
@@ -279,20 +293,137 @@ async fn off_loopback_every_call_but_health_needs_the_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // The page opened as /?token= keeps it in a cookie its own calls and pictures carry.
+    let r = http()
+        .get(format!("{base}/?token=s3cret-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let r = http()
+        .get(format!("{base}/api/images/photos%2Fimg01.png"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http()
+        .get(format!("{base}/api/runs"))
+        .header("cookie", "imagescope_token=wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_sites_names_and_pages_are_refused_and_a_full_queue_says_busy() {
+    let env = Env::start("photos", |i| format!("img{i:02}"), 1).await;
+    let exp = env.configs("folder", "all", "queries_in_flight = 1", None);
+    env.index(&exp).await;
+    let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    // DNS rebinding: a name that is not this machine's, pointed at 127.0.0.1.
+    let r = http()
+        .get(format!("{base}/api/runs"))
+        .header("host", "photos.evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http()
+        .get(format!("{base}/api/runs"))
+        .header("host", "localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A page of another site making the browser search here.
+    let r = http()
+        .get(format!("{base}/?q=red+car"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // One search at a time (queries_in_flight = 1), four running or waiting at most.
+    env.verifier.set_delay(Route::Chat, Duration::from_secs(2));
+    let mut held = Vec::new();
+    for _ in 0..imagescope::serve::QUEUE_FACTOR {
+        let resp = http()
+            .post(format!("{base}/api/search"))
+            .header("accept", "text/event-stream")
+            .json(&json!({"text": "black dog sofa"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        held.push(resp);
+    }
+    let r = http()
+        .post(format!("{base}/api/search"))
+        .json(&json!({"text": "red car"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["kind"], "busy");
+    let h: Value = http()
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["searches_running"], 1, "one runs, the others wait: {h}");
+    drop(held);
+    env.verifier.set_delay(Route::Chat, Duration::ZERO);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_names_a_file_and_bodies_are_capped() {
     let (env, exp) = world().await;
-    // A run folder with a report that shows a gallery image by its file:// URL.
+    // A run folder with a report written by the report's own writer, over a real search's record.
+    let session = imagescope::session::open(&args(&exp, "127.0.0.1", None).target)
+        .await
+        .unwrap();
+    let query = imagescope::datasets::Query {
+        id: "q1".into(),
+        reference: None,
+        instruction: imagescope::datasets::Instruction::Text {
+            text: "white cat".into(),
+        },
+        targets: vec![imagescope::datasets::ImageKey("photos/img09.png".into())],
+        subset: None,
+        aspects: vec![],
+        shared_concept: None,
+    };
+    let record = imagescope::pipeline::query::run(&session.ctx, &query).await;
     let run = env.path("runs/folder/demo/20260101T000000Z");
     std::fs::create_dir_all(&run).unwrap();
+    let input = imagescope::report::ReportInput::from_records(
+        "demo".into(),
+        vec![Stage::S1, Stage::S2, Stage::S3],
+        vec![],
+        session.ctx.paths.clone(),
+        [record],
+    );
+    imagescope::report::write_all(&input, &run).unwrap();
     std::fs::write(run.join("run.json"), "{}").unwrap();
     std::fs::write(run.join("queries.jsonl"), "{\"secret\": 1}\n").unwrap();
-    std::fs::write(run.join("summary.json"), r#"{"queries": 7, "failed": 1}"#).unwrap();
-    let img = std::path::absolute(env.data.join("photos/img01.png")).unwrap();
-    let file_url = url::Url::from_file_path(&img).unwrap().to_string();
-    std::fs::write(run.join("report.html"), format!("<img src=\"{file_url}\">")).unwrap();
+    std::fs::write(
+        run.join("summary.json"),
+        r#"{"queries": 7, "failed": [["q3", "the reasoner failed"]]}"#,
+    )
+    .unwrap();
     let base = serve(&args(&exp, "127.0.0.1", None)).await;
     let runs: Value = http()
         .get(format!("{base}/api/runs"))
@@ -316,14 +447,29 @@ async fn no_request_names_a_file_and_bodies_are_capped() {
         .text()
         .await
         .unwrap();
-    assert_eq!(page, "<img src=\"/api/images/photos%2Fimg01.png/full\">");
+    // Every picture of the report is served by the API: none is left as a file:// URL.
+    assert!(
+        page.contains("/api/images/photos%2Fimg09.png/full"),
+        "{page}"
+    );
+    assert!(!page.contains("file:"), "{page}");
+    // Paths the client would tidy up before sending go raw, as an attacker would send them.
+    for raw in [
+        "/runs/folder/demo/20260101T000000Z/../../../../servers.toml",
+        "/runs/folder/demo/20260101T000000Z/%2e%2e/%2e%2e/%2e%2e/%2e%2e/servers.toml",
+        "/api/images/../../servers.toml/full",
+    ] {
+        let answer = raw_get(&base, raw).await;
+        let status = answer.split(' ').nth(1).unwrap_or("");
+        assert!(status == "404" || status == "400", "{raw}: {answer}");
+        assert!(!answer.contains("roles."), "{raw}: {answer}");
+    }
     for path in [
         "/api/images/..%2F..%2Fservers.toml",
         "/api/images/%2Fetc%2Fpasswd/full",
         "/api/images/photos%2F..%2F..%2F..%2Fservers.toml/full",
         "/runs/folder/demo/20260101T000000Z/queries.jsonl",
         "/runs/folder/demo/20260101T000000Z/run.json",
-        "/runs/folder/demo/20260101T000000Z/../../../../servers.toml",
         "/runs/..%2F..%2Fservers.toml/report.html",
         "/runs/folder/demo/x/report.html",
     ] {
@@ -381,7 +527,8 @@ async fn a_client_gone_mid_search_cancels_it() {
     assert_eq!(health["searches_running"], 1);
     drop(resp);
     let mut running = 1;
-    for _ in 0..50 {
+    // A search left running would take ~10 s more (36 verifier calls, 8 at a time, 2 s each).
+    for _ in 0..15 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let h: Value = http()
             .get(format!("{base}/health"))

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt as _, StreamExt as _};
 use imagescope::config::Stage;
 use imagescope::serve::ServeArgs;
+use imagescope::serving::CacheMode;
 use imagescope::session::SearchTarget;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
@@ -192,6 +193,7 @@ fn target(config: PathBuf) -> SearchTarget {
         prompts: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts")),
         top: 10,
         stages: vec![Stage::S1, Stage::S2, Stage::S3],
+        cache: CacheMode::On,
     }
 }
 

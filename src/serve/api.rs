@@ -47,7 +47,7 @@ pub struct SearchRequest {
     #[serde(default)]
     #[schema(value_type = Option<Vec<String>>)]
     pub stages: Option<Vec<Stage>>,
-    /// Results per event (default 12, at most 100).
+    /// Results per event (default: serve's `--top`, 10; at most 100).
     #[serde(default)]
     pub k: Option<usize>,
     /// Stream stage events (default: when the request accepts `text/event-stream`).
@@ -114,6 +114,9 @@ pub struct SearchAnswer {
     pub results: Vec<ResultRow>,
     /// Why it failed (model servers' errors after retries, with the kind).
     pub error: Option<Problem>,
+    /// Steps that did not go as asked and what was done instead (a verifier that failed after
+    /// retries leaves its verdicts empty and stage 1's order; the search still ends `done`).
+    pub fallbacks: Vec<String>,
     /// Model requests sent and answered from the request cache.
     pub requests: u64,
     /// Of which from the cache.
@@ -181,9 +184,10 @@ fn line(text: &str, what: &str) -> Result<String, String> {
 pub(crate) fn plan(
     req: &SearchRequest,
     configured: &[Stage],
+    default_k: usize,
     known: impl Fn(&ImageKey) -> bool,
 ) -> Result<Plan, String> {
-    let k = req.k.unwrap_or(12);
+    let k = req.k.unwrap_or(default_k.clamp(1, MAX_K));
     if k == 0 || k > MAX_K {
         return Err(format!("k must be between 1 and {MAX_K} (got {k})"));
     }
@@ -201,7 +205,33 @@ pub(crate) fn plan(
                         .join(", ")
                 ));
             }
-            s.iter().copied().max().unwrap_or(Stage::S1)
+            // A search stops after its last stage: the stages asked for must be the configured
+            // ones up to it (asking for S1 and S3 of S1-S3 would run S2 all the same).
+            let last = s.iter().copied().max().unwrap_or(Stage::S1);
+            let mut asked = s.clone();
+            asked.sort();
+            asked.dedup();
+            let upto: Vec<Stage> = configured.iter().copied().filter(|c| *c <= last).collect();
+            if asked != upto {
+                return Err(format!(
+                    "stages must be the configured ones up to the last you want ({}); got {}",
+                    (1..=configured.len())
+                        .map(|n| format!(
+                            "{:?}",
+                            configured[..n]
+                                .iter()
+                                .map(|s| s.to_string())
+                                .collect::<Vec<_>>()
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                    s.iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            last
         }
     };
     let base = |instruction, reference| Query {
@@ -390,13 +420,35 @@ impl Drop for Running {
     }
 }
 
+/// The 503 to answer when `QUEUE_FACTOR` times the searches allowed at once are already
+/// running or waiting.
+pub(crate) fn busy(state: &AppState) -> Option<Response> {
+    let allowed = state.session.ctx.params.queries_in_flight.max(1);
+    let limit = allowed.saturating_mul(super::QUEUE_FACTOR);
+    (state.admitted.load(Ordering::SeqCst) >= limit).then(|| {
+        let mut r = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            &format!(
+                "{limit} searches are already running or waiting ({allowed} at once, queries_in_flight); try again in a moment"
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        r
+    })
+}
+
 /// Starts `plan` on a task of its own; its messages arrive on the returned channel.
 pub(crate) fn start(
     state: Arc<AppState>,
     plan: Plan,
 ) -> (tokio::sync::mpsc::UnboundedReceiver<Message>, AbortOnDrop) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // Counted from now until the task ends or is dropped unstarted (`busy` reads it).
+    let admitted = Running::new(state.admitted.clone());
     let task = tokio::spawn(async move {
+        let _admitted = admitted;
         let started = Instant::now();
         // Searches beyond the bound wait here, not in the model servers' queues.
         let Ok(_permit) = state.searches.clone().acquire_owned().await else {
@@ -436,6 +488,11 @@ pub(crate) fn start(
                     record.error.clone().unwrap_or_default()
                 ),
             }),
+            fallbacks: record
+                .fallbacks
+                .iter()
+                .map(|f| format!("{} (round {}): {}; {}", f.step, f.round, f.reason, f.action))
+                .collect(),
             requests: u64::from(record.requests),
             cached: u64::from(record.cached),
             elapsed_ms: started.elapsed().as_millis() as u64,
@@ -490,28 +547,49 @@ pub(crate) async fn search(
         }
     };
     let ctx = &state.session.ctx;
-    let plan = match plan(&req, &ctx.params.stages, |k| ctx.db.contains(k)) {
+    let plan = match plan(&req, &ctx.params.stages, state.top, |k| ctx.db.contains(k)) {
         Ok(p) => p,
         Err(why) => return problem(StatusCode::BAD_REQUEST, "bad-request", &why),
     };
+    if let Some(r) = busy(&state) {
+        return r;
+    }
     let stream = req.stream.unwrap_or_else(|| accepts_sse(&headers));
     let (mut rx, guard) = start(state.clone(), plan);
     if stream {
-        let events = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-            let event = match rx.recv().await? {
-                Message::Stage(ev) => Event::default().event("stage").json_data(&ev),
-                Message::Done(answer) if answer.error.is_some() => {
-                    Event::default().event("error").json_data(&answer.error)
+        let events =
+            futures::stream::unfold((rx, guard, false), |(mut rx, guard, ended)| async move {
+                if ended {
+                    return None;
                 }
-                Message::Done(answer) => Event::default().event("done").json_data(&SearchAnswer {
-                    stages: vec![],
-                    ..answer
-                }),
-            };
-            let event =
-                event.unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
-            Some((Ok::<_, Infallible>(event), (rx, guard)))
-        });
+                let Some(message) = rx.recv().await else {
+                    // The task ended without its answer (a bug): say so rather than end in silence.
+                    let event = Event::default().event("error").json_data(Problem {
+                        kind: "internal".into(),
+                        message: "the search ended without an answer (a bug: please report it)"
+                            .into(),
+                    });
+                    let event = event
+                        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+                    return Some((Ok::<_, Infallible>(event), (rx, guard, true)));
+                };
+                let done = matches!(message, Message::Done(_));
+                let event = match message {
+                    Message::Stage(ev) => Event::default().event("stage").json_data(&ev),
+                    Message::Done(answer) if answer.error.is_some() => {
+                        Event::default().event("error").json_data(&answer.error)
+                    }
+                    Message::Done(answer) => {
+                        Event::default().event("done").json_data(&SearchAnswer {
+                            stages: vec![],
+                            ..answer
+                        })
+                    }
+                };
+                let event =
+                    event.unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+                Some((Ok::<_, Infallible>(event), (rx, guard, done)))
+            });
         return Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response();
@@ -547,7 +625,12 @@ mod tests {
     fn plans_text_composed_and_dialogue_queries() {
         let all = [Stage::S1, Stage::S2, Stage::S3];
         let known = |k: &ImageKey| k.as_str() == "a.jpg";
-        let p = plan(&req(serde_json::json!({"text": " red bus "})), &all, known);
+        let p = plan(
+            &req(serde_json::json!({"text": " red bus "})),
+            &all,
+            12,
+            known,
+        );
         let p = p.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((p.last_round, p.last_stage, p.k), (1, Stage::S3, 12));
         assert!(matches!(&p.query.instruction, Instruction::Text { text } if text == "red bus"));
@@ -556,6 +639,7 @@ mod tests {
                 serde_json::json!({"text": "make it red", "reference": "a.jpg", "stages": ["s1"]}),
             ),
             &all,
+            12,
             known,
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -564,10 +648,21 @@ mod tests {
         let p = plan(
             &req(serde_json::json!({"dialogue": ["a dog", "is it black? yes", "indoors? no"]})),
             &all,
+            12,
             known,
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.last_round, 2);
+        // Stages stop after the last one asked for, so a gap cannot be honoured.
+        let gap = plan(
+            &req(serde_json::json!({"text": "x", "stages": ["s1", "s3"]})),
+            &all,
+            12,
+            known,
+        );
+        assert!(gap.err().unwrap_or_default().contains("up to the last"));
+        let p = plan(&req(serde_json::json!({"text": "x"})), &all, 7, known);
+        assert_eq!(p.map(|p| p.k).ok(), Some(7));
     }
 
     #[test]
@@ -585,6 +680,7 @@ mod tests {
                 serde_json::json!({"text": "x", "stages": ["s2"]}),
                 "not configured",
             ),
+            (serde_json::json!({"text": "x", "stages": []}), "empty"),
             (serde_json::json!({"text": "x", "k": 0}), "k must be"),
             (
                 serde_json::json!({"text": "x", "dialogue": ["y"]}),
@@ -596,7 +692,7 @@ mod tests {
                 "longer",
             ),
         ] {
-            let got = plan(&req(body.clone()), &s1, known)
+            let got = plan(&req(body.clone()), &s1, 12, known)
                 .err()
                 .unwrap_or_default();
             assert!(got.contains(says), "{body}: {got}");

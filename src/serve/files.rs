@@ -56,11 +56,12 @@ fn mime_of(bytes: &[u8]) -> &'static str {
 
 /// The file of a gallery key, or the 404 to answer.
 fn gallery_file(state: &AppState, key: &str) -> Result<PathBuf, Box<Response>> {
-    state
-        .session
-        .ctx
-        .paths
-        .get(&ImageKey(key.to_string()))
+    let key_ = ImageKey(key.to_string());
+    let ctx = &state.session.ctx;
+    // In the folder as found at start and in the database (a file that failed to index is not).
+    ctx.paths
+        .get(&key_)
+        .filter(|_| ctx.db.contains(&key_))
         .cloned()
         .ok_or_else(|| {
             Box::new(problem(
@@ -71,13 +72,15 @@ fn gallery_file(state: &AppState, key: &str) -> Result<PathBuf, Box<Response>> {
         })
 }
 
-fn unreadable(path: &Path, e: impl std::fmt::Display) -> Response {
+/// The answer for a gallery file that cannot be read: the key to the client, the path to the log
+/// (a client off this machine has no business knowing where the photos are).
+fn unreadable(key: &str, path: &Path, e: impl std::fmt::Display) -> Response {
+    tracing::warn!(file = %path.display(), error = %e, "gallery file unreadable");
     problem(
         StatusCode::INTERNAL_SERVER_ERROR,
         "unreadable",
         &format!(
-            "the gallery file {} cannot be read: {e} (re-index the folder if it changed)",
-            path.display()
+            "the gallery image {key:?} cannot be read (its file changed or is gone since it was indexed: re-index the folder; the server's log names the file)"
         ),
     )
 }
@@ -103,9 +106,10 @@ pub(crate) async fn thumbnail(
         let mime = mime_of(&bytes);
         return bytes_response(bytes, mime);
     }
+    let key_for_task = key.clone();
     let made = tokio::task::spawn_blocking(move || {
         let img = crate::images::load_for_role(&path, Some(THUMB_SIDE))
-            .map_err(|e| Box::new(unreadable(&path, e)))?;
+            .map_err(|e| Box::new(unreadable(&key_for_task, &path, e)))?;
         // A thumbnail that cannot be kept is still served.
         if let Err(e) = crate::files::write_atomic(&cached, img.bytes()) {
             tracing::warn!(file = %cached.display(), error = %e, "thumbnail not kept");
@@ -140,7 +144,7 @@ pub(crate) async fn full(
             let mime = mime_of(&bytes);
             bytes_response(bytes, mime)
         }
-        Err(e) => unreadable(&path, e),
+        Err(e) => unreadable(&key, &path, e),
     }
 }
 
@@ -219,7 +223,11 @@ pub(crate) async fn runs(State(state): State<Arc<AppState>>) -> Response {
                 let summary: Option<serde_json::Value> = std::fs::read(dir.join("summary.json"))
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
-                let count = |k: &str| summary.as_ref().and_then(|s| s.get(k)?.as_u64());
+                // `queries` is a number; `failed` a list of (id, reason).
+                let count = |k: &str| {
+                    let v = summary.as_ref()?.get(k)?;
+                    v.as_u64().or_else(|| v.as_array().map(|a| a.len() as u64))
+                };
                 RunEntry {
                     report: pages
                         .iter()
@@ -257,15 +265,21 @@ fn served_urls(paths: &HashMap<ImageKey, PathBuf>) -> HashMap<String, String> {
         .collect()
 }
 
-/// A report page with its gallery pictures pointed at `/api/images`.
+/// A report page with its gallery pictures pointed at `/api/images`. The report's template
+/// escapes '/' in attributes as `&#x2f;`, so a URL is read back through that first.
 pub(crate) fn rewrite_report(html: &str, urls: &HashMap<String, String>) -> String {
-    static FILE_URL: std::sync::LazyLock<Option<regex::Regex>> =
-        std::sync::LazyLock::new(|| regex::Regex::new(r#"file://[^"'\s<>]+"#).ok());
+    static FILE_URL: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"file:(?://|&#x2[fF];&#x2[fF];)[^"'\s<>]+"#).ok()
+    });
     match FILE_URL.as_ref() {
         Some(re) => re
             .replace_all(html, |c: &regex::Captures<'_>| {
                 let found = &c[0];
-                urls.get(found)
+                let plain = found
+                    .replace("&#x2f;", "/")
+                    .replace("&#x2F;", "/")
+                    .replace("&amp;", "&");
+                urls.get(&plain)
                     .cloned()
                     .unwrap_or_else(|| found.to_string())
             })
@@ -358,6 +372,12 @@ mod tests {
         assert_eq!(
             rewrite_report(html, &urls),
             r#"<img src="/api/images/a%20b.jpg/full"><img src="file:///elsewhere.jpg">"#
+        );
+        // As the report's template writes it.
+        let escaped = r#"<img src="file:&#x2f;&#x2f;&#x2f;g&#x2f;a%20b.jpg">"#;
+        assert_eq!(
+            rewrite_report(escaped, &urls),
+            r#"<img src="/api/images/a%20b.jpg/full">"#
         );
     }
 

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,6 +42,13 @@ pub const TOKEN_ENV: &str = "IMAGESCOPE_SERVE_TOKEN";
 
 /// Request bodies above this are refused (413): a search is a few lines of text.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Searches running or waiting, as a multiple of those allowed at once, before new ones are
+/// told to come back later (503).
+pub const QUEUE_FACTOR: usize = 4;
+
+/// The cookie the page's token is kept in once `/?token=` has been checked.
+const TOKEN_COOKIE: &str = "imagescope_token";
 
 /// `imagescope serve` options.
 #[derive(Debug, Clone, Args)]
@@ -69,6 +76,10 @@ pub(crate) struct AppState {
     pub(crate) searches: Arc<tokio::sync::Semaphore>,
     /// Searches running now (reported by `/health`; the disconnect test watches it fall).
     pub(crate) running: Arc<AtomicUsize>,
+    /// Searches started and not finished, running or waiting for their turn.
+    pub(crate) admitted: Arc<AtomicUsize>,
+    /// Results per event unless a search says (`--top`).
+    pub(crate) top: usize,
     /// The token's hash, when one is required.
     token: Option<blake3::Hash>,
     /// Thumbnails, made once.
@@ -118,6 +129,8 @@ pub async fn app(args: &ServeArgs) -> anyhow::Result<Router> {
         session,
         searches,
         running: Arc::new(AtomicUsize::new(0)),
+        admitted: Arc::new(AtomicUsize::new(0)),
+        top: args.target.top,
         token,
         thumbs,
         pages: page::environment()?,
@@ -141,6 +154,13 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .merge(guarded)
+        .fallback(|| async {
+            api::problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "no such page: / is the page, /openapi.json lists the API",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -163,33 +183,111 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// The token, from `Authorization: Bearer` or `?token=`.
-fn presented(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+/// Where the token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Header,
+    Query,
+    Cookie,
+}
+
+/// The token, from `Authorization: Bearer`, `?token=` or the page's cookie.
+fn presented(headers: &HeaderMap, query: Option<&str>) -> Option<(String, Source)> {
     let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
+        .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    bearer.or_else(|| {
+        .map(|t| (t.to_string(), Source::Header));
+    let from_query = || {
         url::form_urlencoded::parse(query?.as_bytes())
             .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.into_owned())
-    })
+            .map(|(_, v)| (v.into_owned(), Source::Query))
+    };
+    let from_cookie = || {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+            .map(|t| (t.to_string(), Source::Cookie))
+    };
+    bearer.or_else(from_query).or_else(from_cookie)
+}
+
+/// Whether a `Host` header names this machine's loopback (any port).
+fn loopback_host(host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let name = match host.strip_prefix('[') {
+        // [::1]:8080
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(want) = state.token {
-        let got = presented(req.headers(), req.uri().query());
-        // `blake3::Hash` compares in constant time.
-        if got.is_none_or(|t| blake3::hash(t.as_bytes()) != want) {
+    // A page of another site may send the browser here (a link, an <img>): it is refused before
+    // anything runs. Browsers say so in Sec-Fetch-Site.
+    let refused = {
+        // In a block of its own: nothing borrowed from `req` may live across an await.
+        let fetch = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let cross_site = matches!(fetch("sec-fetch-site").as_str(), "cross-site" | "same-site");
+        // A link from elsewhere to the bare page is fine: it runs nothing.
+        let bare_page = req.method() == axum::http::Method::GET
+            && req.uri().path() == "/"
+            && req.uri().query().is_none()
+            && fetch("sec-fetch-mode") == "navigate";
+        cross_site && !bare_page
+    };
+    if refused {
+        return api::problem(
+            StatusCode::FORBIDDEN,
+            "cross-site",
+            "a page of another site asked for this; open imagescope's own page instead",
+        );
+    }
+    let Some(want) = state.token else {
+        // Without a token, only names of this machine: a site whose name was re-pointed at
+        // 127.0.0.1 (DNS rebinding) cannot read the photos.
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok());
+        if !loopback_host(host) {
             return api::problem(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this server needs its token: send `Authorization: Bearer TOKEN` (or open the page as /?token=TOKEN)",
+                StatusCode::FORBIDDEN,
+                "host",
+                "this server answers only to 127.0.0.1, localhost or [::1]; to serve other names, bind another address with a token",
             );
         }
+        return next.run(req).await;
+    };
+    let got = presented(req.headers(), req.uri().query());
+    // `blake3::Hash` compares in constant time.
+    let Some((token, source)) = got.filter(|(t, _)| blake3::hash(t.as_bytes()) == want) else {
+        return api::problem(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this server needs its token: send `Authorization: Bearer TOKEN` (or open the page as /?token=TOKEN)",
+        );
+    };
+    let mut resp = next.run(req).await;
+    if source == Source::Query {
+        // The page's own calls, pictures and report links then carry it without a URL.
+        let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
-    next.run(req).await
+    resp
 }
 
 /// `/health`: up, and what it serves.
@@ -260,14 +358,46 @@ mod tests {
     }
 
     #[test]
-    fn the_token_is_read_from_the_header_or_the_query() {
+    fn the_token_is_read_from_the_header_the_query_or_the_cookie() {
         let mut h = HeaderMap::new();
-        assert_eq!(presented(&h, Some("q=x&token=abc")).as_deref(), Some("abc"));
-        h.insert(
-            axum::http::header::AUTHORIZATION,
-            axum::http::HeaderValue::from_static("Bearer xyz"),
+        let got = |h: &HeaderMap, q| presented(h, q);
+        assert_eq!(
+            got(&h, Some("q=x&token=abc")),
+            Some(("abc".into(), Source::Query))
         );
-        assert_eq!(presented(&h, None).as_deref(), Some("xyz"));
-        assert_eq!(presented(&HeaderMap::new(), Some("q=x")), None);
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; imagescope_token=c00k"),
+        );
+        assert_eq!(got(&h, None), Some(("c00k".into(), Source::Cookie)));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer xyz"),
+        );
+        assert_eq!(got(&h, None), Some(("xyz".into(), Source::Header)));
+        assert_eq!(got(&HeaderMap::new(), Some("q=x")), None);
+    }
+
+    #[test]
+    fn only_loopback_names_are_this_machine() {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "127.0.0.1",
+        ] {
+            assert!(loopback_host(Some(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "192.168.1.2:8080",
+            "[2001:db8::1]:80",
+            "",
+            "localhost.evil.example",
+        ] {
+            assert!(!loopback_host(Some(bad)), "{bad}");
+        }
+        assert!(!loopback_host(None));
     }
 }
