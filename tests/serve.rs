@@ -127,7 +127,15 @@ async fn sse(base: &str, body: Value) -> Vec<(String, Value)> {
 async fn a_search_streams_s1_then_s2_then_s3_and_the_ranking_sharpens() {
     let (env, exp) = world().await;
     let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    // The reasoner thinks for 300 ms: the preview (the words searched as they are) comes first.
+    env.reasoner[0].set_delay(Route::Chat, Duration::from_millis(300));
     let got = sse(&base, json!({"text": "black dog sofa", "k": 5})).await;
+    env.reasoner[0].set_delay(Route::Chat, Duration::ZERO);
+    assert_eq!(got[0].0, "preview", "{got:?}");
+    assert_eq!(got[0].1["stage"], "preview");
+    assert_eq!(got[0].1["descriptions"][0], "black dog sofa");
+    assert_eq!(got.iter().filter(|(n, _)| n == "preview").count(), 1);
+    let got: Vec<(String, Value)> = got.into_iter().filter(|(n, _)| n != "preview").collect();
     let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["stage", "stage", "stage", "done"], "{got:?}");
     let stages: Vec<&str> = got[..3]
@@ -202,7 +210,11 @@ async fn the_whole_answer_and_fewer_stages_when_asked() {
     let verifier_before = env.verifier.count(Route::Chat);
     let evaluator_before = env.evaluator.count(Route::Chat);
     let got = sse(&base, json!({"text": "white cat", "stages": ["s1"]})).await;
-    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> = got
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| *n != "preview")
+        .collect();
     assert_eq!(names, ["stage", "done"]);
     assert_eq!(env.verifier.count(Route::Chat), verifier_before);
     assert_eq!(env.evaluator.count(Route::Chat), evaluator_before);
@@ -212,12 +224,14 @@ async fn the_whole_answer_and_fewer_stages_when_asked() {
         json!({"text": "a white cat", "reference": "photos/img10.png", "stages": ["s1"]}),
     )
     .await;
+    // An edit says nothing alone: no preview.
     assert_eq!(got[0].0, "stage");
     let got = sse(
         &base,
         json!({"dialogue": ["a black animal", "is it a cat? yes"], "stages": ["s1"]}),
     )
     .await;
+    let got: Vec<(String, Value)> = got.into_iter().filter(|(n, _)| n != "preview").collect();
     assert_eq!(got[0].1["round"], 1, "{got:?}");
     // Bad requests say what is wrong.
     for (body, says) in [

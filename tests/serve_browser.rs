@@ -289,7 +289,8 @@ async fn a_person_searches_sees_s1_then_the_order_change_and_opens_a_report() {
     assert_eq!(images_drawn, true);
     let ms = |k: &str| timings[k].as_f64().unwrap_or(f64::NAN);
     println!(
-        "browser: first S1 on screen {:.0} ms after Enter; S2 {:.0} ms; S3 {:.0} ms; done {:.0} ms ({} results; {})",
+        "browser: preview on screen {:.0} ms after Enter; first S1 {:.0} ms; S2 {:.0} ms; S3 {:.0} ms; done {:.0} ms ({} results; {})",
+        ms("preview"),
         ms("s1"),
         ms("s2"),
         ms("s3"),

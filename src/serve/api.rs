@@ -58,7 +58,8 @@ pub struct SearchRequest {
 /// One stage's ranking (SSE event `stage`).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StageEvent {
-    /// `s1`, `s2` or `s3`.
+    /// `s1`, `s2` or `s3`; `preview` for the SSE event `preview`: the query's own words searched
+    /// at once, before stage 1's reasoning (text queries and dialogues).
     pub stage: String,
     /// The dialogue round (1 for a single query).
     pub round: usize,
@@ -162,6 +163,8 @@ pub(crate) fn problem(status: StatusCode, kind: &str, message: &str) -> Response
 /// A search, checked: the query, the round whose stages are reported, the last stage to run.
 pub(crate) struct Plan {
     pub(crate) query: Query,
+    /// What to search for at once, embedded as it is, while the reasoner thinks (`preview`).
+    pub(crate) preview: Option<String>,
     pub(crate) last_round: usize,
     pub(crate) last_stage: Stage,
     pub(crate) k: usize,
@@ -294,8 +297,21 @@ pub(crate) fn plan(
             }
         }
     };
+    // A text or a dialogue says what the photo shows, so it is searched as it is at once; an edit
+    // ("make it red") says nothing of the kind without its reference.
+    let preview = match &query.instruction {
+        Instruction::Text { text } if query.reference.is_none() => Some(text.clone()),
+        Instruction::Text { .. } => None,
+        Instruction::Dialogue { caption, turns } => Some(
+            std::iter::once(caption.as_str())
+                .chain(turns.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(". "),
+        ),
+    };
     Ok(Plan {
         query,
+        preview,
         last_round,
         last_stage,
         k,
@@ -391,6 +407,7 @@ pub(crate) fn event(
 
 /// What a search task says.
 pub(crate) enum Message {
+    Preview(StageEvent),
     Stage(StageEvent),
     Done(SearchAnswer),
 }
@@ -456,11 +473,13 @@ pub(crate) fn start(
         };
         let _running = Running::new(state.running.clone());
         let events = std::sync::Mutex::new(Vec::new());
+        let staged = std::sync::atomic::AtomicBool::new(false);
         let observe = |stage: Stage, round: &RoundRecord| -> bool {
             // Earlier dialogue rounds only carry their description forward: stage 1 is enough.
             if round.round != plan.last_round {
                 return false;
             }
+            staged.store(true, Ordering::SeqCst);
             if let Some(ev) = event(round, stage, plan.k, started) {
                 if let Ok(mut all) = events.lock() {
                     all.push(ev.clone());
@@ -469,9 +488,43 @@ pub(crate) fn start(
             }
             stage < plan.last_stage
         };
-        let record =
-            crate::pipeline::query::run_observed(&state.session.ctx, &plan.query, Some(&observe))
-                .await;
+        // The preview: the query's own words embedded and searched, stage 1's search without its
+        // reasoning (as clip-retrieval answers), shown until stage 1 lands. Never after it.
+        let preview = async {
+            let Some(text) = &plan.preview else { return };
+            let input = crate::pipeline::stage1::RoundInput {
+                round: 0,
+                instruction: text.clone(),
+                reference_description: text.clone(),
+                reference: None,
+                subset: None,
+                caption_only: true,
+                rank_target: None,
+            };
+            let mut tally = crate::pipeline::context::Tally::default();
+            let Ok(s1) = crate::pipeline::stage1::run(&state.session.ctx, &input, &mut tally).await
+            else {
+                return;
+            };
+            let round = RoundRecord {
+                round: 0,
+                instruction: text.clone(),
+                reference_description: text.clone(),
+                s1: Some(s1),
+                s2: None,
+                s3: None,
+            };
+            if let Some(mut ev) = event(&round, Stage::S1, plan.k, started)
+                && !staged.load(Ordering::SeqCst)
+            {
+                ev.stage = "preview".into();
+                let _ = tx.send(Message::Preview(ev));
+            }
+        };
+        let (record, ()) = tokio::join!(
+            crate::pipeline::query::run_observed(&state.session.ctx, &plan.query, Some(&observe)),
+            preview
+        );
         let stages = events.into_inner().unwrap_or_default();
         let failed = record.status == Status::Failed;
         let answer = SearchAnswer {
@@ -575,6 +628,7 @@ pub(crate) async fn search(
                 };
                 let done = matches!(message, Message::Done(_));
                 let event = match message {
+                    Message::Preview(ev) => Event::default().event("preview").json_data(&ev),
                     Message::Stage(ev) => Event::default().event("stage").json_data(&ev),
                     Message::Done(answer) if answer.error.is_some() => {
                         Event::default().event("error").json_data(&answer.error)
