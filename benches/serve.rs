@@ -12,7 +12,8 @@
 //! Over the fake servers (TEST DOUBLES of tests/support: no model runs, answers take well under a
 //! millisecond) the difference is what serve itself costs per search (HTTP, JSON, a task, the
 //! stage events). Over the demo's real models the same difference is set against a real search.
-//! `IMAGESCOPE_BENCH_ROUNDS` (default 20 over the fakes, 3 over the demo) rounds of every query.
+//! `IMAGESCOPE_BENCH_ROUNDS` (default 20 over the fakes, 1 over the demo) rounds of every query;
+//! `IMAGESCOPE_BENCH_QUERIES=N` keeps the first N queries. One search per way warms up first.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -82,7 +83,11 @@ async fn bench() {
     let rounds: usize = std::env::var("IMAGESCOPE_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if live.is_some() { 3 } else { 20 });
+        .unwrap_or(if live.is_some() { 1 } else { 20 });
+    let keep: usize = std::env::var("IMAGESCOPE_BENCH_QUERIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(usize::MAX);
     // The fake world (kept alive to the end), unless a real experiment is named.
     let (config, queries, _world) = match &live {
         Some(c) => (std::path::absolute(c).unwrap(), demo_queries(), None),
@@ -104,6 +109,7 @@ async fn bench() {
             )
         }
     };
+    let queries: Vec<(String, Option<String>)> = queries.into_iter().take(keep).collect();
     let session = imagescope::session::open(&target(config.clone()))
         .await
         .unwrap();
@@ -116,7 +122,11 @@ async fn bench() {
     let app = imagescope::serve::app(&args).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(imagescope::serve::serve_on(
+        listener,
+        app,
+        std::future::pending(),
+    ));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()
@@ -127,8 +137,14 @@ async fn bench() {
         .map(|w| (w, Vec::new()))
         .collect();
     let mut n = 0usize;
+    // Round 0 is the warm-up: the first query only (connections, page cache), not counted.
     for round in 0..=rounds {
-        for (text, reference) in &queries {
+        let these = if round == 0 {
+            &queries[..1]
+        } else {
+            &queries[..]
+        };
+        for (text, reference) in these {
             let mut order = [Way::Direct, Way::Json, Way::Sse];
             order.rotate_left(n % 3);
             n += 1;
@@ -166,7 +182,6 @@ async fn bench() {
                         assert!(text.contains("event: done"), "{text}");
                     }
                 }
-                // Round 0 warms up (connections, page cache) and is not counted.
                 if round > 0 {
                     let ms = t.elapsed().as_secs_f64() * 1e3;
                     times

@@ -55,7 +55,11 @@ async fn serve(args: &ServeArgs) -> String {
     let app = imagescope::serve::app(args).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(imagescope::serve::serve_on(
+        listener,
+        app,
+        std::future::pending(),
+    ));
     format!("http://{addr}")
 }
 

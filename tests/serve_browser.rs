@@ -225,7 +225,11 @@ async fn a_person_searches_sees_s1_then_the_order_change_and_opens_a_report() {
     let app = imagescope::serve::app(&args).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(imagescope::serve::serve_on(
+        listener,
+        app,
+        std::future::pending(),
+    ));
     // A run folder whose report shows a gallery picture by its file:// URL.
     let report_image = if let Some((env, _)) = &env {
         let run = env.path("runs/folder/demo/20260101T000000Z");
@@ -247,7 +251,7 @@ async fn a_person_searches_sees_s1_then_the_order_change_and_opens_a_report() {
     let (mut browser, mut page) = chromium(profile.path()).await;
     page.goto(&format!("{base}/")).await;
     let query = if live.is_some() {
-        "a dog on a sofa"
+        "a red flower in a green garden"
     } else {
         "black dog sofa"
     };
