@@ -208,7 +208,15 @@ async fn the_whole_answer_and_fewer_stages_when_asked() {
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["status"], "done");
+    // Not streamed: no preview is searched (nobody would see it), only the three stages.
     assert_eq!(v["stages"].as_array().unwrap().len(), 3);
+    assert!(
+        v["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["stage"] != "preview")
+    );
     assert_eq!(keys(&v)[0], "photos/img08.png");
     // Stage 1 only: no verifier or evaluator request is sent.
     let verifier_before = env.verifier.count(Route::Chat);
@@ -333,7 +341,10 @@ async fn off_loopback_every_call_but_health_needs_the_token() {
     assert_eq!(r.status(), 200);
     let r = http()
         .get(format!("{base}/api/runs"))
-        .header("cookie", "imagescope_token=wrong")
+        .header(
+            "cookie",
+            format!("{}=wrong", pair.split('=').next().unwrap()),
+        )
         .send()
         .await
         .unwrap();
@@ -369,6 +380,17 @@ async fn other_sites_names_and_pages_are_refused_and_a_full_queue_says_busy() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // A link from another site to the bare page opens it; the same page in a frame does not.
+    let nav = |dest: &'static str| {
+        http()
+            .get(format!("{base}/"))
+            .header("sec-fetch-site", "cross-site")
+            .header("sec-fetch-mode", "navigate")
+            .header("sec-fetch-dest", dest)
+            .send()
+    };
+    assert_eq!(nav("document").await.unwrap().status(), 200);
+    assert_eq!(nav("iframe").await.unwrap().status(), 403);
     // One search at a time (queries_in_flight = 1), four running or waiting at most.
     env.verifier.set_delay(Route::Chat, Duration::from_secs(2));
     let mut held = Vec::new();
@@ -604,14 +626,14 @@ async fn a_model_server_down_is_an_error_event_not_a_hang() {
 async fn the_page_answers_without_javascript_and_the_api_is_described() {
     let (_env, exp) = world().await;
     let base = serve(&args(&exp, "127.0.0.1", None)).await;
-    let page = http()
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let resp = http().get(format!("{base}/")).send().await.unwrap();
+    // No other site may show the page in a frame.
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    assert_eq!(
+        resp.headers()["content-security-policy"],
+        "frame-ancestors 'none'"
+    );
+    let page = resp.text().await.unwrap();
     assert!(page.contains("<form id=\"form\" method=\"get\" action=\"/\">"));
     assert!(page.contains("12 images"));
     assert!(!page.contains("class=\"card\""));

@@ -437,35 +437,49 @@ impl Drop for Running {
     }
 }
 
-/// The 503 to answer when `QUEUE_FACTOR` times the searches allowed at once are already
-/// running or waiting.
-pub(crate) fn busy(state: &AppState) -> Option<Response> {
+/// A search let in: counted among those running or waiting until its task ends (or is dropped
+/// before it starts).
+pub(crate) struct Admission {
+    /// Held for its `Drop`, which gives the place back.
+    _place: Running,
+}
+
+/// Lets a search in, or answers 503 when `QUEUE_FACTOR` times the searches allowed at once are
+/// already running or waiting. The place is taken before it is checked, so searches arriving
+/// together cannot all slip past the bound.
+pub(crate) fn admit(state: &AppState) -> Result<Admission, Box<Response>> {
     let allowed = state.session.ctx.params.queries_in_flight.max(1);
     let limit = allowed.saturating_mul(super::QUEUE_FACTOR);
-    (state.admitted.load(Ordering::SeqCst) >= limit).then(|| {
-        let mut r = problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            &format!(
-                "{limit} searches are already running or waiting ({allowed} at once, queries_in_flight); try again in a moment"
-            ),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
-        r
-    })
+    let place = Running::new(state.admitted.clone());
+    if state.admitted.load(Ordering::SeqCst) <= limit {
+        return Ok(Admission { _place: place });
+    }
+    let mut r = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        &format!(
+            "{limit} searches are already running or waiting ({allowed} at once, queries_in_flight); try again in a moment"
+        ),
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    Err(Box::new(r))
 }
 
 /// Starts `plan` on a task of its own; its messages arrive on the returned channel.
+/// With `preview`, the query's own words are searched beside it (for a stream: the whole answer
+/// would only wait for it).
 pub(crate) fn start(
     state: Arc<AppState>,
     plan: Plan,
+    admission: Admission,
+    preview: bool,
 ) -> (tokio::sync::mpsc::UnboundedReceiver<Message>, AbortOnDrop) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    // Counted from now until the task ends or is dropped unstarted (`busy` reads it).
-    let admitted = Running::new(state.admitted.clone());
     let task = tokio::spawn(async move {
-        let _admitted = admitted;
+        let _admitted = admission;
         let started = Instant::now();
         // Searches beyond the bound wait here, not in the model servers' queues.
         let Ok(_permit) = state.searches.clone().acquire_owned().await else {
@@ -474,12 +488,14 @@ pub(crate) fn start(
         let _running = Running::new(state.running.clone());
         let events = std::sync::Mutex::new(Vec::new());
         let staged = std::sync::atomic::AtomicBool::new(false);
+        let landed = tokio::sync::Notify::new();
         let observe = |stage: Stage, round: &RoundRecord| -> bool {
             // Earlier dialogue rounds only carry their description forward: stage 1 is enough.
             if round.round != plan.last_round {
                 return false;
             }
             staged.store(true, Ordering::SeqCst);
+            landed.notify_one();
             if let Some(ev) = event(round, stage, plan.k, started) {
                 if let Ok(mut all) = events.lock() {
                     all.push(ev.clone());
@@ -490,8 +506,11 @@ pub(crate) fn start(
         };
         // The preview: the query's own words embedded and searched, stage 1's search without its
         // reasoning (as clip-retrieval answers), shown until stage 1 lands. Never after it.
-        let preview = async {
-            let Some(text) = &plan.preview else { return };
+        let preview_counts = std::sync::Mutex::new((0u32, 0u32));
+        let preview_search = async {
+            let Some(text) = plan.preview.as_ref().filter(|_| preview) else {
+                return;
+            };
             let input = crate::pipeline::stage1::RoundInput {
                 round: 0,
                 instruction: text.clone(),
@@ -502,8 +521,11 @@ pub(crate) fn start(
                 rank_target: None,
             };
             let mut tally = crate::pipeline::context::Tally::default();
-            let Ok(s1) = crate::pipeline::stage1::run(&state.session.ctx, &input, &mut tally).await
-            else {
+            let got = crate::pipeline::stage1::run(&state.session.ctx, &input, &mut tally).await;
+            if let Ok(mut c) = preview_counts.lock() {
+                *c = (tally.requests, tally.cached);
+            }
+            let Ok(s1) = got else {
                 return;
             };
             let round = RoundRecord {
@@ -521,10 +543,27 @@ pub(crate) fn start(
                 let _ = tx.send(Message::Preview(ev));
             }
         };
-        let (record, ()) = tokio::join!(
-            crate::pipeline::query::run_observed(&state.session.ctx, &plan.query, Some(&observe)),
-            preview
-        );
+        // The preview is dropped as soon as stage 1 lands, and so is a preview still running when
+        // the search ends: the answer never waits for it.
+        let record = {
+            let main = crate::pipeline::query::run_observed(
+                &state.session.ctx,
+                &plan.query,
+                Some(&observe),
+            );
+            tokio::pin!(main);
+            tokio::pin!(preview_search);
+            let mut previewing = preview && plan.preview.is_some();
+            loop {
+                tokio::select! {
+                    record = &mut main => break record,
+                    () = &mut preview_search, if previewing => previewing = false,
+                    () = landed.notified(), if previewing => previewing = false,
+                }
+            }
+        };
+        let (preview_requests, preview_cached) =
+            preview_counts.lock().map(|c| *c).unwrap_or_default();
         let stages = events.into_inner().unwrap_or_default();
         let failed = record.status == Status::Failed;
         let answer = SearchAnswer {
@@ -546,8 +585,8 @@ pub(crate) fn start(
                 .iter()
                 .map(|f| format!("{} (round {}): {}; {}", f.step, f.round, f.reason, f.action))
                 .collect(),
-            requests: u64::from(record.requests),
-            cached: u64::from(record.cached),
+            requests: u64::from(record.requests) + u64::from(preview_requests),
+            cached: u64::from(record.cached) + u64::from(preview_cached),
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
         let _ = tx.send(Message::Done(answer));
@@ -604,11 +643,12 @@ pub(crate) async fn search(
         Ok(p) => p,
         Err(why) => return problem(StatusCode::BAD_REQUEST, "bad-request", &why),
     };
-    if let Some(r) = busy(&state) {
-        return r;
-    }
+    let admission = match admit(&state) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
     let stream = req.stream.unwrap_or_else(|| accepts_sse(&headers));
-    let (mut rx, guard) = start(state.clone(), plan);
+    let (mut rx, guard) = start(state.clone(), plan, admission, stream);
     if stream {
         let events =
             futures::stream::unfold((rx, guard, false), |(mut rx, guard, ended)| async move {

@@ -275,9 +275,14 @@ pub(crate) fn rewrite_report(html: &str, urls: &HashMap<String, String>) -> Stri
         Some(re) => re
             .replace_all(html, |c: &regex::Captures<'_>| {
                 let found = &c[0];
+                // minijinja's escapes, '&' last.
                 let plain = found
                     .replace("&#x2f;", "/")
                     .replace("&#x2F;", "/")
+                    .replace("&#x27;", "'")
+                    .replace("&quot;", "\"")
+                    .replace("&lt;", "<")
+                    .replace("&gt;", ">")
                     .replace("&amp;", "&");
                 urls.get(&plain)
                     .cloned()
@@ -321,8 +326,10 @@ pub(crate) async fn run_page(
         return not_found();
     };
     if name.ends_with(".html") {
-        let urls = served_urls(&state.session.ctx.paths);
-        let html = rewrite_report(&String::from_utf8_lossy(&bytes), &urls);
+        let urls = state
+            .report_urls
+            .get_or_init(|| served_urls(&state.session.ctx.paths));
+        let html = rewrite_report(&String::from_utf8_lossy(&bytes), urls);
         return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
     }
     let mime = if name.ends_with(".json") {

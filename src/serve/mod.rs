@@ -47,8 +47,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// told to come back later (503).
 pub const QUEUE_FACTOR: usize = 4;
 
-/// The cookie the page's token is kept in once `/?token=` has been checked.
-const TOKEN_COOKIE: &str = "imagescope_token";
+/// The cookie the page's token is kept in once `/?token=` has been checked: its name carries the
+/// token's hash, because browsers share cookies across the ports of a host and two servers there
+/// must not overwrite (or be sent) each other's.
+fn token_cookie(want: &blake3::Hash) -> String {
+    format!("imagescope_token_{}", &want.to_hex()[..8])
+}
 
 /// `imagescope serve` options.
 #[derive(Debug, Clone, Args)]
@@ -86,6 +90,8 @@ pub(crate) struct AppState {
     pub(crate) thumbs: PathBuf,
     /// The page's template environment.
     pub(crate) pages: minijinja::Environment<'static>,
+    /// Each gallery image's `file://` URL → its API URL, made at the first report served.
+    pub(crate) report_urls: std::sync::OnceLock<std::collections::HashMap<String, String>>,
 }
 
 /// Why `serve` would not start.
@@ -134,6 +140,7 @@ pub async fn app(args: &ServeArgs) -> anyhow::Result<Router> {
         token,
         thumbs,
         pages: page::environment()?,
+        report_urls: std::sync::OnceLock::new(),
     });
     Ok(router(state))
 }
@@ -154,6 +161,7 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .merge(guarded)
+        .layer(axum::middleware::map_response(frame_guard))
         .fallback(|| async {
             api::problem(
                 StatusCode::NOT_FOUND,
@@ -209,8 +217,8 @@ enum Source {
     Cookie,
 }
 
-/// The token, from `Authorization: Bearer`, `?token=` or the page's cookie.
-fn presented(headers: &HeaderMap, query: Option<&str>) -> Option<(String, Source)> {
+/// The token, from `Authorization: Bearer`, `?token=` or the page's cookie `cookie`.
+fn presented(headers: &HeaderMap, query: Option<&str>, cookie: &str) -> Option<(String, Source)> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -227,8 +235,14 @@ fn presented(headers: &HeaderMap, query: Option<&str>) -> Option<(String, Source
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
-            .map(|t| (t.to_string(), Source::Cookie))
+            .find_map(|c| c.trim().strip_prefix(cookie)?.strip_prefix('='))
+            // The value is percent-encoded when set (a token may hold ';' or any character).
+            .and_then(|t| {
+                url::form_urlencoded::parse(format!("t={t}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            })
+            .map(|t| (t, Source::Cookie))
     };
     bearer.or_else(from_query).or_else(from_cookie)
 }
@@ -258,11 +272,13 @@ async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: N
                 .to_string()
         };
         let cross_site = matches!(fetch("sec-fetch-site").as_str(), "cross-site" | "same-site");
-        // A link from elsewhere to the bare page is fine: it runs nothing.
+        // A link from elsewhere to the bare page is fine: it runs nothing (in a frame it is not:
+        // see `frame_guard`).
         let bare_page = req.method() == axum::http::Method::GET
             && req.uri().path() == "/"
             && req.uri().query().is_none()
-            && fetch("sec-fetch-mode") == "navigate";
+            && fetch("sec-fetch-mode") == "navigate"
+            && fetch("sec-fetch-dest") == "document";
         cross_site && !bare_page
     };
     if refused {
@@ -275,11 +291,14 @@ async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: N
     let Some(want) = state.token else {
         // Without a token, only names of this machine: a site whose name was re-pointed at
         // 127.0.0.1 (DNS rebinding) cannot read the photos.
+        // HTTP/2 names the host in the URI's authority, not in a Host header.
         let host = req
             .headers()
             .get(header::HOST)
-            .and_then(|v| v.to_str().ok());
-        if !loopback_host(host) {
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        if !loopback_host(host.as_deref()) {
             return api::problem(
                 StatusCode::FORBIDDEN,
                 "host",
@@ -288,7 +307,8 @@ async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: N
         }
         return next.run(req).await;
     };
-    let got = presented(req.headers(), req.uri().query());
+    let cookie = token_cookie(&want);
+    let got = presented(req.headers(), req.uri().query(), &cookie);
     // `blake3::Hash` compares in constant time.
     let Some((token, source)) = got.filter(|(t, _)| blake3::hash(t.as_bytes()) == want) else {
         return api::problem(
@@ -300,11 +320,23 @@ async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: N
     let mut resp = next.run(req).await;
     if source == Source::Query {
         // The page's own calls, pictures and report links then carry it without a URL.
-        let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+        let value: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+        let cookie = format!("{cookie}={value}; HttpOnly; SameSite=Strict; Path=/");
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
     }
+    resp
+}
+
+/// No page of this server may be shown inside another site's frame (clickjacking).
+async fn frame_guard(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
     resp
 }
 
@@ -378,16 +410,18 @@ mod tests {
     #[test]
     fn the_token_is_read_from_the_header_the_query_or_the_cookie() {
         let mut h = HeaderMap::new();
-        let got = |h: &HeaderMap, q| presented(h, q);
+        let got = |h: &HeaderMap, q| presented(h, q, "imagescope_token_ab12cd34");
         assert_eq!(
             got(&h, Some("q=x&token=abc")),
             Some(("abc".into(), Source::Query))
         );
         h.insert(
             header::COOKIE,
-            HeaderValue::from_static("a=1; imagescope_token=c00k"),
+            HeaderValue::from_static(
+                "imagescope_token_00000000=x; imagescope_token_ab12cd34=c%3Bk",
+            ),
         );
-        assert_eq!(got(&h, None), Some(("c00k".into(), Source::Cookie)));
+        assert_eq!(got(&h, None), Some(("c;k".into(), Source::Cookie)));
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer xyz"),

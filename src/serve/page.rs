@@ -52,19 +52,22 @@ pub(crate) async fn index(
         let ctx = &state.session.ctx;
         match api::plan(&req, &ctx.params.stages, state.top, |k| ctx.db.contains(k)) {
             Err(why) => error = Some(why),
-            Ok(_) if api::busy(&state).is_some() => {
-                error =
-                    Some("the server is busy with other searches; try again in a moment".into());
-            }
-            Ok(plan) => {
-                let (mut rx, _guard) = api::start(state.clone(), plan);
-                while let Some(m) = rx.recv().await {
-                    if let Message::Done(a) = m {
-                        error = a.error.as_ref().map(|p| p.message.clone());
-                        answer = Some(a);
+            Ok(plan) => match api::admit(&state) {
+                Err(_) => {
+                    error = Some(
+                        "the server is busy with other searches; try again in a moment".into(),
+                    );
+                }
+                Ok(admission) => {
+                    let (mut rx, _guard) = api::start(state.clone(), plan, admission, false);
+                    while let Some(m) = rx.recv().await {
+                        if let Message::Done(a) = m {
+                            error = a.error.as_ref().map(|p| p.message.clone());
+                            answer = Some(a);
+                        }
                     }
                 }
-            }
+            },
         }
     }
     let stages: Vec<String> = state
