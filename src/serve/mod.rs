@@ -94,6 +94,19 @@ pub(crate) struct AppState {
     pub(crate) report_urls: std::sync::OnceLock<std::collections::HashMap<String, String>>,
 }
 
+impl AppState {
+    /// The configured stages' names (`s1`...), for `/health` and the page.
+    pub(crate) fn stage_names(&self) -> Vec<String> {
+        self.session
+            .ctx
+            .params
+            .stages
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
 /// Why `serve` would not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -346,14 +359,7 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     axum::Json(api::Health {
         status: "ok".into(),
         images: state.session.ctx.db.len(),
-        stages: state
-            .session
-            .ctx
-            .params
-            .stages
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        stages: state.stage_names(),
         searches_running: state.running.load(Ordering::SeqCst),
     })
 }

@@ -70,14 +70,7 @@ pub(crate) async fn index(
             },
         }
     }
-    let stages: Vec<String> = state
-        .session
-        .ctx
-        .params
-        .stages
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let stages = state.stage_names();
     let rendered = state.pages.get_template("page.html").and_then(|t| {
         t.render(minijinja::context! {
             q => query.q.clone().unwrap_or_default(),
