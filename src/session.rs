@@ -56,6 +56,9 @@ pub struct Session {
     pub folder: PathBuf,
     /// The runs folder (request cache, pages).
     pub runs: PathBuf,
+    /// The captioner, for images outside the gallery (`serve`'s uploads), when asked for: the
+    /// client, or why there is none (no captioner configured, or it did not answer).
+    pub captioner: Result<crate::serving::RoleClient, String>,
 }
 
 /// What an experiment file adds to a search target: its dataset's folder, captions and database.
@@ -68,6 +71,12 @@ struct FromExperiment {
 
 /// Opens `t` for searching.
 pub async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
+    open_for(t, false).await
+}
+
+/// Opens `t` for searching; with `captioner`, also the captioner (its absence is not an error:
+/// the session says why it has none).
+pub async fn open_for(t: &SearchTarget, captioner: bool) -> anyhow::Result<Session> {
     let (servers, servers_path, prompts_dir, db_root, runs, mut params, index_options, from_exp): (
         ServersConfig,
         PathBuf,
@@ -145,6 +154,12 @@ pub async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
     );
     let mut needed = servers.clone();
     Ctx::needed_roles(&mut needed, &params.stages);
+    let captioner_servers = captioner.then(|| {
+        let mut only = servers.clone();
+        only.roles
+            .retain(|r, _| *r == crate::config::Role::Captioner);
+        only
+    });
     let (servers, _) = crate::serving::models::resolve(&needed, &servers_path).await?;
     let db = Arc::new(index::open_existing(
         &dir,
@@ -160,7 +175,25 @@ pub async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
         image_ext: None,
     })?;
     let cache = Arc::new(Cache::open(&runs.join("cache.sqlite"), t.cache)?);
-    let clients = Clients::new(&servers, &servers_path)?.with_cache(cache);
+    let clients = Clients::new(&servers, &servers_path)?.with_cache(cache.clone());
+    let captioner = match captioner_servers {
+        None => Err("not asked for".to_string()),
+        Some(only) if only.roles.is_empty() => Err(format!(
+            "{} configures no captioner ([roles.captioner])",
+            servers_path.display()
+        )),
+        Some(only) => match crate::serving::models::resolve(&only, &servers_path).await {
+            Ok((resolved, _)) => Clients::new(&resolved, &servers_path)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    c.with_cache(cache)
+                        .get(crate::config::Role::Captioner)
+                        .cloned()
+                        .map_err(|e| e.to_string())
+                }),
+            Err(e) => Err(format!("the captioner did not answer at start: {e}")),
+        },
+    };
     let ctx = Ctx::new(
         params,
         DatasetName::Folder,
@@ -171,5 +204,10 @@ pub async fn open(t: &SearchTarget) -> anyhow::Result<Session> {
         None,
         None,
     )?;
-    Ok(Session { ctx, folder, runs })
+    Ok(Session {
+        ctx,
+        folder,
+        runs,
+        captioner,
+    })
 }

@@ -677,3 +677,224 @@ async fn the_page_answers_without_javascript_and_the_api_is_described() {
     }
     assert!(doc["components"]["schemas"]["StageEvent"].is_object());
 }
+
+/// PNG's chunk checksum (CRC-32, reflected, polynomial 0xEDB88320).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for b in bytes {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A world image's bytes (a solid colour the fakes read back as its description).
+fn world_photo(env: &Env, i: usize) -> Vec<u8> {
+    std::fs::read(env.data.join(format!("photos/img{i:02}.png"))).unwrap()
+}
+
+async fn upload(base: &str, bytes: Vec<u8>) -> reqwest::Response {
+    http()
+        .post(format!("{base}/api/uploads"))
+        .header("content-type", "image/png")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_photo_is_described_once_and_searched_from_and_kept() {
+    let (env, exp) = world().await;
+    let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    let health: Value = http()
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["uploads"], true, "{health}");
+    let page = http()
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("id=\"drop\""),
+        "the page offers the drop zone"
+    );
+    // The photo of the black dog (image 6), sent from outside the gallery.
+    let captions_before = env.captioner.count(Route::Chat);
+    let r = upload(&base, world_photo(&env, 6)).await;
+    assert_eq!(r.status(), 200);
+    let u: Value = r.json().await.unwrap();
+    let key = u["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("upload:"), "{u}");
+    assert_eq!(u["caption"], "A photo of black dog.");
+    assert_eq!(env.captioner.count(Route::Chat), captions_before + 1);
+    // The same bytes again: the same key, and the captioner is not asked again.
+    let again: Value = upload(&base, world_photo(&env, 6))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["key"], u["key"]);
+    assert_eq!(env.captioner.count(Route::Chat), captions_before + 1);
+    // Its thumbnail and file are served under its key.
+    let url = format!("{base}/api/images/{}", key.replace(':', "%3A"));
+    assert_eq!(http().get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http()
+            .get(format!("{url}/full"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
+        world_photo(&env, 6)
+    );
+    // Searched from: the reasoner reads the caption as the reference, every stage runs, and the
+    // upload itself is never a result.
+    let got = sse(
+        &base,
+        json!({"text": "make it white", "reference": key, "k": 12}),
+    )
+    .await;
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["stage", "stage", "stage", "done"], "{got:?}");
+    assert!(
+        got[3].1["fallbacks"].as_array().unwrap().is_empty(),
+        "{got:?}"
+    );
+    let asked = env.reasoner[0]
+        .requests()
+        .iter()
+        .any(|r| r.body.to_string().contains("A photo of black dog."));
+    assert!(asked, "the reasoner was given the upload's caption");
+    for (_, ev) in &got[..3] {
+        assert!(!keys(ev).contains(&key), "{ev}");
+    }
+    // A later `serve` over the same runs folder knows the upload without it being sent again.
+    let base2 = serve(&args(&exp, "127.0.0.1", None)).await;
+    let got = sse(
+        &base2,
+        json!({"text": "make it white", "reference": key, "stages": ["s1"]}),
+    )
+    .await;
+    assert_eq!(got.last().unwrap().0, "done", "{got:?}");
+    assert_eq!(env.captioner.count(Route::Chat), captions_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_that_are_not_photos_too_big_or_without_a_captioner_are_refused_clearly() {
+    let (env, exp) = world().await;
+    let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    let refused = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let p: Value = r.json().await.unwrap();
+        (status, p["message"].as_str().unwrap_or("").to_string())
+    };
+    let (status, msg) = refused(upload(&base, b"not a photo".to_vec()).await).await;
+    assert_eq!(status, 400);
+    assert!(msg.contains("not a PNG, JPEG or WebP image"), "{msg}");
+    let (status, msg) = refused(upload(&base, vec![]).await).await;
+    assert_eq!((status, msg.contains("empty")), (400, true), "{msg}");
+    // A PNG whose header declares 9,000 × 9,000 pixels, with one pixel's data behind it.
+    let mut big = std::io::Cursor::new(Vec::new());
+    image::RgbImage::new(1, 1)
+        .write_to(&mut big, image::ImageFormat::Png)
+        .unwrap();
+    let mut big = big.into_inner();
+    big[16..20].copy_from_slice(&9_000u32.to_be_bytes());
+    big[20..24].copy_from_slice(&9_000u32.to_be_bytes());
+    let crc = crc32(&big[12..29]);
+    big[29..33].copy_from_slice(&crc.to_be_bytes());
+    let (status, msg) = refused(upload(&base, big).await).await;
+    assert_eq!(status, 400);
+    assert!(
+        msg.contains("9000×9000") && msg.contains("megapixels"),
+        "{msg}"
+    );
+    // A GIF: not what browsers and model servers all read.
+    let mut gif = std::io::Cursor::new(Vec::new());
+    image::RgbImage::new(4, 4)
+        .write_to(&mut gif, image::ImageFormat::Gif)
+        .unwrap();
+    let (status, msg) = refused(upload(&base, gif.into_inner()).await).await;
+    assert_eq!(status, 400);
+    assert!(
+        msg.contains("GIF") && msg.contains("PNG, JPEG or WebP"),
+        "{msg}"
+    );
+    // A cut photo: its header is fine, its pixels are not; nothing is kept.
+    let mut cut = world_photo(&env, 3);
+    cut.truncate(cut.len() / 2);
+    let (status, msg) = refused(upload(&base, cut).await).await;
+    assert_eq!(status, 400, "{msg}");
+    assert!(!msg.contains(env.path("").to_str().unwrap()), "{msg}");
+    let over = vec![0u8; imagescope::serve::MAX_UPLOAD_BYTES + 1];
+    let (status, msg) = refused(upload(&base, over).await).await;
+    assert_eq!(status, 413);
+    assert!(msg.contains("20 MiB"), "{msg}");
+    // The captioner failing is said, not hidden.
+    env.captioner.set_outage(Some(Outage::Dead));
+    let (status, msg) = refused(upload(&base, world_photo(&env, 2)).await).await;
+    assert_eq!(status, 502, "{msg}");
+    assert!(msg.contains("captioner"), "{msg}");
+    env.captioner.set_outage(None);
+    // Nothing is kept of a photo refused or not described.
+    let kept: Vec<String> = std::fs::read_dir(env.path("runs/serve/uploads"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(kept.is_empty(), "{kept:?}");
+    // A photo over a megabyte is taken (the search route's 64 KiB cap is not this one's; the
+    // fake captioner takes bodies up to 2 MB).
+    let mut rng = fastrand::Rng::with_seed(7);
+    let noise = image::RgbImage::from_fn(640, 640, |_, _| {
+        image::Rgb([rng.u8(..), rng.u8(..), rng.u8(..)])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    noise.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let png = png.into_inner();
+    assert!(png.len() > 1 << 20, "{} bytes", png.len());
+    let r = upload(&base, png).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // A captioner that did not answer when `serve` started: uploads are refused with what to do
+    // instead, and the page offers none.
+    env.captioner.set_outage(Some(Outage::Dead));
+    let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    let (status, msg) = refused(upload(&base, world_photo(&env, 6)).await).await;
+    assert_eq!(status, 503);
+    assert!(
+        msg.contains("none that answered") && msg.contains("edit this"),
+        "{msg}"
+    );
+    // Neither a server's address nor a file of this machine is in the answer.
+    assert!(
+        !msg.contains("127.0.0.1") && !msg.contains(env.path("").to_str().unwrap()),
+        "{msg}"
+    );
+    let page = http()
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("id=\"drop\""));
+}

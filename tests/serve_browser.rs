@@ -358,3 +358,95 @@ async fn a_person_searches_sees_s1_then_the_order_change_and_opens_a_report() {
     }
     let _ = browser.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium (Debian's chromium package); .ci/run installs it"]
+async fn a_person_drops_a_photo_of_their_own_and_describes_a_change() {
+    if std::env::var("SERVE_BROWSER_CONFIG").is_ok() {
+        // The demo stack has no captioner to describe an upload.
+        println!("upload in the browser: run on the fake servers only");
+        return;
+    }
+    let env = support::env::Env::start("photos", |i| format!("img{i:02}"), 1).await;
+    let exp = env.configs("folder", "all", "", None);
+    env.index(&exp).await;
+    let args = ServeArgs {
+        target: target(exp),
+        host: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        token: None,
+    };
+    let app = imagescope::serve::app(&args).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(imagescope::serve::serve_on(
+        listener,
+        app,
+        std::future::pending(),
+    ));
+    // The black dog's photo, from outside the gallery.
+    let outside = tempfile::tempdir().unwrap();
+    let photo = outside.path().join("my dog.png");
+    std::fs::copy(env.data.join("photos/img06.png"), &photo).unwrap();
+
+    let profile = tempfile::tempdir().unwrap();
+    let (mut browser, mut page) = chromium(profile.path()).await;
+    page.goto(&format!("{base}/")).await;
+    // What a file chooser does: the input gets the file and says it changed.
+    let doc = page.call("DOM.getDocument", json!({})).await;
+    let input = page
+        .call(
+            "DOM.querySelector",
+            json!({"nodeId": doc["root"]["nodeId"], "selector": "#file"}),
+        )
+        .await;
+    page.call(
+        "DOM.setFileInputFiles",
+        json!({"nodeId": input["nodeId"], "files": [photo.to_str().unwrap()]}),
+    )
+    .await;
+    let uploaded = page
+        .until(
+            "window.imagescope.upload || (document.querySelector('#status .err') && document.querySelector('#status .err').textContent)",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(uploaded["caption"], "A photo of black dog.", "{uploaded}");
+    // The photo is shown as the reference, drawn from the API.
+    let shown = page
+        .until(
+            "getComputedStyle(document.getElementById('ref')).display !== 'none' && document.querySelector('#ref img').complete && document.querySelector('#ref img').naturalWidth",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(shown.as_u64().unwrap() > 0, "{shown}");
+    page.eval("document.getElementById('q').focus()").await;
+    page.call("Input.insertText", json!({"text": "make it white"}))
+        .await;
+    page.key("Enter", 13).await;
+    let timings = page
+        .until(
+            "(window.imagescope.timings.done !== undefined || window.imagescope.timings.error !== undefined) && window.imagescope.timings",
+            Duration::from_secs(120),
+        )
+        .await;
+    assert!(timings.get("error").is_none(), "{timings}");
+    let order = page
+        .eval("[...document.querySelectorAll('#grid .card')].map(c => c.dataset.key)")
+        .await;
+    let order = order.as_array().unwrap();
+    assert!(!order.is_empty());
+    assert!(
+        order
+            .iter()
+            .all(|k| !k.as_str().unwrap().starts_with("upload:")),
+        "{order:?}"
+    );
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-browser-upload.png");
+    page.screenshot(&out).await;
+    println!(
+        "upload in the browser: {} results after the edit",
+        order.len()
+    );
+    let _ = browser.kill().await;
+}

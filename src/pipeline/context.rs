@@ -46,6 +46,18 @@ pub struct Ctx {
     pub progress: Option<[indicatif::ProgressBar; 3]>,
     /// Gallery images held in memory at once, per image role (`image_permit`).
     pub images: ImagePools,
+    /// Images outside the gallery that a query may name as its reference (`serve`'s uploads):
+    /// never ranked, only read and described.
+    pub outside: std::sync::RwLock<HashMap<ImageKey, OutsideImage>>,
+}
+
+/// An image outside the gallery: its file and the caption the captioner gave it.
+#[derive(Debug, Clone)]
+pub struct OutsideImage {
+    /// The file.
+    pub path: PathBuf,
+    /// Its caption (stage 1's reference description).
+    pub caption: String,
 }
 
 /// The images in memory across all queries: one pool per image role of `IMAGES_PER_SLOT` × that
@@ -158,7 +170,44 @@ impl Ctx {
             allowed,
             progress,
             images,
+            outside: Default::default(),
         })
+    }
+
+    /// Adds an image outside the gallery that queries may name as their reference.
+    pub fn add_outside(&self, key: ImageKey, image: OutsideImage) {
+        self.outside
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, image);
+    }
+
+    /// The image outside the gallery named `key`, if one was added.
+    pub fn outside_image(&self, key: &ImageKey) -> Option<OutsideImage> {
+        self.outside
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    /// The stored caption of `key`: a gallery image's from the database, else an outside image's.
+    pub fn caption(&self, key: &ImageKey) -> Option<String> {
+        match self.db.caption(key) {
+            Some(c) => Some(c.to_string()),
+            None => self.outside_image(key).map(|o| o.caption),
+        }
+    }
+
+    /// The file of `key`: a gallery image's, else an outside image's.
+    pub fn path_of(&self, key: &ImageKey) -> Result<PathBuf, String> {
+        match self.paths.get(key) {
+            Some(p) => Ok(p.clone()),
+            None => self
+                .outside_image(key)
+                .map(|o| o.path)
+                .ok_or_else(|| format!("image {key} is not in the gallery")),
+        }
     }
 
     /// The roles a run with these stages talks to (no captioner: galleries are indexed already).
@@ -186,11 +235,7 @@ impl Ctx {
         key: &ImageKey,
         max_side: Option<u32>,
     ) -> Result<EncodedImage, String> {
-        let path = self
-            .paths
-            .get(key)
-            .cloned()
-            .ok_or_else(|| format!("image {key} is not in the gallery"))?;
+        let path = self.path_of(key)?;
         tokio::task::spawn_blocking(move || {
             images::load_for_role(&path, max_side).map_err(|e| e.to_string())
         })
@@ -200,11 +245,7 @@ impl Ctx {
 
     /// Decodes a gallery image into pixels (for the evaluator composite).
     pub async fn pixels(&self, key: &ImageKey) -> Result<image::DynamicImage, String> {
-        let path = self
-            .paths
-            .get(key)
-            .cloned()
-            .ok_or_else(|| format!("image {key} is not in the gallery"))?;
+        let path = self.path_of(key)?;
         tokio::task::spawn_blocking(move || {
             let bytes =
                 std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

@@ -117,7 +117,7 @@ pub async fn run_observed(ctx: &Ctx, q: &Query, observe: Option<Observer<'_>>) -
     let inputs: Vec<RoundInput> = match &q.instruction {
         Instruction::Text { text } => {
             let reference_description = match &q.reference {
-                Some(r) => match ctx.db.caption(r) {
+                Some(r) => match ctx.caption(r) {
                     Some(c) => c.trim().to_string(),
                     None => {
                         error = Some(Failure::new(

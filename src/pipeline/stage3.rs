@@ -21,9 +21,7 @@ async fn judge(
     let client = ctx.evaluator.as_ref().ok_or("no evaluator configured")?;
     let req = if client.server().grounding == Grounding::Caption {
         let caption = |k: &ImageKey| {
-            ctx.db
-                .caption(k)
-                .map(str::to_string)
+            ctx.caption(k)
                 .ok_or_else(|| format!("image {k} has no stored caption"))
         };
         let reference_caption = input.reference.as_ref().map(caption).transpose()?;

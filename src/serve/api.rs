@@ -146,6 +146,8 @@ pub struct Health {
     pub stages: Vec<String>,
     /// Searches running now.
     pub searches_running: usize,
+    /// Whether uploaded photos can be searched from (a captioner answered at start).
+    pub uploads: bool,
 }
 
 /// A JSON error answer.
@@ -257,7 +259,7 @@ pub(crate) fn plan(
                     let key = ImageKey(r.clone());
                     if !known(&key) {
                         return Err(format!(
-                            "reference {r:?} is not an image of this gallery; pick one from the results (its key)"
+                            "reference {r:?} is not an image of this gallery or an upload; pick one from the results (its key), or upload a photo (POST /api/uploads)"
                         ));
                     }
                     Some(key)
@@ -639,7 +641,9 @@ pub(crate) async fn search(
         }
     };
     let ctx = &state.session.ctx;
-    let plan = match plan(&req, &ctx.params.stages, state.top, |k| ctx.db.contains(k)) {
+    let plan = match plan(&req, &ctx.params.stages, state.top, |k| {
+        state.can_reference(k)
+    }) {
         Ok(p) => p,
         Err(why) => return problem(StatusCode::BAD_REQUEST, "bad-request", &why),
     };

@@ -59,10 +59,12 @@ fn gallery_file(state: &AppState, key: &str) -> Result<PathBuf, Box<Response>> {
     let key_ = ImageKey(key.to_string());
     let ctx = &state.session.ctx;
     // In the folder as found at start and in the database (a file that failed to index is not).
+    // Or an uploaded photo.
     ctx.paths
         .get(&key_)
         .filter(|_| ctx.db.contains(&key_))
         .cloned()
+        .or_else(|| ctx.outside_image(&key_).map(|o| o.path))
         .ok_or_else(|| {
             Box::new(problem(
                 StatusCode::NOT_FOUND,

@@ -20,6 +20,7 @@
 mod api;
 mod files;
 mod page;
+mod uploads;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ pub const TOKEN_ENV: &str = "IMAGESCOPE_SERVE_TOKEN";
 
 /// Request bodies above this are refused (413): a search is a few lines of text.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub use uploads::{MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS};
 
 /// Searches running or waiting, as a multiple of those allowed at once, before new ones are
 /// told to come back later (503).
@@ -88,6 +91,10 @@ pub(crate) struct AppState {
     token: Option<blake3::Hash>,
     /// Thumbnails, made once.
     pub(crate) thumbs: PathBuf,
+    /// Uploaded photos and their captions.
+    pub(crate) uploads: PathBuf,
+    /// Held while an upload is checked and described (one at a time).
+    pub(crate) upload_lock: tokio::sync::Mutex<()>,
     /// The page's template environment.
     pub(crate) pages: minijinja::Environment<'static>,
     /// Each gallery image's `file://` URL → its API URL, made at the first report served.
@@ -104,6 +111,13 @@ impl AppState {
             .iter()
             .map(|s| s.to_string())
             .collect()
+    }
+
+    /// Whether a search may name `key` as its reference: a photo of the gallery's database, or
+    /// one uploaded.
+    pub(crate) fn can_reference(&self, key: &crate::datasets::ImageKey) -> bool {
+        let ctx = &self.session.ctx;
+        ctx.db.contains(key) || ctx.outside_image(key).is_some()
     }
 }
 
@@ -133,14 +147,16 @@ pub fn token_rule(host: IpAddr, token: Option<&str>) -> Result<Option<blake3::Ha
 /// Opens the session and builds the app (the tests serve it on a port of their own).
 pub async fn app(args: &ServeArgs) -> anyhow::Result<Router> {
     let token = token_rule(args.host, args.token.as_deref())?;
-    let session = crate::session::open(&args.target).await?;
+    let session = crate::session::open_for(&args.target, true).await?;
+    if let Err(why) = &session.captioner {
+        tracing::info!(%why, "no captioner: uploaded photos cannot be searched from");
+    }
     let thumbs = session.runs.join("serve").join("thumbs");
-    std::fs::create_dir_all(&thumbs).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create the thumbnails folder {}: {e}",
-            thumbs.display()
-        )
-    })?;
+    let uploads = session.runs.join("serve").join("uploads");
+    for dir in [&thumbs, &uploads] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the folder {}: {e}", dir.display()))?;
+    }
     let searches = Arc::new(tokio::sync::Semaphore::new(
         session.ctx.params.queries_in_flight.max(1),
     ));
@@ -152,9 +168,15 @@ pub async fn app(args: &ServeArgs) -> anyhow::Result<Router> {
         top: args.target.top,
         token,
         thumbs,
+        uploads: uploads.clone(),
+        upload_lock: tokio::sync::Mutex::new(()),
         pages: page::environment()?,
         report_urls: std::sync::OnceLock::new(),
     });
+    let restored = uploads::restore(&state, &uploads);
+    if restored > 0 {
+        tracing::info!(restored, "uploaded photos kept from earlier");
+    }
     Ok(router(state))
 }
 
@@ -162,6 +184,10 @@ fn router(state: Arc<AppState>) -> Router {
     let guarded = Router::new()
         .route("/", get(page::index))
         .route("/api/search", post(api::search))
+        .route(
+            "/api/uploads",
+            post(uploads::upload).layer(DefaultBodyLimit::max(uploads::MAX_UPLOAD_BYTES)),
+        )
         .route("/api/images/{key}", get(files::thumbnail))
         .route("/api/images/{key}/full", get(files::full))
         .route("/api/runs", get(files::runs))
@@ -361,6 +387,7 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         images: state.session.ctx.db.len(),
         stages: state.stage_names(),
         searches_running: state.running.load(Ordering::SeqCst),
+        uploads: state.session.captioner.is_ok(),
     })
 }
 
@@ -371,7 +398,14 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         title = "imagescope serve",
         description = "Language-guided image retrieval (ImageScope) over an indexed folder: search, images, runs."
     ),
-    paths(api::search, files::thumbnail, files::full, files::runs, health),
+    paths(
+        api::search,
+        uploads::upload,
+        files::thumbnail,
+        files::full,
+        files::runs,
+        health
+    ),
     components(schemas(
         api::SearchRequest,
         api::StageEvent,

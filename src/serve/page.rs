@@ -50,7 +50,9 @@ pub(crate) async fn index(
             ..SearchRequest::default()
         };
         let ctx = &state.session.ctx;
-        match api::plan(&req, &ctx.params.stages, state.top, |k| ctx.db.contains(k)) {
+        match api::plan(&req, &ctx.params.stages, state.top, |k| {
+            state.can_reference(k)
+        }) {
             Err(why) => error = Some(why),
             Ok(plan) => match api::admit(&state) {
                 Err(_) => {
@@ -79,6 +81,7 @@ pub(crate) async fn index(
             folder => state.session.folder.display().to_string(),
             results => minijinja::Value::from(minijinja::value::Serde(answer.as_ref().map(|a| a.results.clone()).unwrap_or_default())),
             error => error,
+            uploads => state.session.captioner.is_ok(),
         })
     });
     match rendered {

@@ -1,0 +1,364 @@
+//! Photos sent to `serve` as a search's reference (`POST /api/uploads`): checked (size, format,
+//! pixels) before anything is decoded, kept once under `runs/serve/uploads/` by content hash,
+//! described by the captioner, and added to the session as images outside the gallery
+//! (`upload:<hash>` keys), which a search may name as its reference but which are never ranked.
+//! Uploads kept on disk are added again when `serve` starts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::AppState;
+use super::api::problem;
+use crate::datasets::ImageKey;
+use crate::pipeline::context::OutsideImage;
+use crate::roles::captioner;
+
+/// Uploads larger than this are refused (413): a phone's photo is a few megabytes.
+pub const MAX_UPLOAD_BYTES: usize = 20 * 1024 * 1024;
+
+/// Uploads with more pixels than this are refused before decoding (a small file can declare a
+/// huge image: 100 megapixels would be 400 MB decoded).
+pub const MAX_UPLOAD_PIXELS: u64 = 50_000_000;
+
+/// The key prefix of uploads. Upload keys have no extension and gallery keys always have one, so
+/// the two cannot meet (and the gallery is looked up first).
+pub const KEY_PREFIX: &str = "upload:";
+
+/// What an upload became.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Uploaded {
+    /// The key to name as a search's `reference`.
+    key: String,
+    /// What the captioner saw (the reference description stage 1 reasons from).
+    caption: String,
+    /// Width in pixels.
+    width: u32,
+    /// Height in pixels.
+    height: u32,
+}
+
+/// Why an upload was refused, before any model was asked.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Empty,
+    NotAnImage(String),
+    OtherFormat(&'static str),
+    TooManyPixels { width: u32, height: u32 },
+}
+
+impl Refused {
+    fn message(&self) -> String {
+        match self {
+            Refused::Empty => "the upload is empty: send the photo's bytes as the body".into(),
+            Refused::NotAnImage(why) => {
+                format!("the upload is not a PNG, JPEG or WebP image: {why}")
+            }
+            Refused::OtherFormat(ext) => format!(
+                "the upload is a {} image; send it as PNG, JPEG or WebP (what browsers show and model servers read)",
+                ext.to_uppercase()
+            ),
+            Refused::TooManyPixels { width, height } => format!(
+                "the photo is {width}×{height} pixels, over {} megapixels: send a smaller copy",
+                MAX_UPLOAD_PIXELS / 1_000_000
+            ),
+        }
+    }
+}
+
+/// Checks an upload from its header alone (no pixels decoded): its format, extension and size.
+pub(crate) fn check(bytes: &[u8]) -> Result<(&'static str, u32, u32), Refused> {
+    if bytes.is_empty() {
+        return Err(Refused::Empty);
+    }
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Refused::NotAnImage(e.to_string()))?;
+    let format = reader
+        .format()
+        .ok_or_else(|| Refused::NotAnImage("its first bytes name no image format".into()))?;
+    let ext = match format {
+        image::ImageFormat::Png => "png",
+        image::ImageFormat::Jpeg => "jpg",
+        image::ImageFormat::WebP => "webp",
+        other => {
+            return Err(Refused::OtherFormat(
+                other.extensions_str().first().copied().unwrap_or("other"),
+            ));
+        }
+    };
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| Refused::NotAnImage(e.to_string()))?;
+    if width == 0 || height == 0 {
+        return Err(Refused::NotAnImage(format!("{width}×{height} pixels")));
+    }
+    if u64::from(width) * u64::from(height) > MAX_UPLOAD_PIXELS {
+        return Err(Refused::TooManyPixels { width, height });
+    }
+    Ok((ext, width, height))
+}
+
+/// The key of an upload's bytes.
+pub(crate) fn key_of(bytes: &[u8]) -> ImageKey {
+    ImageKey(format!(
+        "{KEY_PREFIX}{}",
+        &blake3::hash(bytes).to_hex()[..16]
+    ))
+}
+
+/// The caption file beside an upload.
+fn caption_file(image: &Path) -> PathBuf {
+    image.with_extension("caption.txt")
+}
+
+/// Adds the uploads kept in `dir` (each image with its caption file) to the session; returns how
+/// many. Files without a caption (a `serve` stopped while captioning) are left for the next upload
+/// of the same photo.
+pub(crate) fn restore(state: &AppState, dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // Caption files, and temporary files of `write_atomic` (they start with a dot).
+        if name.ends_with(".caption.txt") || name.starts_with('.') {
+            continue;
+        }
+        let Some(stem) = name.split('.').next().filter(|s| s.len() == 16) else {
+            continue;
+        };
+        let Ok(caption) = std::fs::read_to_string(caption_file(&path)) else {
+            continue;
+        };
+        let caption = caption.trim().to_string();
+        if caption.is_empty() {
+            continue;
+        }
+        state.session.ctx.add_outside(
+            ImageKey(format!("{KEY_PREFIX}{stem}")),
+            OutsideImage { path, caption },
+        );
+        n += 1;
+    }
+    n
+}
+
+/// `POST /api/uploads`: a photo to search from (its bytes as the body: PNG, JPEG or WebP, at most
+/// 20 MiB and 50 megapixels). Answers its key, to send as a search's `reference`, and its caption.
+#[utoipa::path(post, path = "/api/uploads",
+    request_body(content = Vec<u8>, content_type = "image/*", description = "the photo's bytes (PNG, JPEG or WebP)"),
+    responses(
+        (status = 200, body = Uploaded),
+        (status = 400, body = super::api::Problem, description = "not a PNG, JPEG or WebP image, or too many pixels"),
+        (status = 413, description = "over 20 MiB"),
+        (status = 502, body = super::api::Problem, description = "the captioner failed"),
+        (status = 503, body = super::api::Problem, description = "no captioner to describe it"),
+    ))]
+pub(crate) async fn upload(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                &format!(
+                    "the photo is over {} MiB: send a smaller copy",
+                    MAX_UPLOAD_BYTES >> 20
+                ),
+            );
+        }
+        Err(e) => return problem(e.status(), "bad-upload", &e.body_text()),
+    };
+    let (ext, width, height) = match check(&body) {
+        Ok(c) => c,
+        Err(r) => return problem(StatusCode::BAD_REQUEST, "bad-upload", &r.message()),
+    };
+    let key = key_of(&body);
+    let ctx = &state.session.ctx;
+    // One upload is described at a time: two of the same photo at once caption it once, and
+    // decoded pixels (up to 50 megapixels) are held for one photo only.
+    let _one_at_a_time = state.upload_lock.lock().await;
+    if let Some(known) = ctx.outside_image(&key) {
+        return Json(Uploaded {
+            key: key.0,
+            caption: known.caption,
+            width,
+            height,
+        })
+        .into_response();
+    }
+    let client = match &state.session.captioner {
+        Ok(c) => c.clone(),
+        Err(why) => {
+            // Why (a file, a server's address) goes to the log, not to the client.
+            tracing::warn!(%why, "an upload with no captioner");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-captioner",
+                "an uploaded photo must be described by a captioner, and this server has none that answered when it started (its log says why). Pick a gallery photo as the reference instead (\"edit this\"), or serve with a configuration whose [roles.captioner] is running",
+            );
+        }
+    };
+    let name = key.as_str().trim_start_matches(KEY_PREFIX);
+    let path = state.uploads.join(format!("{name}.{ext}"));
+    // Written under a temporary name and renamed, so a file under the final name is whole.
+    let written = {
+        let (path, body) = (path.clone(), body.clone());
+        tokio::task::spawn_blocking(move || crate::files::write_atomic(&path, &body)).await
+    };
+    if let Err(e) = written
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        tracing::warn!(file = %path.display(), error = %e, "upload not kept");
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            "the photo could not be kept on this server's disk (see its log)",
+        );
+    }
+    let max = client.server().image_max_side;
+    let prepared = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || crate::index::build::prepare(&path, max, None)).await
+    };
+    let prepared = match prepared.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(p) => p,
+        Err(e) => {
+            // The header was fine but the pixels were not (a cut file): nothing is kept.
+            let _ = std::fs::remove_file(&path);
+            let e = e.replace(&path.display().to_string(), "the upload");
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad-upload",
+                &Refused::NotAnImage(e).message(),
+            );
+        }
+    };
+    let caption = async {
+        let req = captioner::request(&ctx.prompts, ctx.family, prepared.for_captioner)
+            .map_err(|e| e.to_string())?;
+        let reply = client.chat(&req).await.map_err(|e| e.to_string())?;
+        captioner::parse(&reply.value.content).map_err(|e| format!("its answer: {e}"))
+    }
+    .await;
+    let caption = match caption {
+        Ok(c) => c,
+        Err(e) => {
+            // Nothing is kept of a photo that was not described.
+            let _ = std::fs::remove_file(&path);
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                "captioner",
+                &format!("the captioner could not describe the photo: {e}"),
+            );
+        }
+    };
+    if let Err(e) = crate::files::write_atomic(&caption_file(&path), &caption) {
+        // Kept for this run of `serve` only.
+        tracing::warn!(file = %path.display(), error = %e, "upload caption not kept");
+    }
+    ctx.add_outside(
+        key.clone(),
+        OutsideImage {
+            path,
+            caption: caption.clone(),
+        },
+    );
+    Json(Uploaded {
+        key: key.0,
+        caption,
+        width,
+        height,
+    })
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::new(w, h)
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    /// PNG's chunk checksum (CRC-32, reflected, polynomial 0xEDB88320).
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for b in bytes {
+            crc ^= u32::from(*b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn an_upload_is_checked_from_its_header() {
+        assert_eq!(check(&png(3, 2)), Ok(("png", 3, 2)));
+        assert_eq!(check(b""), Err(Refused::Empty));
+        let mut gif = std::io::Cursor::new(Vec::new());
+        image::RgbImage::new(2, 2)
+            .write_to(&mut gif, image::ImageFormat::Gif)
+            .unwrap();
+        assert_eq!(check(gif.get_ref()), Err(Refused::OtherFormat("gif")));
+        assert!(Refused::OtherFormat("gif").message().contains("GIF image"));
+        // A PNG's signature and nothing after it.
+        assert!(matches!(
+            check(b"\x89PNG\r\n\x1a\n"),
+            Err(Refused::NotAnImage(_))
+        ));
+        assert!(matches!(check(b"hello"), Err(Refused::NotAnImage(_))));
+        // A PNG header that declares 10,000 × 10,000 pixels, with no pixels behind it.
+        let mut huge = png(1, 1);
+        huge[16..20].copy_from_slice(&10_000u32.to_be_bytes());
+        huge[20..24].copy_from_slice(&10_000u32.to_be_bytes());
+        let crc = crc32(&huge[12..29]);
+        huge[29..33].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(
+            check(&huge),
+            Err(Refused::TooManyPixels {
+                width: 10_000,
+                height: 10_000
+            })
+        );
+        assert!(
+            Refused::TooManyPixels {
+                width: 1,
+                height: 2
+            }
+            .message()
+            .contains("50 megapixels")
+        );
+    }
+
+    #[test]
+    fn the_same_bytes_are_the_same_key() {
+        assert_eq!(key_of(b"abc"), key_of(b"abc"));
+        assert_ne!(key_of(b"abc"), key_of(b"abd"));
+        assert!(key_of(b"abc").as_str().starts_with(KEY_PREFIX));
+        assert_eq!(key_of(b"abc").as_str().len(), KEY_PREFIX.len() + 16);
+    }
+}
