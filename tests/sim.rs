@@ -39,6 +39,7 @@ use imagescope::config::{ExperimentConfig, Stage};
 use imagescope::datasets::ImageKey;
 use imagescope::pipeline::run::RunOptions;
 use imagescope::record::{QueryRecord, Status};
+use imagescope::runs::folder::JournalFault;
 use imagescope::serving::CacheMode;
 use support::env::{Env, write_cirr, write_flickr, write_visdial};
 use support::fake_server::Outage;
@@ -99,6 +100,12 @@ struct Schedule {
     /// Other scheduling settings for the resumed part (max_in_flight, queries in flight,
     /// affinity), which a resume must accept.
     resume_changes: bool,
+    /// The disk fills while the first invocation writes its journal: the run must stop naming
+    /// the journal and `--resume`, keep what it wrote, and resume once the disk is back.
+    journal_fault: Option<JournalFault>,
+    /// The request cache on: after the schedule, a fresh run from the cache with healthy
+    /// servers must rank as the fault-free run did (no failed answer was stored).
+    cache: bool,
 }
 
 fn schedule(seed: u64) -> Schedule {
@@ -133,6 +140,11 @@ fn schedule(seed: u64) -> Schedule {
             }
         }),
         resume_changes: rng.bool(),
+        journal_fault: (rng.u8(0..5) == 0).then(|| JournalFault {
+            after_writes: rng.usize(0..4),
+            short: rng.bool(),
+        }),
+        cache: rng.u8(0..4) == 0,
     }
 }
 
@@ -170,7 +182,9 @@ fn configs(env: &Env, s: &Schedule) -> PathBuf {
         "servers = {:?}\nprompts = {:?}\nruns = {:?}\nimage_db = {:?}\n\n[dataset]\nname = \"{dataset}\"\nroot = {:?}\nsplit = \"{split}\"\n\n[pipeline]\nqueries_in_flight = {}\n",
         servers_path.display().to_string(),
         prompts.display().to_string(),
-        env.path("sim/runs").display().to_string(),
+        env.path(&format!("sim/runs-{}", s.seed))
+            .display()
+            .to_string(),
         env.path("data/image_db").display().to_string(),
         env.data.display().to_string(),
         s.queries_in_flight,
@@ -181,6 +195,10 @@ fn configs(env: &Env, s: &Schedule) -> PathBuf {
 }
 
 const TIMEOUT_SECS: f64 = 0.5;
+
+/// Schedules whose disk filled mid-journal, and schedules run again from their cache.
+static DISK_FULL: AtomicUsize = AtomicUsize::new(0);
+static FROM_CACHE: AtomicUsize = AtomicUsize::new(0);
 const HANG: Duration = Duration::from_millis(700);
 
 fn set_faults(env: &Env, seed: Option<u64>, per_mille: u64) {
@@ -205,7 +223,11 @@ fn options(s: &Schedule, resume: Option<PathBuf>) -> RunOptions {
         stages: Some(s.stages.clone()),
         run_name: format!("seed-{}", s.seed),
         resume,
-        cache: CacheMode::Off,
+        cache: if s.cache {
+            CacheMode::On
+        } else {
+            CacheMode::Off
+        },
         allow_partial: false,
     }
 }
@@ -230,11 +252,13 @@ async fn invoke(
     exp: &ExperimentConfig,
     opts: &RunOptions,
     stop_after: Option<usize>,
+    fault: Option<JournalFault>,
     mut finished: impl FnMut(usize),
 ) -> Result<(PathBuf, bool), String> {
-    let prepared = imagescope::pipeline::prepare::prepare(exp, opts)
+    let mut prepared = imagescope::pipeline::prepare::prepare(exp, opts)
         .await
         .map_err(|e| format!("prepare: {e}"))?;
+    prepared.folder.inject_journal_fault(fault);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut done = 0;
     if stop_after == Some(0) {
@@ -294,7 +318,7 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
         };
         set_faults(env, None, 0);
         let exp = ExperimentConfig::load(&configs(env, &clean)).unwrap();
-        let (folder, _) = invoke(&exp, &options(&clean, None), None, |_| {})
+        let (folder, _) = invoke(&exp, &options(&clean, None), None, None, |_| {})
             .await
             .unwrap();
         let (records, _) = journal(&folder);
@@ -348,17 +372,45 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
         }
     };
     let dead_at_start = verifier_dead();
-    let mut first = invoke(&exp, &options(s, None), s.stop_after, outage).await;
+    let mut first = invoke(
+        &exp,
+        &options(s, None),
+        s.stop_after,
+        s.journal_fault,
+        outage,
+    )
+    .await;
     if dead_at_start && let Some(plan) = &s.outage {
         if let Some(broken) = refused("run", &first) {
             return end(env, s, vec![broken]);
         }
         set_outage(env, plan, false);
         down.store(false, Relaxed);
-        first = invoke(&exp, &options(s, None), s.stop_after, |_| {}).await;
+        first = invoke(
+            &exp,
+            &options(s, None),
+            s.stop_after,
+            s.journal_fault,
+            |_| {},
+        )
+        .await;
     }
+    // A full disk stops the run with an error that names the journal and how to go on; what the
+    // journal held by then is kept through the resume.
+    let mut kept_before_full = Vec::new();
     let (folder, interrupted) = match first {
         Ok(x) => x,
+        Err(e) if s.journal_fault.is_some() && e.starts_with("drive:") => {
+            if !(e.contains("cannot write the journal") && e.contains("--resume")) {
+                return end(env, s, vec![format!("a full disk was reported as {e:?}")]);
+            }
+            let Some(folder) = run_folder(env, s) else {
+                return end(env, s, vec!["no run folder after the disk filled".into()]);
+            };
+            kept_before_full = journal(&folder).0.into_keys().collect();
+            DISK_FULL.fetch_add(1, Relaxed);
+            (folder, true)
+        }
         Err(e) => return end(env, s, vec![format!("the run did not complete: {e}")]),
     };
     let mut resumed = false;
@@ -382,14 +434,14 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
         };
         // Likewise when the verifier is still dead as the run resumes.
         let dead_at_resume = verifier_dead();
-        let mut again = invoke(&exp, &options(s, Some(folder.clone())), None, outage).await;
+        let mut again = invoke(&exp, &options(s, Some(folder.clone())), None, None, outage).await;
         if dead_at_resume && let Some(plan) = &s.outage {
             if let Some(broken) = refused("resume", &again) {
                 return end(env, s, vec![broken]);
             }
             set_outage(env, plan, false);
             down.store(false, Relaxed);
-            again = invoke(&exp, &options(s, Some(folder.clone())), None, |_| {}).await;
+            again = invoke(&exp, &options(s, Some(folder.clone())), None, None, |_| {}).await;
         }
         if let Err(e) = again {
             return end(env, s, vec![format!("the resume did not complete: {e}")]);
@@ -400,8 +452,17 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
     }
     // Every query ends done or failed with a kind; the journal reads whole.
     let (records, skipped) = journal(&folder);
-    if skipped > 0 {
+    // A short write leaves one cut line, which readers skip.
+    let cut = usize::from(s.journal_fault.is_some_and(|f| f.short));
+    if skipped > cut {
         broken.push(format!("{skipped} journal lines unreadable"));
+    }
+    for id in &kept_before_full {
+        if !records.contains_key(id) {
+            broken.push(format!(
+                "query {id}, journaled before the disk filled, lost"
+            ));
+        }
     }
     let expected = &baselines[&key];
     for id in expected.keys() {
@@ -451,6 +512,71 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
                 n("successes"),
                 n("failures"),
                 n("retries")
+            ));
+        }
+    }
+    if s.cache && broken.is_empty() {
+        broken.extend(from_cache(env, s, expected).await);
+    }
+    broken
+}
+
+/// The run folder of a schedule's first invocation (the only one under its run name).
+fn run_folder(env: &Env, s: &Schedule) -> Option<PathBuf> {
+    let dataset = match s.shape {
+        Shape::Composed => "cirr",
+        Shape::TextToImage => "flickr30k",
+        Shape::Dialogue => "visdial",
+    };
+    let parent = env.path(&format!("sim/runs-{}/{dataset}/seed-{}", s.seed, s.seed));
+    let mut found: Vec<PathBuf> = std::fs::read_dir(parent)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    (found.len() == 1).then(|| found.remove(0))
+}
+
+/// A fresh run of the schedule's queries from its request cache, the servers healthy: every
+/// query the fault-free run answered cleanly must be answered the same (a failed or cut answer
+/// stored in the cache would be read back here).
+async fn from_cache(
+    env: &Env,
+    s: &Schedule,
+    expected: &BTreeMap<String, Option<Vec<ImageKey>>>,
+) -> Vec<String> {
+    set_faults(env, None, 0);
+    let again = Schedule {
+        stop_after: None,
+        outage: None,
+        journal_fault: None,
+        ..s.clone()
+    };
+    let exp = ExperimentConfig::load(&configs(env, &again)).unwrap();
+    let mut opts = options(&again, None);
+    opts.run_name = format!("seed-{}-from-cache", s.seed);
+    let folder = match invoke(&exp, &opts, None, None, |_| {}).await {
+        Ok((folder, _)) => folder,
+        Err(e) => return vec![format!("the run from the cache did not complete: {e}")],
+    };
+    FROM_CACHE.fetch_add(1, Relaxed);
+    let (records, _) = journal(&folder);
+    let last = *s.stages.iter().max().unwrap();
+    let mut broken = Vec::new();
+    for (id, clean) in expected {
+        let Some(clean) = clean else { continue };
+        let got = records.get(id);
+        let same = got.is_some_and(|r| {
+            r.status == Status::Done
+                && r.fallbacks.is_empty()
+                && r.ranking_after(last) == Some(clean.as_slice())
+        });
+        if !same {
+            broken.push(format!(
+                "query {id} from the cache: {:?} (fallbacks {:?}, error {:?}), not the fault-free {clean:?}",
+                got.and_then(|r| r.ranking_after(last)),
+                got.map(|r| &r.fallbacks),
+                got.and_then(|r| r.error.as_ref()),
             ));
         }
     }
@@ -573,10 +699,12 @@ async fn seeded_schedules_of_faults_and_stops_keep_every_invariant() {
     let mut violations: Vec<u64> = tasks.join_all().await.into_iter().flatten().collect();
     violations.sort_unstable();
     println!(
-        "simulated schedules: {}, violations: {} ({:.0} s)",
+        "simulated schedules: {}, violations: {} ({:.0} s; the disk filled mid-journal in {}, {} run again from their cache)",
         seeds.len(),
         violations.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        DISK_FULL.load(Relaxed),
+        FROM_CACHE.load(Relaxed)
     );
     assert!(
         violations.is_empty(),

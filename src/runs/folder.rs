@@ -101,7 +101,10 @@ fn write_bytes(journal: &Mutex<std::fs::File>, path: &Path, s: &[u8]) -> Result<
         .and_then(|()| f.flush())
         .map_err(|e| FolderError {
             path: path.to_path_buf(),
-            message: format!("cannot write the journal: {e}"),
+            message: format!(
+                "cannot write the journal: {e}; what it holds stays: free the disk and continue with --resume {}",
+                path.display()
+            ),
         })
 }
 
@@ -149,6 +152,18 @@ impl JournalWriter {
 pub struct RunFolder {
     path: PathBuf,
     journal: std::sync::Arc<Mutex<std::fs::File>>,
+    faults: Option<JournalFault>,
+}
+
+/// A journal write failure to inject (the fault simulator, `tests/sim.rs`): the disk fills after
+/// some writes. Never set in normal use.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalFault {
+    /// Writes that succeed first.
+    pub after_writes: usize,
+    /// The failing write puts half its bytes on disk first (a short write), else none.
+    pub short: bool,
 }
 
 fn now_rfc3339() -> String {
@@ -215,6 +230,7 @@ impl RunFolder {
         Ok(RunFolder {
             path,
             journal: std::sync::Arc::new(Mutex::new(file)),
+            faults: None,
         })
     }
 
@@ -315,6 +331,12 @@ impl RunFolder {
         self.journal_writer_with(capacity, journal_fault_delay())
     }
 
+    /// Makes this folder's journal writes fail as `fault` says (the fault simulator).
+    #[doc(hidden)]
+    pub fn inject_journal_fault(&mut self, fault: Option<JournalFault>) {
+        self.faults = fault;
+    }
+
     /// `journal_writer`, every write waiting `delay` first (fault injection).
     fn journal_writer_with(
         &self,
@@ -322,13 +344,26 @@ impl RunFolder {
         delay: Option<std::time::Duration>,
     ) -> JournalWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<QueryRecord>(capacity.max(1));
-        let (journal, path) = (self.journal.clone(), self.path.clone());
+        let (journal, path, fault) = (self.journal.clone(), self.path.clone(), self.faults);
         let handle = tokio::task::spawn_blocking(move || {
             let mut batch: Vec<u8> = Vec::new();
             let mut writes = 0;
             let mut write = |batch: &[u8]| {
                 if let Some(d) = delay {
                     std::thread::sleep(d);
+                }
+                if let Some(f) = fault.filter(|f| writes >= f.after_writes) {
+                    if f.short {
+                        write_bytes(&journal, &path, &batch[..batch.len() / 2])?;
+                    }
+                    return Err(FolderError {
+                        path: path.clone(),
+                        message: format!(
+                            "cannot write the journal: {} (injected); what it holds stays: free the disk and continue with --resume {}",
+                            std::io::Error::from(std::io::ErrorKind::StorageFull),
+                            path.display()
+                        ),
+                    });
                 }
                 writes += 1;
                 write_bytes(&journal, &path, batch)
