@@ -30,6 +30,7 @@ pub const ROLE_SCHEDULING_KEYS: &[&str] = &[
     "retry",
     "api_key_env",
     "image_transport",
+    "image_uuids",
     "affinity",
     "metrics_urls",
 ];

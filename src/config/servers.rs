@@ -242,6 +242,16 @@ pub struct RoleServer {
     /// How images reach vision servers.
     #[serde(default)]
     pub image_transport: ImageTransport,
+    /// Chat roles on vLLM ≥ 0.11 (its multimodal processor cache on, as by default): every image
+    /// carries a `uuid` (its content hash), and once a replica has answered a request with an
+    /// image's bytes, later requests to it name the image by the uuid alone (`"image_url": null`),
+    /// sparing the bytes and the server's decoding. The value is how many images to count on per
+    /// replica (vLLM keeps a 4 GiB LRU of processed images by default: hundreds of large LLaVA
+    /// images, thousands of PaliGemma ones). A wrong guess (evicted, restarted, another API
+    /// process) is a cache-miss error from vLLM, and the request goes again at once with the
+    /// bytes. Absent: the bytes every time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_uuids: Option<usize>,
     /// Reasoner: constrain answers to the expected JSON schema, in this server's dialect.
     pub response_schema: Option<ResponseSchema>,
     /// Verifier and evaluator: judge from the image (default) or from its stored caption.

@@ -25,7 +25,7 @@ use crate::images::EncodedImage;
 
 use super::cache::{self, Cache};
 use super::endpoints::{Assignment, Endpoint, Endpoints};
-use super::errors::{ErrorKind, ServingError};
+use super::errors::{ErrorKind, HttpClass, ServingError};
 use super::retry::{backoff_delay, parse_retry_after};
 use super::stats::RoleStats;
 use super::wire::{self, ChatAnswer, ChatRequest, EmbedInput, ImageRendering};
@@ -79,6 +79,62 @@ struct Inner {
     api_key: Option<ApiKey>,
     stats: RoleStats,
     cache: Option<Arc<Cache>>,
+    /// Per endpoint, the images it holds under their uuid (`image_uuids`; empty when off).
+    held: Vec<std::sync::Mutex<HeldImages>>,
+}
+
+/// The images one replica was sent with their `uuid` and answered, so holds in its multimodal
+/// cache (as far as the client can tell): the most recent `cap`, oldest forgotten first. A guess
+/// that is wrong costs one request sent again with the bytes.
+#[derive(Debug, Default)]
+struct HeldImages {
+    set: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+    cap: usize,
+}
+
+impl HeldImages {
+    fn contains(&self, hash: &str) -> bool {
+        self.set.contains(hash)
+    }
+
+    fn insert(&mut self, hash: &str) {
+        if self.cap == 0 || !self.set.insert(hash.to_string()) {
+            return;
+        }
+        self.order.push_back(hash.to_string());
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn forget(&mut self, hash: &str) {
+        if self.set.remove(hash) {
+            self.order.retain(|h| h != hash);
+        }
+    }
+}
+
+fn held_images(server: &RoleServer) -> Vec<std::sync::Mutex<HeldImages>> {
+    match server.image_uuids {
+        Some(cap) if cap > 0 => server
+            .endpoints
+            .iter()
+            .map(|_| {
+                std::sync::Mutex::new(HeldImages {
+                    cap,
+                    ..Default::default()
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn lock_held(m: &std::sync::Mutex<HeldImages>) -> std::sync::MutexGuard<'_, HeldImages> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A client for one role's server(s), with its limits, retries and replicas. Cheap to clone.
@@ -130,6 +186,7 @@ impl RoleClient {
                 api_key,
                 stats: RoleStats::default(),
                 cache: None,
+                held: held_images(server),
             }),
         })
     }
@@ -148,6 +205,7 @@ impl RoleClient {
                 api_key: i.api_key.clone(),
                 stats: RoleStats::default(),
                 cache: Some(cache),
+                held: held_images(&i.server),
             }),
         }
     }
@@ -184,10 +242,12 @@ impl RoleClient {
         let s = &self.inner.server;
         // Built only when an in-flight slot is free (see `call`), so waiting requests hold no
         // base64 image bodies.
-        let build = || {
+        let build = |held: &dyn Fn(&str) -> bool| {
             let body = wire::chat_body(req, s, ImageRendering::Send(s.image_transport));
-            bytes::Bytes::from(wire::encode_body(&body, req.images()))
+            let (bytes, referred) = wire::encode_body_referring(&body, req.images(), held);
+            (bytes::Bytes::from(bytes), referred)
         };
+        let images: Vec<&str> = req.images().map(EncodedImage::hash).collect();
         let key = self.cache_key(|| wire::chat_body(req, s, ImageRendering::Hash));
         let reply = self
             .call(
@@ -195,7 +255,7 @@ impl RoleClient {
                 build,
                 key,
                 greedy(req, s),
-                req.images().next().map(EncodedImage::hash),
+                &images,
                 |text| {
                     let answer = wire::parse_chat(text)?;
                     self.check_model(answer.model.as_deref())?;
@@ -239,9 +299,12 @@ impl RoleClient {
                 EmbedInput::Text(_) => None,
             });
             let images: Vec<_> = images.collect();
-            let build = move || bytes::Bytes::from(wire::encode_body(body, images.iter().copied()));
+            let build = move |_: &dyn Fn(&str) -> bool| {
+                let bytes = wire::encode_body(body, images.iter().copied());
+                (bytes::Bytes::from(bytes), 0)
+            };
             // No affinity: an image is embedded once, so no later request could meet its cache.
-            self.call("/embeddings", build, key, true, None, move |text| {
+            self.call("/embeddings", build, key, true, &[], move |text| {
                 let a = wire::parse_embeddings(text, expected, s.dimension)?;
                 self.check_model(a.model.as_deref())?;
                 Ok(a.vectors)
@@ -377,22 +440,28 @@ impl RoleClient {
         }
     }
 
-    /// One request with its retries. `build` makes the body; it is called once an in-flight slot
-    /// (and the rate limiter) admits an attempt, and the body is dropped when the attempt ends.
+    /// One request with its retries. `build` makes the body (and says how many of its images went
+    /// by uuid alone, those the endpoint holds); it is called once an in-flight slot (and the rate
+    /// limiter) admits an attempt, and the body is dropped when the attempt ends. `images` are the
+    /// hashes of the request's images: the first picks the replica (affinity).
     async fn call<T>(
         &self,
         path: &str,
-        build: impl Fn() -> bytes::Bytes,
+        build: impl Fn(&dyn Fn(&str) -> bool) -> (bytes::Bytes, usize),
         cache_key: Option<String>,
         deterministic: bool,
-        image: Option<&str>,
+        images: &[&str],
         validate: impl Fn(&str) -> Result<T, ErrorKind>,
     ) -> Result<Reply<T>, ServingError> {
         let inner = &self.inner;
         // The image's hash: the replica it goes to, and the session id a router can key on.
-        let session: Option<String> = image
+        let session: Option<String> = images
+            .first()
             .filter(|_| inner.server.affinity)
             .map(|h| h.get(..16).unwrap_or(h).to_string());
+        // A miss of an image named by its uuid is sent again with the bytes, once, whatever the
+        // retry budget (the server is fine; the client's guess of its cache was not).
+        let mut resent_for_miss = false;
         if let (Some(cache), Some(key)) = (&inner.cache, &cache_key)
             && let Some(text) = cache.get_async(key).await
             && let Ok(value) = validate(&text)
@@ -425,7 +494,14 @@ impl RoleClient {
                 limiter.until_ready().await;
             }
             inner.stats.record_attempt();
-            let payload = build();
+            let held_here = |h: &str| {
+                inner
+                    .held
+                    .get(index)
+                    .is_some_and(|m| lock_held(m).contains(h))
+            };
+            let (payload, referred) = build(&held_here);
+            inner.stats.record_sent(payload.len(), referred);
             let held = inner.stats.hold_body(payload.len());
             let sent = Instant::now();
             let outcome = self.attempt(ep, path, payload, session.as_deref()).await;
@@ -440,6 +516,10 @@ impl RoleClient {
                         tracing::warn!(role = %inner.role, endpoint = %ep.base, "replica back in service: it answered again and takes its share of requests");
                     }
                     inner.stats.record_success(sent.elapsed());
+                    if let Some(m) = inner.held.get(index) {
+                        let mut m = lock_held(m);
+                        images.iter().for_each(|h| m.insert(h));
+                    }
                     if let (Some(cache), Some(key)) = (&inner.cache, &cache_key) {
                         cache.put(key, inner.role, &inner.server.model, &text);
                     }
@@ -472,10 +552,23 @@ impl RoleClient {
                             cooldown.as_secs_f64()
                         );
                     }
+                    let miss = matches!(
+                        kind,
+                        ErrorKind::Http {
+                            class: HttpClass::ImageCacheMiss,
+                            ..
+                        }
+                    );
+                    if miss && let Some(m) = inner.held.get(index) {
+                        let mut m = lock_held(m);
+                        images.iter().for_each(|h| m.forget(h));
+                    }
+                    let free = miss && !resent_for_miss;
+                    resent_for_miss |= miss;
                     let may_change = kind.may_change(deterministic)
                         && (!matches!(kind, ErrorKind::WrongModel { .. })
                             || inner.endpoints.has_other_available(index));
-                    if !may_change || attempt > policy.max_retries {
+                    if !may_change || (attempt > policy.max_retries && !free) {
                         inner.stats.record_failure();
                         tracing::warn!(role = %inner.role, endpoint = %ep.base, attempts = attempt, error = %kind, "request failed");
                         return Err(self.error(ep.base.clone(), attempt, kind, errors));
@@ -483,7 +576,7 @@ impl RoleClient {
                     let failover = inner.endpoints.is_set_aside(index)
                         && inner.endpoints.has_other_available(index)
                         && retry_after.is_none();
-                    let delay = if failover {
+                    let delay = if failover || free {
                         Duration::ZERO
                     } else {
                         backoff_delay(policy, attempt - 1, retry_after, fastrand::f64())

@@ -90,7 +90,11 @@ fn validation_messages(detail: &Value) -> Option<String> {
 /// server's own message and code, and a body excerpt.
 pub fn http_error(status: u16, body: &str) -> ErrorKind {
     let msg = parse_error_body(body);
-    let class = HttpClass::classify(status, is_context_length(&msg), is_media_load(&msg));
+    let class = if is_image_cache_miss(status, &msg) {
+        HttpClass::ImageCacheMiss
+    } else {
+        HttpClass::classify(status, is_context_length(&msg), is_media_load(&msg))
+    };
     ErrorKind::Http {
         status,
         class,
@@ -117,6 +121,22 @@ pub fn is_context_length(msg: &ServerMessage) -> bool {
         || m.contains("max_model_len=")
         // vLLM, when the prompt leaves no room to answer: it derives max_tokens = 0.
         || m.contains("max_tokens must be at least 1, got 0")
+}
+
+/// True when vLLM says it no longer holds an image the request named by its `uuid` alone.
+pub fn is_image_cache_miss(status: u16, msg: &ServerMessage) -> bool {
+    let m = &msg.message;
+    match status {
+        // vLLM's input processor: `Cache miss for {modality} at index {idx} but data is not provided.`
+        400 => m.contains("but data is not provided") && m.contains("Cache miss for"),
+        // vLLM's engine: its cache drifted from the API server's (0.11-0.13: an assertion; newer:
+        // MultiModalCacheMissError, "the request should be retried with the multi-modal data").
+        500..=599 => {
+            m.contains("Expected a cached item for mm_hash")
+                || m.contains("not in the receiver (P1) cache")
+        }
+        _ => false,
+    }
 }
 
 /// True when a server's 5xx message says it could not load an image the request points at
@@ -165,6 +185,45 @@ mod tests {
         // Never retried, and the message says the fix that works (the server's own does not).
         assert!(!e.may_change(true) && !e.may_change(false));
         assert!(e.to_string().contains("pip install aiohttp"), "{e}");
+    }
+
+    #[test]
+    fn an_image_vllm_no_longer_holds_by_uuid_is_a_miss_sent_again_with_its_bytes() {
+        // vLLM's input processor (API server), and its engine's two wordings of a drifted cache.
+        for (status, message) in [
+            (
+                400,
+                "Cache miss for image at index 0 but data is not provided.",
+            ),
+            (500, "Expected a cached item for mm_hash='3f2a9c'"),
+            (
+                500,
+                "Multi-modal items ['3f2a9c'] are not in the receiver (P1) cache and no data was provided to recompute them (P0/P1 cache drift); the request should be retried with the multi-modal data attached.",
+            ),
+        ] {
+            let body = serde_json::json!({"error": {"message": message, "type": "BadRequestError", "param": null, "code": status}});
+            let e = http_error(status, &body.to_string());
+            match &e {
+                ErrorKind::Http { class, .. } => {
+                    assert_eq!(*class, HttpClass::ImageCacheMiss, "{message}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(e.may_change(true) && !e.is_endpoint_fault());
+            assert_eq!(e.label(), "image-cache-miss");
+        }
+        // Other 400s stay bad requests.
+        let other = http_error(
+            400,
+            r#"{"error":{"message":"At most 1 image(s) may be provided in one prompt.","type":"BadRequestError","code":400}}"#,
+        );
+        assert!(matches!(
+            other,
+            ErrorKind::Http {
+                class: HttpClass::BadRequest,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -91,6 +91,12 @@ pub enum HttpClass {
     /// URL without `--allowed-local-media-path`, an unreachable image URL). The same request fails
     /// the same way again, so it is never retried.
     MediaLoad,
+    /// vLLM (≥ 0.11) was asked for an image by its `uuid` alone and does not hold it (evicted,
+    /// restarted, another API process answered: a 400 "Cache miss for image at index N but data
+    /// is not provided"), or its two multimodal caches drifted apart (a 500 "Expected a cached
+    /// item for mm_hash" or, newer, "not in the receiver (P1) cache"). Sent again at once with the
+    /// image's bytes (`image_uuids`); the replica is fine.
+    ImageCacheMiss,
     /// Any other 5xx.
     Server,
     /// Any other status.
@@ -131,7 +137,10 @@ impl ErrorKind {
             ErrorKind::EmptyContent { .. } | ErrorKind::UnusableAnswer { .. } => !deterministic,
             ErrorKind::Http { class, .. } => matches!(
                 class,
-                HttpClass::Server | HttpClass::RequestTimeout | HttpClass::RateLimited
+                HttpClass::Server
+                    | HttpClass::RequestTimeout
+                    | HttpClass::RateLimited
+                    | HttpClass::ImageCacheMiss
             ),
             ErrorKind::Oversize { .. }
             | ErrorKind::WrongDimension { .. }
@@ -159,6 +168,7 @@ impl ErrorKind {
             ErrorKind::Http { status, class, .. } => match class {
                 HttpClass::ContextLength => "context-length".into(),
                 HttpClass::MediaLoad => "media-load".into(),
+                HttpClass::ImageCacheMiss => "image-cache-miss".into(),
                 _ => format!("http-{status}"),
             },
             ErrorKind::InvalidResponse { .. } => "invalid-response".into(),
@@ -196,6 +206,9 @@ impl fmt::Display for ErrorKind {
                         " (the server could not load the image; with image_transport = \"local-path\" start vLLM with --allowed-local-media-path, or use \"data-url\")"
                     }
                     HttpClass::RateLimited => " (rate limited)",
+                    HttpClass::ImageCacheMiss => {
+                        " (the server no longer holds an image named by its uuid; it is sent again with its bytes)"
+                    }
                     // vLLM's router (vllm-router 0.1.17) in front of replicas, in plain text.
                     HttpClass::Server
                         if message.starts_with("No available workers")

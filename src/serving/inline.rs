@@ -25,11 +25,25 @@ pub fn encode_body<'a>(
     body: &Value,
     images: impl IntoIterator<Item = &'a EncodedImage>,
 ) -> Vec<u8> {
+    encode_body_referring(body, images, |_| false).0
+}
+
+/// `encode_body`, except that an image for which `held(hash)` is true (the server holds it under
+/// its `uuid`) is sent without its bytes: its `"image_url": {"url": ...}` becomes
+/// `"image_url": null`, as vLLM takes it. Returns the bytes and how many images went so.
+pub fn encode_body_referring<'a>(
+    body: &Value,
+    images: impl IntoIterator<Item = &'a EncodedImage>,
+    held: impl Fn(&str) -> bool,
+) -> (Vec<u8>, usize) {
+    const OPEN: &[u8] = b"{\"url\":\"";
+    const CLOSE: &[u8] = b"\"}";
     let json = serde_json::to_vec(body).unwrap_or_default();
     let images: Vec<&EncodedImage> = images.into_iter().collect();
     if images.is_empty() {
-        return json;
+        return (json, 0);
     }
+    let mut referred = 0;
     let prefix = format!("imagescope-inline-{}-", inline_nonce());
     let finder = memchr::memmem::Finder::new(prefix.as_bytes());
     let extra: usize = images.iter().map(|i| i.len().div_ceil(3) * 4 + 32).sum();
@@ -40,15 +54,24 @@ pub fn encode_body<'a>(
         let after = &rest[at + prefix.len()..];
         let hash_len = after.iter().take_while(|b| b.is_ascii_hexdigit()).count();
         let hash = &after[..hash_len];
+        let tail = &after[hash_len..];
         match images.iter().find(|i| i.hash().as_bytes() == hash) {
+            // Held by the server, and the marker is a whole `{"url": ...}` object: null it.
+            Some(img) if out.ends_with(OPEN) && tail.starts_with(CLOSE) && held(img.hash()) => {
+                out.truncate(out.len() - OPEN.len());
+                out.extend_from_slice(b"null");
+                referred += 1;
+                rest = &tail[CLOSE.len()..];
+                continue;
+            }
             Some(img) => img.write_data_url(&mut out),
             // Not one of this request's images: leave the text as it was.
             None => out.extend_from_slice(&rest[at..at + prefix.len() + hash_len]),
         }
-        rest = &after[hash_len..];
+        rest = tail;
     }
     out.extend_from_slice(rest);
-    out
+    (out, referred)
 }
 
 #[cfg(test)]
@@ -63,6 +86,27 @@ mod tests {
             .write_to(&mut out, image::ImageFormat::Png)
             .unwrap();
         EncodedImage::from_bytes(out.into_inner(), "test").unwrap()
+    }
+
+    #[test]
+    fn an_image_the_server_holds_goes_as_null_and_the_others_as_bytes() {
+        let (a, b) = (png(1), png(2));
+        let body = json!({"messages": [{"content": [
+            {"type": "image_url", "image_url": {"url": inline_marker(&a)}, "uuid": a.hash()},
+            {"type": "text", "text": "compare"},
+            {"type": "image_url", "image_url": {"url": inline_marker(&b)}, "uuid": b.hash()},
+        ]}]});
+        let (bytes, referred) = encode_body_referring(&body, [&a, &b], |h| h == a.hash());
+        assert_eq!(referred, 1);
+        let sent: Value = serde_json::from_slice(&bytes).unwrap();
+        let parts = &sent["messages"][0]["content"];
+        assert_eq!(parts[0]["image_url"], Value::Null);
+        assert_eq!(parts[0]["uuid"], a.hash());
+        assert_eq!(parts[2]["image_url"]["url"], b.data_url());
+        assert_eq!(parts[2]["uuid"], b.hash());
+        // Held by none: the same bytes as `encode_body`.
+        let (all, none) = encode_body_referring(&body, [&a, &b], |_| false);
+        assert_eq!((all, none), (encode_body(&body, [&a, &b]), 0));
     }
 
     #[test]

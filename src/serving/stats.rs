@@ -32,6 +32,8 @@ pub struct RoleStats {
     latencies_us: Mutex<Option<Histogram<u64>>>,
     body_bytes: AtomicU64,
     peak_body_bytes: AtomicU64,
+    sent_bytes: AtomicU64,
+    images_by_uuid: AtomicU64,
 }
 
 /// Request-body bytes held while one attempt is in flight; released on drop.
@@ -83,6 +85,10 @@ pub struct StatsSnapshot {
     /// only once an in-flight slot is free, so this stays near `max_in_flight` bodies however long
     /// the queue of waiting requests is.
     pub peak_body_bytes: u64,
+    /// Request-body bytes sent, over every attempt.
+    pub sent_bytes: u64,
+    /// Images sent by their uuid alone, without their bytes (`image_uuids`).
+    pub images_by_uuid: u64,
 }
 
 impl StatsSnapshot {
@@ -108,6 +114,8 @@ impl StatsSnapshot {
             *self.errors.entry(k.clone()).or_default() += v;
         }
         self.peak_body_bytes = self.peak_body_bytes.max(earlier.peak_body_bytes);
+        self.sent_bytes += earlier.sent_bytes;
+        self.images_by_uuid += earlier.images_by_uuid;
         self
     }
 }
@@ -158,6 +166,12 @@ impl RoleStats {
     pub(crate) fn record_slot_wait(&self) {
         self.slot_waits.fetch_add(1, Ordering::Relaxed);
     }
+    /// Counts a request body sent, and the images in it that went by uuid alone.
+    pub(crate) fn record_sent(&self, bytes: usize, by_uuid: usize) {
+        self.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.images_by_uuid
+            .fetch_add(by_uuid as u64, Ordering::Relaxed);
+    }
     /// Counts `bytes` of request body as held until the returned guard drops.
     pub(crate) fn hold_body(&self, bytes: usize) -> HeldBody<'_> {
         let bytes = bytes as u64;
@@ -194,6 +208,8 @@ impl RoleStats {
             latency_p50_ms: p50,
             latency_p95_ms: p95,
             peak_body_bytes: self.peak_body_bytes.load(Ordering::Relaxed),
+            sent_bytes: self.sent_bytes.load(Ordering::Relaxed),
+            images_by_uuid: self.images_by_uuid.load(Ordering::Relaxed),
         }
     }
 }

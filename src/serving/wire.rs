@@ -22,8 +22,8 @@ pub use super::dialect::{
     parse_error_body,
 };
 use super::errors::ErrorKind;
-pub use super::inline::encode_body;
 use super::inline::inline_marker;
+pub use super::inline::{encode_body, encode_body_referring};
 
 /// How images are written into a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,9 @@ fn image_url(img: &EncodedImage, how: ImageRendering) -> String {
     }
 }
 
-fn message_json(m: &Message, how: ImageRendering) -> Value {
+/// A message's JSON; with `uuids`, each image part also carries its content hash as `uuid`
+/// (vLLM ≥ 0.11 caches the image under it: `image_uuids`).
+fn message_json(m: &Message, how: ImageRendering, uuids: bool) -> Value {
     let role = match m.speaker {
         Speaker::System => "system",
         Speaker::User => "user",
@@ -65,6 +67,11 @@ fn message_json(m: &Message, how: ImageRendering) -> Value {
         .iter()
         .map(|p| match p {
             Part::Text(t) => json!({"type": "text", "text": t}),
+            Part::Image(img) if uuids => json!({
+                "type": "image_url",
+                "image_url": {"url": image_url(img, how)},
+                "uuid": img.hash(),
+            }),
             Part::Image(img) => {
                 json!({"type": "image_url", "image_url": {"url": image_url(img, how)}})
             }
@@ -74,13 +81,21 @@ fn message_json(m: &Message, how: ImageRendering) -> Value {
 }
 
 /// The full JSON body of a chat request to `server`. Built with `ImageRendering::Send`, its image
-/// URLs are markers: `encode_body` turns it into the bytes to send.
+/// URLs are markers: `encode_body` turns it into the bytes to send. Images carry a `uuid` when the
+/// server is set to `image_uuids` and the body is for sending (cache keys and snapshots do not
+/// change with it).
 pub fn chat_body(req: &ChatRequest, server: &RoleServer, how: ImageRendering) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(server.model));
+    let uuids = server.image_uuids.is_some() && matches!(how, ImageRendering::Send(_));
     body.insert(
         "messages".into(),
-        Value::Array(req.messages.iter().map(|m| message_json(m, how)).collect()),
+        Value::Array(
+            req.messages
+                .iter()
+                .map(|m| message_json(m, how, uuids))
+                .collect(),
+        ),
     );
     let s = &server.sampling;
     if let Some(t) = req.temperature.or(s.temperature) {

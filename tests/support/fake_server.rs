@@ -154,6 +154,8 @@ pub struct FakeState {
     outage: Mutex<Option<Outage>>,
     /// Bumped when the replica dies: every open connection closes.
     killed: tokio::sync::watch::Sender<u64>,
+    /// Images received with a `uuid`, by uuid (vLLM's multimodal processor cache).
+    images: Mutex<HashMap<String, Value>>,
 }
 
 /// A replica that stops working for a while (`FakeServer::set_outage`).
@@ -211,6 +213,7 @@ impl FakeServer {
             metrics: Mutex::new(Vec::new()),
             outage: Mutex::new(None),
             killed: tokio::sync::watch::channel(0).0,
+            images: Mutex::new(HashMap::new()),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -330,6 +333,11 @@ impl FakeServer {
         *self.state.root.lock().unwrap() = Some(root.to_string());
     }
 
+    /// Forgets every image held by uuid (as vLLM evicting them, or restarting).
+    pub fn forget_images(&self) {
+        self.state.images.lock().unwrap().clear();
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.records.lock().unwrap().clone()
     }
@@ -372,10 +380,18 @@ async fn handle(
     let n = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(n, Ordering::SeqCst);
     let _guard = InFlight(&state);
-    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let recorded = parsed.clone();
+    // As vLLM ≥ 0.11: an image part with a `uuid` and its bytes is kept under the uuid; one with
+    // `image_url: null` is read from there, or is a cache miss (400, vLLM's words).
+    let miss = if matches!(route, Route::Chat) {
+        resolve_uuids(&state, &mut parsed).err()
+    } else {
+        None
+    };
     state.records.lock().unwrap().push(Recorded {
         route,
-        body: parsed.clone(),
+        body: recorded,
         at: Instant::now(),
         auth: headers
             .get("authorization")
@@ -386,6 +402,10 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
     });
+    if let Some(idx) = miss {
+        let body = json!({"error": {"message": format!("Cache miss for image at index {idx} but data is not provided."), "type": "BadRequestError", "param": null, "code": 400}});
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
     let scripted = state
         .scripts
         .lock()
@@ -486,6 +506,28 @@ async fn handle(
         Some((Fault::Hang, hang)) => tokio::time::sleep(hang).await,
     }
     axum::Json(default(&state, &parsed)).into_response()
+}
+
+/// Puts back the bytes of images named by `uuid` alone; `Err(index)`: one the server does not hold.
+fn resolve_uuids(state: &FakeState, req: &mut Value) -> Result<(), usize> {
+    let mut images = state.images.lock().unwrap();
+    let mut idx: usize = 0;
+    for m in req["messages"].as_array_mut().into_iter().flatten() {
+        for part in m["content"].as_array_mut().into_iter().flatten() {
+            if part["type"] != "image_url" {
+                continue;
+            }
+            if let Some(uuid) = part["uuid"].as_str().map(str::to_string) {
+                if part["image_url"].is_null() {
+                    part["image_url"] = images.get(&uuid).cloned().ok_or(idx)?;
+                } else {
+                    images.insert(uuid, part["image_url"].clone());
+                }
+            }
+            idx += 1;
+        }
+    }
+    Ok(())
 }
 
 async fn chat(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
