@@ -142,22 +142,74 @@ async fn an_image_goes_once_per_replica_then_by_uuid_and_again_after_a_miss() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_as_many_images_as_configured_are_counted_on() {
+async fn the_least_recently_used_image_is_forgotten_first() {
     let f = fake().await;
-    let c = client(&[f.base_url()], "image_uuids = 1\n");
-    let (x, y) = (photo(10), photo(11));
-    // x, y, x: with room for one, x was forgotten when y came.
+    let c = client(&[f.base_url()], "image_uuids = 2\n");
+    let (x, y, z) = (photo(10), photo(11), photo(12));
+    // Room for two: x is used again before z comes, so y (not x) is the one forgotten.
     let reqs = [
         about(&x, "a?"),
         about(&y, "b?"),
         about(&x, "c?"),
-        about(&x, "d?"),
+        about(&z, "d?"),
+        about(&x, "e?"),
+        about(&y, "f?"),
     ];
     ask(&c, &reqs).await;
     let nulls: Vec<bool> = image_parts(&f)
         .iter()
         .map(|p| p["image_url"].is_null())
         .collect();
-    assert_eq!(nulls, [false, false, false, true]);
-    assert_eq!(c.stats().snapshot().images_by_uuid, 1);
+    assert_eq!(nulls, [false, false, true, false, true, false]);
+    assert_eq!(c.stats().snapshot().images_by_uuid, 2);
+}
+
+/// An evaluator-style request: two images and a question.
+fn pair(a: &EncodedImage, b: &EncodedImage) -> ChatRequest {
+    ChatRequest {
+        messages: vec![Message {
+            speaker: Speaker::User,
+            parts: vec![
+                Part::Image(a.clone()),
+                Part::Image(b.clone()),
+                Part::Text("the same?".into()),
+            ],
+        }],
+        max_tokens: Some(4),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_resends_every_image_and_a_restarted_replica_is_sent_bytes_first() {
+    let f = fake().await;
+    let c = client(&[f.base_url()], "image_uuids = 8\n");
+    let (x, y) = (photo(20), photo(21));
+    c.chat(&pair(&x, &y)).await.unwrap();
+    // The server forgot them: the miss is resent with both images' bytes.
+    f.forget_images();
+    let r = c.chat(&pair(&x, &y)).await.unwrap();
+    assert_eq!(r.meta.attempts, 2);
+    let last = f.requests().last().unwrap().body["messages"][0]["content"].clone();
+    assert!(last[0]["image_url"]["url"].is_string() && last[1]["image_url"]["url"].is_string());
+    // The server goes away (its requests fail to connect) and comes back empty: the client
+    // counts on none of its images, so the next request carries the bytes, with no miss.
+    f.set_outage(Some(support::fake_server::Outage::Dead));
+    assert!(c.chat(&pair(&x, &y)).await.is_err());
+    f.set_outage(None);
+    f.forget_images();
+    let misses = |c: &RoleClient| {
+        c.stats()
+            .snapshot()
+            .errors
+            .get("image-cache-miss")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = misses(&c);
+    let r = c.chat(&pair(&x, &y)).await.unwrap();
+    assert_eq!(r.meta.attempts, 1);
+    assert_eq!(misses(&c), before);
+    let s = c.stats().snapshot();
+    assert_eq!(s.attempts, s.successes + s.failures + s.retries);
 }

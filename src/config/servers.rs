@@ -494,6 +494,28 @@ fn check_role_fields(role: Role, s: &RoleServer) -> Result<(), (String, String)>
             return Err((k("dimension"), "must be at least 1".into()));
         }
     }
+    if let Some(n) = s.image_uuids {
+        let why = if role == Role::Embedder || role == Role::Reasoner {
+            Some("only the roles that send images in chat requests (captioner, verifier, evaluator) name them by uuid".to_string())
+        } else if s.api != ApiFlavour::Vllm {
+            Some(
+                "only vLLM (0.11 or newer) takes images by uuid; remove it for this server"
+                    .to_string(),
+            )
+        } else if s.image_transport != ImageTransport::DataUrl {
+            Some("with image_transport = \"local-path\" the request carries a file path, not the bytes: there is nothing to spare; remove image_uuids".to_string())
+        } else if n == 0 {
+            Some(
+                "how many images per replica to count on: at least 1 (e.g. 2048), or remove it"
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err((k("image_uuids"), why));
+        }
+    }
     if s.grounding == Grounding::Caption && !matches!(role, Role::Verifier | Role::Evaluator) {
         return Err((
             k("grounding"),
@@ -559,6 +581,32 @@ api = "vllm"
         assert_eq!(r.max_in_flight, 16);
         assert_eq!(r.retry.max_retries, 4);
         assert_eq!(r.timeout(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn image_uuids_only_where_vllm_gets_the_bytes_in_chat() {
+        let verifier = |api: &str, extra: &str| {
+            format!(
+                "[roles.verifier]\nendpoints = [\"http://127.0.0.1:8003/v1\"]\nmodel = \"v\"\napi = \"{api}\"\n{extra}"
+            )
+        };
+        let ok = parse(&verifier("vllm", "image_uuids = 2048\n")).unwrap();
+        assert_eq!(ok.roles[&Role::Verifier].image_uuids, Some(2048));
+        for (text, says) in [
+            (verifier("tgi", "image_uuids = 2048\n"), "only vLLM"),
+            (verifier("vllm", "image_uuids = 0\n"), "at least 1"),
+            (
+                verifier(
+                    "vllm",
+                    "image_uuids = 8\nimage_transport = \"local-path\"\n",
+                ),
+                "nothing to spare",
+            ),
+            (format!("{MINIMAL}image_uuids = 8\n"), "chat requests"),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("image_uuids") && err.contains(says), "{err}");
+        }
     }
 
     #[test]

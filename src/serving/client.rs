@@ -84,8 +84,10 @@ struct Inner {
 }
 
 /// The images one replica was sent with their `uuid` and answered, so holds in its multimodal
-/// cache (as far as the client can tell): the most recent `cap`, oldest forgotten first. A guess
-/// that is wrong costs one request sent again with the bytes.
+/// cache (as far as the client can tell): the `cap` most recently used, the least recently used
+/// forgotten first (as vLLM's LRU does). Forgotten when the replica may have restarted (a
+/// connection error, back in service after being set aside). A guess that is wrong costs one
+/// request sent again with the bytes.
 #[derive(Debug, Default)]
 struct HeldImages {
     set: std::collections::HashSet<String>,
@@ -98,9 +100,13 @@ impl HeldImages {
         self.set.contains(hash)
     }
 
+    /// Counts on `hash` as the most recently used (vLLM's cache is least-recently-used).
     fn insert(&mut self, hash: &str) {
-        if self.cap == 0 || !self.set.insert(hash.to_string()) {
+        if self.cap == 0 {
             return;
+        }
+        if !self.set.insert(hash.to_string()) {
+            self.order.retain(|h| h != hash);
         }
         self.order.push_back(hash.to_string());
         while self.order.len() > self.cap {
@@ -110,10 +116,19 @@ impl HeldImages {
         }
     }
 
-    fn forget(&mut self, hash: &str) {
-        if self.set.remove(hash) {
-            self.order.retain(|h| h != hash);
+    /// Forgets `hash` and every image used before it: the server evicts least recently used
+    /// first, so those are likely gone too.
+    fn forget_from(&mut self, hash: &str) {
+        if let Some(at) = self.order.iter().position(|h| h == hash) {
+            for old in self.order.drain(..=at) {
+                self.set.remove(&old);
+            }
         }
+    }
+
+    fn clear(&mut self) {
+        self.set.clear();
+        self.order.clear();
     }
 }
 
@@ -514,6 +529,10 @@ impl RoleClient {
                 Ok((value, text)) => {
                     if inner.endpoints.mark_ok(index) {
                         tracing::warn!(role = %inner.role, endpoint = %ep.base, "replica back in service: it answered again and takes its share of requests");
+                        // It may have restarted: count on none of its images.
+                        if let Some(m) = inner.held.get(index) {
+                            lock_held(m).clear();
+                        }
                     }
                     inner.stats.record_success(sent.elapsed());
                     if let Some(m) = inner.held.get(index) {
@@ -561,7 +580,13 @@ impl RoleClient {
                     );
                     if miss && let Some(m) = inner.held.get(index) {
                         let mut m = lock_held(m);
-                        images.iter().for_each(|h| m.forget(h));
+                        images.iter().for_each(|h| m.forget_from(h));
+                    }
+                    if matches!(kind, ErrorKind::Connect(_))
+                        && let Some(m) = inner.held.get(index)
+                    {
+                        // A connection refused or cut: the server may be restarting.
+                        lock_held(m).clear();
                     }
                     let free = miss && !resent_for_miss;
                     resent_for_miss |= miss;

@@ -125,18 +125,13 @@ pub fn is_context_length(msg: &ServerMessage) -> bool {
 
 /// True when vLLM says it no longer holds an image the request named by its `uuid` alone.
 pub fn is_image_cache_miss(status: u16, msg: &ServerMessage) -> bool {
-    let m = &msg.message;
-    match status {
-        // vLLM's input processor: `Cache miss for {modality} at index {idx} but data is not provided.`
-        400 => m.contains("but data is not provided") && m.contains("Cache miss for"),
-        // vLLM's engine: its cache drifted from the API server's (0.11-0.13: an assertion; newer:
-        // MultiModalCacheMissError, "the request should be retried with the multi-modal data").
-        500..=599 => {
-            m.contains("Expected a cached item for mm_hash")
-                || m.contains("not in the receiver (P1) cache")
-        }
-        _ => false,
-    }
+    // vLLM's input processor: `Cache miss for {modality} at index {idx} but data is not provided.`
+    // Only this 400: the engine's own misses (its cache drifted from the API server's: a 500,
+    // "Expected a cached item for mm_hash" or "not in the receiver (P1) cache") are the server's
+    // trouble, stay `Server` errors and are retried as such.
+    status == 400
+        && msg.message.contains("Cache miss for")
+        && msg.message.contains("but data is not provided")
 }
 
 /// True when a server's 5xx message says it could not load an image the request points at
@@ -189,28 +184,27 @@ mod tests {
 
     #[test]
     fn an_image_vllm_no_longer_holds_by_uuid_is_a_miss_sent_again_with_its_bytes() {
-        // vLLM's input processor (API server), and its engine's two wordings of a drifted cache.
-        for (status, message) in [
-            (
-                400,
-                "Cache miss for image at index 0 but data is not provided.",
-            ),
-            (500, "Expected a cached item for mm_hash='3f2a9c'"),
-            (
-                500,
-                "Multi-modal items ['3f2a9c'] are not in the receiver (P1) cache and no data was provided to recompute them (P0/P1 cache drift); the request should be retried with the multi-modal data attached.",
-            ),
+        let body = serde_json::json!({"error": {"message": "Cache miss for image at index 0 but data is not provided.", "type": "BadRequestError", "param": null, "code": 400}});
+        let e = http_error(400, &body.to_string());
+        match &e {
+            ErrorKind::Http { class, .. } => assert_eq!(*class, HttpClass::ImageCacheMiss),
+            other => panic!("{other:?}"),
+        }
+        assert!(e.may_change(true) && !e.is_endpoint_fault());
+        assert_eq!(e.label(), "image-cache-miss");
+        // The engine's misses (its cache drifted from the API server's) stay server errors.
+        for message in [
+            "Expected a cached item for mm_hash='3f2a9c'",
+            "Multi-modal items ['3f2a9c'] are not in the receiver (P1) cache and no data was provided to recompute them (P0/P1 cache drift); the request should be retried with the multi-modal data attached.",
         ] {
-            let body = serde_json::json!({"error": {"message": message, "type": "BadRequestError", "param": null, "code": status}});
-            let e = http_error(status, &body.to_string());
-            match &e {
-                ErrorKind::Http { class, .. } => {
-                    assert_eq!(*class, HttpClass::ImageCacheMiss, "{message}")
+            let body = serde_json::json!({"error": {"message": message, "type": "InternalServerError", "code": 500}});
+            assert!(matches!(
+                http_error(500, &body.to_string()),
+                ErrorKind::Http {
+                    class: HttpClass::Server,
+                    ..
                 }
-                other => panic!("{other:?}"),
-            }
-            assert!(e.may_change(true) && !e.is_endpoint_fault());
-            assert_eq!(e.label(), "image-cache-miss");
+            ));
         }
         // Other 400s stay bad requests.
         let other = http_error(

@@ -93,9 +93,8 @@ pub enum HttpClass {
     MediaLoad,
     /// vLLM (≥ 0.11) was asked for an image by its `uuid` alone and does not hold it (evicted,
     /// restarted, another API process answered: a 400 "Cache miss for image at index N but data
-    /// is not provided"), or its two multimodal caches drifted apart (a 500 "Expected a cached
-    /// item for mm_hash" or, newer, "not in the receiver (P1) cache"). Sent again at once with the
-    /// image's bytes (`image_uuids`); the replica is fine.
+    /// is not provided"). Sent again at once with every image's bytes (`image_uuids`); the
+    /// replica is fine.
     ImageCacheMiss,
     /// Any other 5xx.
     Server,
