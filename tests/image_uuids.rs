@@ -43,17 +43,6 @@ fn photo(seed: u64) -> EncodedImage {
     EncodedImage::from_bytes(bytes, "noise.png").unwrap()
 }
 
-fn about(image: &EncodedImage, question: &str) -> ChatRequest {
-    ChatRequest {
-        messages: vec![Message {
-            speaker: Speaker::User,
-            parts: vec![Part::Image(image.clone()), Part::Text(question.into())],
-        }],
-        max_tokens: Some(4),
-        ..Default::default()
-    }
-}
-
 /// A fake whose answer depends on the image it was given (as a model's does).
 async fn fake() -> FakeServer {
     let f = FakeServer::start("m", 4).await;
@@ -90,7 +79,7 @@ async fn an_image_goes_once_per_replica_then_by_uuid_and_again_after_a_miss() {
     // Four questions about each of three photos, one after another.
     let reqs: Vec<ChatRequest> = images
         .iter()
-        .flat_map(|img| (0..4).map(move |q| about(img, &format!("question {q}?"))))
+        .flat_map(|img| (0..4).map(move |q| support::about(img, &format!("question {q}?"), 4)))
         .collect();
 
     let plain = client(&endpoints, "");
@@ -148,12 +137,12 @@ async fn the_least_recently_used_image_is_forgotten_first() {
     let (x, y, z) = (photo(10), photo(11), photo(12));
     // Room for two: x is used again before z comes, so y (not x) is the one forgotten.
     let reqs = [
-        about(&x, "a?"),
-        about(&y, "b?"),
-        about(&x, "c?"),
-        about(&z, "d?"),
-        about(&x, "e?"),
-        about(&y, "f?"),
+        support::about(&x, "a?", 4),
+        support::about(&y, "b?", 4),
+        support::about(&x, "c?", 4),
+        support::about(&z, "d?", 4),
+        support::about(&x, "e?", 4),
+        support::about(&y, "f?", 4),
     ];
     ask(&c, &reqs).await;
     let nulls: Vec<bool> = image_parts(&f)
@@ -212,4 +201,31 @@ async fn a_miss_resends_every_image_and_a_restarted_replica_is_sent_bytes_first(
     assert_eq!(misses(&c), before);
     let s = c.stats().snapshot();
     assert_eq!(s.attempts, s.successes + s.failures + s.retries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_cache_tells_no_uuid_from_bytes() {
+    // `image_uuids` changes how a request is sent, not what it asks: an answer cached without it
+    // is found with it (the cache key is built without uuids).
+    let f = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = std::sync::Arc::new(
+        imagescope::serving::Cache::open(
+            &dir.path().join("cache.sqlite"),
+            imagescope::serving::CacheMode::On,
+        )
+        .unwrap(),
+    );
+    let greedy = "sampling = { temperature = 0.0 }\n";
+    let req = support::about(&photo(30), "q?", 4);
+    let plain = client(&[f.base_url()], greedy).with_cache(cache.clone());
+    let asked = plain.chat(&req).await.unwrap();
+    assert!(!asked.meta.cached);
+    cache.close();
+    let by_uuid =
+        client(&[f.base_url()], &format!("{greedy}image_uuids = 8\n")).with_cache(cache.clone());
+    let again = by_uuid.chat(&req).await.unwrap();
+    assert!(again.meta.cached, "{:?}", again.meta);
+    assert_eq!(again.value.content, asked.value.content);
+    assert_eq!(f.requests().len(), 1);
 }

@@ -70,6 +70,16 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// The body of a GET, as text.
+async fn get_text(url: impl reqwest::IntoUrl) -> String {
+    http().get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// The body of a GET, as JSON.
+async fn get_json(url: impl reqwest::IntoUrl) -> Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Reads an SSE body into (event name, JSON data) pairs.
 fn events(body: &str) -> Vec<(String, Value)> {
     body.split("\n\n")
@@ -415,14 +425,7 @@ async fn other_sites_names_and_pages_are_refused_and_a_full_queue_says_busy() {
     assert!(r.headers().contains_key("retry-after"));
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["kind"], "busy");
-    let h: Value = http()
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: Value = get_json(format!("{base}/health")).await;
     assert_eq!(h["searches_running"], 1, "one runs, the others wait: {h}");
     drop(held);
     env.verifier.set_delay(Route::Chat, Duration::ZERO);
@@ -465,28 +468,14 @@ async fn no_request_names_a_file_and_bodies_are_capped() {
     )
     .unwrap();
     let base = serve(&args(&exp, "127.0.0.1", None)).await;
-    let runs: Value = http()
-        .get(format!("{base}/api/runs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runs: Value = get_json(format!("{base}/api/runs")).await;
     assert_eq!(runs[0]["path"], "folder/demo/20260101T000000Z", "{runs}");
     assert_eq!(
         (runs[0]["queries"].as_u64(), runs[0]["failed"].as_u64()),
         (Some(7), Some(1))
     );
     let report = runs[0]["report"].as_str().unwrap();
-    let page = http()
-        .get(format!("{base}{report}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(format!("{base}{report}")).await;
     // Every picture of the report is served by the API: none is left as a file:// URL.
     assert!(
         page.contains("/api/images/photos%2Fimg09.png/full"),
@@ -556,28 +545,14 @@ async fn a_client_gone_mid_search_cancels_it() {
         let chunk = resp.chunk().await.unwrap().unwrap();
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
-    let health: Value = http()
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(format!("{base}/health")).await;
     assert_eq!(health["searches_running"], 1);
     drop(resp);
     let mut running = 1;
     // A search left running would take ~10 s more (36 verifier calls, 8 at a time, 2 s each).
     for _ in 0..15 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let h: Value = http()
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h: Value = get_json(format!("{base}/health")).await;
         running = h["searches_running"].as_u64().unwrap();
         if running == 0 {
             break;
@@ -637,14 +612,7 @@ async fn the_page_answers_without_javascript_and_the_api_is_described() {
     assert!(page.contains("<form id=\"form\" method=\"get\" action=\"/\">"));
     assert!(page.contains("12 images"));
     assert!(!page.contains("class=\"card\""));
-    let page = http()
-        .get(format!("{base}/?q=white+cat"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(format!("{base}/?q=white+cat")).await;
     // minijinja escapes '/' in attributes as &#x2f;, which browsers read back as '/'.
     let page = page.replace("&#x2f;", "/");
     let first = page.find("class=\"card\"").expect(&page);
@@ -658,14 +626,7 @@ async fn the_page_answers_without_javascript_and_the_api_is_described() {
         !page.contains("http://") && !page.contains("https://"),
         "the page fetches nothing from elsewhere"
     );
-    let doc: Value = http()
-        .get(format!("{base}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = get_json(format!("{base}/openapi.json")).await;
     for path in [
         "/api/search",
         "/api/images/{key}",
@@ -676,22 +637,6 @@ async fn the_page_answers_without_javascript_and_the_api_is_described() {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
     }
     assert!(doc["components"]["schemas"]["StageEvent"].is_object());
-}
-
-/// PNG's chunk checksum (CRC-32, reflected, polynomial 0xEDB88320).
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for b in bytes {
-        crc ^= u32::from(*b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// A world image's bytes (a solid colour the fakes read back as its description).
@@ -713,23 +658,9 @@ async fn upload(base: &str, bytes: Vec<u8>) -> reqwest::Response {
 async fn an_uploaded_photo_is_described_once_and_searched_from_and_kept() {
     let (env, exp) = world().await;
     let base = serve(&args(&exp, "127.0.0.1", None)).await;
-    let health: Value = http()
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(format!("{base}/health")).await;
     assert_eq!(health["uploads"], true, "{health}");
-    let page = http()
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(format!("{base}/")).await;
     assert!(
         page.contains("id=\"drop\""),
         "the page offers the drop zone"
@@ -820,7 +751,7 @@ async fn uploads_that_are_not_photos_too_big_or_without_a_captioner_are_refused_
     let mut big = big.into_inner();
     big[16..20].copy_from_slice(&9_000u32.to_be_bytes());
     big[20..24].copy_from_slice(&9_000u32.to_be_bytes());
-    let crc = crc32(&big[12..29]);
+    let crc = crc32fast::hash(&big[12..29]); // PNG's chunk checksum
     big[29..33].copy_from_slice(&crc.to_be_bytes());
     let (status, msg) = refused(upload(&base, big).await).await;
     assert_eq!(status, 400);
@@ -888,13 +819,6 @@ async fn uploads_that_are_not_photos_too_big_or_without_a_captioner_are_refused_
         !msg.contains("127.0.0.1") && !msg.contains(env.path("").to_str().unwrap()),
         "{msg}"
     );
-    let page = http()
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(format!("{base}/")).await;
     assert!(!page.contains("id=\"drop\""));
 }

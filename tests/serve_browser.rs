@@ -197,6 +197,25 @@ fn target(config: PathBuf) -> SearchTarget {
     }
 }
 
+/// Serves the experiment `config` on a free loopback port; returns its base URL.
+async fn serve(config: PathBuf) -> String {
+    let args = ServeArgs {
+        target: target(config),
+        host: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        token: None,
+    };
+    let app = imagescope::serve::app(&args).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(imagescope::serve::serve_on(
+        listener,
+        app,
+        std::future::pending(),
+    ));
+    base
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Chromium (Debian's chromium package); .ci/run installs it"]
 async fn a_person_searches_sees_s1_then_the_order_change_and_opens_a_report() {
@@ -216,20 +235,7 @@ async fn a_person_searches_sees_s1_then_the_order_change_and_opens_a_report() {
         (None, Some(c)) => std::path::absolute(c).unwrap(),
         (None, None) => unreachable!(),
     };
-    let args = ServeArgs {
-        target: target(config),
-        host: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        token: None,
-    };
-    let app = imagescope::serve::app(&args).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(imagescope::serve::serve_on(
-        listener,
-        app,
-        std::future::pending(),
-    ));
+    let base = serve(config).await;
     // A run folder whose report shows a gallery picture by its file:// URL.
     let report_image = if let Some((env, _)) = &env {
         let run = env.path("runs/folder/demo/20260101T000000Z");
@@ -370,20 +376,7 @@ async fn a_person_drops_a_photo_of_their_own_and_describes_a_change() {
     let env = support::env::Env::start("photos", |i| format!("img{i:02}"), 1).await;
     let exp = env.configs("folder", "all", "", None);
     env.index(&exp).await;
-    let args = ServeArgs {
-        target: target(exp),
-        host: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        token: None,
-    };
-    let app = imagescope::serve::app(&args).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(imagescope::serve::serve_on(
-        listener,
-        app,
-        std::future::pending(),
-    ));
+    let base = serve(exp).await;
     // The black dog's photo, from outside the gallery.
     let outside = tempfile::tempdir().unwrap();
     let photo = outside.path().join("my dog.png");

@@ -219,18 +219,6 @@ async fn two_replicas_share_the_load() {
     assert!(a.max_in_flight() <= 4 && b.max_in_flight() <= 4);
 }
 
-/// A verifier-style request about `image`.
-fn about(image: &EncodedImage, question: &str) -> ChatRequest {
-    ChatRequest {
-        messages: vec![Message {
-            speaker: Speaker::User,
-            parts: vec![Part::Image(image.clone()), Part::Text(question.into())],
-        }],
-        max_tokens: Some(4),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_questions_about_one_image_meet_on_one_replica_and_say_their_session() {
     let a = FakeServer::start("m", 4).await;
@@ -261,7 +249,7 @@ async fn the_questions_about_one_image_meet_on_one_replica_and_say_their_session
         // Five questions about each of twelve images, all at once.
         let reqs: Vec<ChatRequest> = images
             .iter()
-            .flat_map(|img| (0..5).map(move |q| about(img, &format!("question {q}?"))))
+            .flat_map(|img| (0..5).map(move |q| support::about(img, &format!("question {q}?"), 4)))
             .collect();
         let before = (a.requests().len(), b.requests().len());
         // Eight at a time: within the load bound (twice the 4 slots), so nothing spills and

@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use imagescope::config::{ImageTransport, Role, RoleServer, ServersConfig};
-use imagescope::images::EncodedImage;
 use imagescope::prompts::{Family, PromptSet};
 use imagescope::roles::{reasoner, verifier};
 use imagescope::serving::{
@@ -53,16 +52,6 @@ fn client_for(role: Role, server: &RoleServer) -> RoleClient {
 
 fn client(role: Role) -> RoleClient {
     client_for(role, &server(role))
-}
-
-fn photo(name: &str) -> EncodedImage {
-    let p = root().join("data/demo/photos").join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run launch/demo/collect.sh",
-        p.display()
-    );
-    EncodedImage::from_file(&p).unwrap()
 }
 
 fn user(parts: Vec<Part>) -> ChatRequest {
@@ -141,7 +130,7 @@ async fn vllm_index_then_run_all_stages_with_every_role_on_vllm() {
     std::fs::write(dir.path().join("servers.toml"), text).unwrap();
     let config = support::demo_experiment(dir.path(), &dir.path().join("servers.toml"), "", "");
     let config = config.to_str().unwrap();
-    photo("chelsea.png");
+    support::demo_photo("chelsea.png");
 
     let (ok, out, err) = imagescope(&["index", "--config", config, "--json"]).await;
     assert!(ok, "{out}\n{err}");
@@ -244,7 +233,7 @@ async fn vllm_same_served_name_over_another_model_folder_misses_the_cache() {
         "stages = [\"s1\"]",
     );
     let config = config.to_str().unwrap();
-    photo("chelsea.png");
+    support::demo_photo("chelsea.png");
     let (ok, out, err) = imagescope(&["index", "--config", config, "--json"]).await;
     assert!(ok, "{out}\n{err}");
 
@@ -328,7 +317,7 @@ async fn vllm_verifier_logprobs_give_a_probability_of_yes() {
     let req = verifier::request(
         &prompts,
         Family::General,
-        photo("chelsea.png"),
+        support::demo_photo("chelsea.png"),
         "Is there a cat?",
         imagescope::config::VerifierMode::Logprob,
     )
@@ -360,7 +349,7 @@ async fn vllm_multimodal_prompt_too_long_is_context_length() {
     let c = client(Role::Verifier);
     let req = user(vec![
         Part::Text("dog ".repeat(1015)),
-        Part::Image(photo("chelsea.png")),
+        Part::Image(support::demo_photo("chelsea.png")),
     ]);
     let e = c.chat(&req).await.unwrap_err();
     assert_eq!(http_class(&e), HttpClass::ContextLength, "{e}");
@@ -453,8 +442,8 @@ async fn vllm_two_images_for_paligemma_is_a_bad_request_and_not_retried() {
     let c = client(Role::Verifier);
     let req = user(vec![
         Part::Text("Same?".into()),
-        Part::Image(photo("chelsea.png")),
-        Part::Image(photo("coffee.png")),
+        Part::Image(support::demo_photo("chelsea.png")),
+        Part::Image(support::demo_photo("coffee.png")),
     ]);
     let e = c.chat(&req).await.unwrap_err();
     assert_eq!(http_class(&e), HttpClass::BadRequest, "{e}");
@@ -471,7 +460,7 @@ async fn vllm_file_url_without_allowed_local_media_path_is_not_retried() {
     let e = c
         .chat(&user(vec![
             Part::Text("Is there a cat?".into()),
-            Part::Image(photo("chelsea.png")),
+            Part::Image(support::demo_photo("chelsea.png")),
         ]))
         .await
         .unwrap_err();

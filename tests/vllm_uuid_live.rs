@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use imagescope::config::{Role, ServersConfig};
 use imagescope::images::EncodedImage;
-use imagescope::serving::{ChatRequest, ErrorKind, HttpClass, Message, Part, RoleClient, Speaker};
+use imagescope::serving::{ChatRequest, ErrorKind, HttpClass, RoleClient};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,38 +42,17 @@ fn client(role: Role, extra: &str) -> RoleClient {
     RoleClient::new(role, &servers.roles[&role], Path::new("vllm-cpu.toml")).unwrap()
 }
 
-fn photo(name: &str) -> EncodedImage {
-    let p = root().join("data/demo/photos").join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run launch/demo/collect.sh",
-        p.display()
-    );
-    EncodedImage::from_file(&p).unwrap()
-}
-
-fn about(image: &EncodedImage, question: &str) -> ChatRequest {
-    ChatRequest {
-        messages: vec![Message {
-            speaker: Speaker::User,
-            parts: vec![Part::Image(image.clone()), Part::Text(question.into())],
-        }],
-        max_tokens: Some(6),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 #[ignore = "needs the vLLM CPU stack: launch/vllm-cpu/up.sh"]
 async fn vllm_images_named_by_uuid_get_the_answers_their_bytes_get() {
     let photos: Vec<EncodedImage> = ["chelsea.png", "coffee.png", "astronaut.png"]
         .iter()
-        .map(|n| photo(n))
+        .map(|n| support::demo_photo(n))
         .collect();
     let questions = ["Is there a cat?", "Is it outdoors?", "Is it red?"];
     let reqs: Vec<ChatRequest> = photos
         .iter()
-        .flat_map(|p| questions.iter().map(move |q| about(p, q)))
+        .flat_map(|p| questions.iter().map(move |q| support::about(p, q, 6)))
         .collect();
     for role in [Role::Verifier, Role::Evaluator] {
         let plain = client(role, "");

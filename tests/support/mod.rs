@@ -10,6 +10,8 @@ pub mod world;
 use std::path::Path;
 
 use imagescope::config::{Role, ServersConfig};
+use imagescope::images::EncodedImage;
+use imagescope::serving::{ChatRequest, Message, Part, Speaker};
 
 /// A servers config with one role pointing at `endpoints`, with extra TOML lines for that role.
 pub fn servers(role: Role, model: &str, endpoints: &[String], extra: &str) -> ServersConfig {
@@ -24,6 +26,32 @@ pub fn servers(role: Role, model: &str, endpoints: &[String], extra: &str) -> Se
         list.join(", ")
     );
     ServersConfig::parse(&text, Path::new("test-servers.toml")).unwrap()
+}
+
+/// A question about one image, as the verifier asks it (the image first), answered in at most
+/// `max_tokens` tokens.
+pub fn about(image: &EncodedImage, question: &str, max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        messages: vec![Message {
+            speaker: Speaker::User,
+            parts: vec![Part::Image(image.clone()), Part::Text(question.into())],
+        }],
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    }
+}
+
+/// One of the demo's photos (`data/demo/photos`, gathered by `launch/demo/collect.sh`).
+pub fn demo_photo(name: &str) -> EncodedImage {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/demo/photos")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run launch/demo/collect.sh",
+        p.display()
+    );
+    EncodedImage::from_file(&p).unwrap()
 }
 
 /// Copies a folder tree (a prompts folder, say) so a test can edit the copy.
