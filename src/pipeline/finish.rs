@@ -420,6 +420,19 @@ pub fn finish(
             (role, total)
         })
         .collect();
+    // Every answer queued for the request cache is stored (or counted as not) before the summary
+    // says so: no request is in flight once the run is finishing.
+    let mut notes = p.notes.clone();
+    if let Some(cache) = p.clients.cache() {
+        cache.close();
+        let n = cache.unstored();
+        if n > 0 {
+            notes.push(format!(
+                "{n} answer(s) could not be stored in the request cache {} (output.log says why): this run's results are whole, a rerun asks for those again",
+                cache.path().display()
+            ));
+        }
+    }
     let report = RunReport {
         folder: p.folder.path().to_path_buf(),
         queries: p.queries.len(),
@@ -435,7 +448,7 @@ pub fn finish(
         submissions,
         interrupted,
         partial,
-        notes: p.notes.clone(),
+        notes,
     };
     p.folder.write_json("summary.json", &report)?;
     tracing::info!(interrupted, "run finished");

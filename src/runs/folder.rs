@@ -108,6 +108,34 @@ fn write_bytes(journal: &Mutex<std::fs::File>, path: &Path, s: &[u8]) -> Result<
         })
 }
 
+/// One batch of journal lines, after `delay` (a slow disk, injected) and failing as `fault` says
+/// (a full disk, injected: half the bytes first when it is a short write).
+fn write_batch(
+    journal: &Mutex<std::fs::File>,
+    path: &Path,
+    batch: &[u8],
+    delay: Option<std::time::Duration>,
+    fault: Option<JournalFault>,
+) -> Result<(), FolderError> {
+    if let Some(d) = delay {
+        std::thread::sleep(d);
+    }
+    if let Some(f) = fault {
+        if f.short {
+            write_bytes(journal, path, &batch[..batch.len() / 2])?;
+        }
+        return Err(FolderError {
+            path: path.to_path_buf(),
+            message: format!(
+                "cannot write the journal: {} (injected); what it holds stays: free the disk and continue with --resume {}",
+                std::io::Error::from(std::io::ErrorKind::StorageFull),
+                path.display()
+            ),
+        });
+    }
+    write_bytes(journal, path, batch)
+}
+
 /// At most this many bytes of journal lines go into one write.
 const JOURNAL_BATCH_BYTES: usize = 1 << 20;
 
@@ -338,6 +366,11 @@ impl RunFolder {
     }
 
     /// `journal_writer`, every write waiting `delay` first (fault injection).
+    ///
+    /// The writer is an async task that hands each batch to the blocking pool and waits for it,
+    /// rather than one blocking thread held for the whole run: a blocking call that lasts the
+    /// run would keep a runtime with paused time (the fault simulator's) from ever advancing
+    /// its clock. Batches are written one at a time, in order.
     fn journal_writer_with(
         &self,
         capacity: usize,
@@ -345,47 +378,25 @@ impl RunFolder {
     ) -> JournalWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<QueryRecord>(capacity.max(1));
         let (journal, path, fault) = (self.journal.clone(), self.path.clone(), self.faults);
-        let handle = tokio::task::spawn_blocking(move || {
-            let mut batch: Vec<u8> = Vec::new();
+        let handle = tokio::spawn(async move {
             let mut writes = 0;
-            let mut write = |batch: &[u8]| {
-                if let Some(d) = delay {
-                    std::thread::sleep(d);
-                }
-                if let Some(f) = fault.filter(|f| writes >= f.after_writes) {
-                    if f.short {
-                        write_bytes(&journal, &path, &batch[..batch.len() / 2])?;
-                    }
-                    return Err(FolderError {
-                        path: path.clone(),
-                        message: format!(
-                            "cannot write the journal: {} (injected); what it holds stays: free the disk and continue with --resume {}",
-                            std::io::Error::from(std::io::ErrorKind::StorageFull),
-                            path.display()
-                        ),
-                    });
-                }
-                writes += 1;
-                write_bytes(&journal, &path, batch)
-            };
-            while let Some(record) = rx.blocking_recv() {
-                batch.clear();
+            while let Some(record) = rx.recv().await {
+                let mut batch: Vec<u8> = Vec::new();
                 let mut next = Some(record);
+                let mut bad = None;
                 while let Some(record) = next {
                     let whole = batch.len();
                     if let Err(e) = serde_json::to_writer(&mut batch, &record) {
                         // The records before it are kept; this one is named in the error.
                         batch.truncate(whole);
-                        if !batch.is_empty() {
-                            write(&batch)?;
-                        }
-                        return Err(FolderError {
+                        bad = Some(FolderError {
                             path: path.clone(),
                             message: format!(
                                 "cannot write query {} to the journal: {e}",
                                 record.id
                             ),
                         });
+                        break;
                     }
                     batch.push(b'\n');
                     next = if batch.len() < JOURNAL_BATCH_BYTES {
@@ -394,7 +405,22 @@ impl RunFolder {
                         None
                     };
                 }
-                write(&batch)?;
+                if !batch.is_empty() {
+                    let (file, at) = (journal.clone(), path.clone());
+                    let injected = fault.filter(|f| writes >= f.after_writes);
+                    tokio::task::spawn_blocking(move || {
+                        write_batch(&file, &at, &batch, delay, injected)
+                    })
+                    .await
+                    .map_err(|e| FolderError {
+                        path: path.clone(),
+                        message: format!("the journal writer stopped: {e}"),
+                    })??;
+                    writes += 1;
+                }
+                if let Some(e) = bad {
+                    return Err(e);
+                }
             }
             Ok(writes)
         });

@@ -57,6 +57,23 @@ pub struct CacheError {
 /// Read connections of one cache (the blocking pool runs lookups side by side).
 const READERS: usize = 4;
 
+/// A cache write failure to inject (the fault simulator, `tests/sim.rs`): every batch after the
+/// first `after_batches` fails as on a full disk. Never set in normal use.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheFault {
+    /// Batches stored first.
+    pub after_batches: usize,
+}
+
+/// What the cache and its writer thread share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Answers the writer could not store.
+    unstored: std::sync::atomic::AtomicUsize,
+    fault: Mutex<Option<CacheFault>>,
+}
+
 /// One answer on its way to the writer thread.
 struct Row {
     key: String,
@@ -75,6 +92,7 @@ pub struct Cache {
     /// Writes go to one writer thread with its own connection, so a request never waits for a
     /// SQLite commit; `None` once closed.
     writer: Mutex<Option<(std::sync::mpsc::Sender<Row>, std::thread::JoinHandle<()>)>>,
+    shared: std::sync::Arc<Shared>,
     path: PathBuf,
     mode: CacheMode,
 }
@@ -87,27 +105,52 @@ impl Drop for Cache {
 }
 
 /// The writer thread: stores rows as they come, committing whatever is queued in one transaction.
-fn write_rows(mut conn: Connection, rows: std::sync::mpsc::Receiver<Row>, path: PathBuf) {
+/// A batch that cannot be stored is counted (`Cache::unstored`) and logged; the run goes on.
+fn write_rows(
+    mut conn: Connection,
+    rows: std::sync::mpsc::Receiver<Row>,
+    path: PathBuf,
+    shared: std::sync::Arc<Shared>,
+) {
+    let mut batches = 0;
     while let Ok(first) = rows.recv() {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let batch: Vec<Row> = std::iter::once(first).chain(rows.try_iter()).collect();
-        let stored = conn.transaction().and_then(|tx| {
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO answers (key, role, model, answer, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                for r in &batch {
-                    stmt.execute(params![r.key, r.role.as_str(), r.model, r.answer, now])?;
-                }
-            }
-            tx.commit()
-        });
+        let fault = *shared.fault.lock().unwrap_or_else(|e| e.into_inner());
+        let injected = fault.is_some_and(|f| batches >= f.after_batches);
+        batches += 1;
+        let stored = if injected {
+            Err("database or disk is full (injected)".to_string())
+        } else {
+            store(&mut conn, &batch, now).map_err(|e| e.to_string())
+        };
         if let Err(e) = stored {
-            tracing::warn!(cache = %path.display(), "cache write failed: {e}");
+            shared
+                .unstored
+                .fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                cache = %path.display(),
+                "cache write failed: {e}; {} answer(s) not stored (a rerun asks for them again)",
+                batch.len()
+            );
         }
     }
+}
+
+/// Stores one batch in one transaction.
+fn store(conn: &mut Connection, batch: &[Row], now: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR REPLACE INTO answers (key, role, model, answer, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for r in batch {
+            stmt.execute(params![r.key, r.role.as_str(), r.model, r.answer, now])?;
+        }
+    }
+    tx.commit()
 }
 
 impl std::fmt::Debug for Cache {
@@ -182,9 +225,11 @@ impl Cache {
             .map_err(err)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread_path = path.to_path_buf();
+        let shared = std::sync::Arc::new(Shared::default());
+        let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("cache-writer".into())
-            .spawn(move || write_rows(writer_conn, rx, thread_path))
+            .spawn(move || write_rows(writer_conn, rx, thread_path, thread_shared))
             .map_err(|e| CacheError {
                 path: path.to_path_buf(),
                 message: format!("cannot start the writer thread: {e}"),
@@ -193,6 +238,7 @@ impl Cache {
             readers,
             next_reader: std::sync::atomic::AtomicUsize::new(0),
             writer: Mutex::new(Some((tx, handle))),
+            shared,
             path: path.to_path_buf(),
             mode,
         })
@@ -277,6 +323,19 @@ impl Cache {
         }
     }
 
+    /// Answers the writer could not store so far (all of them once `close` has returned).
+    pub fn unstored(&self) -> usize {
+        self.shared
+            .unstored
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Makes the writer's batches fail as `fault` says (the fault simulator).
+    #[doc(hidden)]
+    pub fn inject_write_fault(&self, fault: Option<CacheFault>) {
+        *self.shared.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
     /// Number of stored answers.
     pub fn len(&self) -> usize {
         self.conn()
@@ -330,6 +389,28 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(check, "ok");
+    }
+
+    #[test]
+    fn answers_a_full_disk_kept_out_are_counted_and_the_rest_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(&dir.path().join("c.sqlite"), CacheMode::On).unwrap();
+        c.put("before", Role::Verifier, "m", "yes");
+        while c.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        c.inject_write_fault(Some(CacheFault { after_batches: 1 }));
+        for i in 0..3 {
+            c.put(&format!("k{i}"), Role::Verifier, "m", "no");
+        }
+        c.close();
+        assert_eq!(c.unstored(), 3, "every answer of a failed batch is counted");
+        assert_eq!(
+            c.get("before").as_deref(),
+            Some("yes"),
+            "what was stored stays"
+        );
+        assert_eq!(c.get("k0"), None);
     }
 
     #[test]

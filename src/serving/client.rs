@@ -247,6 +247,11 @@ impl RoleClient {
         (out, endpoints.all().len())
     }
 
+    /// The request cache this client reads and writes, if any.
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        self.inner.cache.as_ref()
+    }
+
     /// Counters of this client's traffic.
     pub fn stats(&self) -> &RoleStats {
         &self.inner.stats

@@ -86,4 +86,9 @@ impl Clients {
     pub fn all(&self) -> impl Iterator<Item = &RoleClient> {
         self.by_role.values()
     }
+
+    /// The request cache the clients share, if they use one.
+    pub fn cache(&self) -> Option<&std::sync::Arc<Cache>> {
+        self.by_role.values().find_map(RoleClient::cache)
+    }
 }
