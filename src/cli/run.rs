@@ -134,8 +134,7 @@ pub async fn run(
     })
     .await;
     if let Some(task) = status {
-        // Awaited, so its share of the context is gone before `prepared` is dropped below (the
-        // request cache's writer is joined there, before the summary is printed).
+        // Awaited, so its share of the context is gone before `prepared` is dropped below.
         task.abort();
         let _ = task.await;
     }

@@ -293,7 +293,9 @@ fn score_options(p: &Prepared) -> ScoreOptions {
     }
 }
 
-/// Scores the run from its journal and writes the metrics, submissions and summary.
+/// Scores the run from its journal and writes the metrics, submissions and summary. It closes the
+/// request cache the clients share (every queued answer written, or counted in the summary's
+/// notes), so nothing may be asked through `p.clients` after it.
 ///
 /// A run where every query is answered is scored over the whole split. Otherwise it is
 /// `partial`: `metrics.json` carries `"partial": {answered, failed, unanswered, total}`, every

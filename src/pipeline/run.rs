@@ -194,6 +194,18 @@ pub async fn drive(
         }
     }
     running.abort_all();
+    // Wait for every task to end: an aborted one may be mid-poll on another thread, and none may
+    // use the clients or the request cache once the run is finishing. One that finished
+    // meanwhile is kept like the others.
+    let mut journal_open = true;
+    while let Some(joined) = running.join_next().await {
+        if let Ok(record) = joined
+            && journal_open
+        {
+            on_done(&record);
+            journal_open = journal.send(record).await.is_ok();
+        }
+    }
     journal.finish().await?;
     Ok(stopped)
 }

@@ -108,36 +108,51 @@ fn write_bytes(journal: &Mutex<std::fs::File>, path: &Path, s: &[u8]) -> Result<
         })
 }
 
-/// One batch of journal lines, after `delay` (a slow disk, injected) and failing as `fault` says
-/// (a full disk, injected: half the bytes first when it is a short write).
-fn write_batch(
+/// One batch of records as journal lines, in one write after `delay` (a slow disk, injected),
+/// failing as `fault` says (a full disk, injected: half the bytes first when it is a short
+/// write). A record that cannot be serialised is named in the error; those before it are written.
+fn write_records(
     journal: &Mutex<std::fs::File>,
     path: &Path,
-    batch: &[u8],
+    records: &[QueryRecord],
     delay: Option<std::time::Duration>,
     fault: Option<JournalFault>,
 ) -> Result<(), FolderError> {
-    if let Some(d) = delay {
-        std::thread::sleep(d);
-    }
-    if let Some(f) = fault {
-        if f.short {
-            write_bytes(journal, path, &batch[..batch.len() / 2])?;
+    let mut batch: Vec<u8> = Vec::new();
+    let mut bad = None;
+    for record in records {
+        let whole = batch.len();
+        if let Err(e) = serde_json::to_writer(&mut batch, record) {
+            batch.truncate(whole);
+            bad = Some(FolderError {
+                path: path.to_path_buf(),
+                message: format!("cannot write query {} to the journal: {e}", record.id),
+            });
+            break;
         }
-        return Err(FolderError {
-            path: path.to_path_buf(),
-            message: format!(
-                "cannot write the journal: {} (injected); what it holds stays: free the disk and continue with --resume {}",
-                std::io::Error::from(std::io::ErrorKind::StorageFull),
-                path.display()
-            ),
-        });
+        batch.push(b'\n');
     }
-    write_bytes(journal, path, batch)
+    if !batch.is_empty() {
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
+        if let Some(f) = fault {
+            if f.short {
+                write_bytes(journal, path, &batch[..batch.len() / 2])?;
+            }
+            return Err(FolderError {
+                path: path.to_path_buf(),
+                message: format!(
+                    "cannot write the journal: {} (injected); what it holds stays: free the disk and continue with --resume {}",
+                    std::io::Error::from(std::io::ErrorKind::StorageFull),
+                    path.display()
+                ),
+            });
+        }
+        write_bytes(journal, path, &batch)?;
+    }
+    bad.map_or(Ok(()), Err)
 }
-
-/// At most this many bytes of journal lines go into one write.
-const JOURNAL_BATCH_BYTES: usize = 1 << 20;
 
 /// Fault injection for benchmarks and tests: `IMAGESCOPE_FAULT_JOURNAL_DELAY_MS=N` makes every
 /// journal write wait N ms first, as on a slow or remote disk. Unset in normal use.
@@ -149,7 +164,9 @@ fn journal_fault_delay() -> Option<std::time::Duration> {
         .map(std::time::Duration::from_millis)
 }
 
-/// The journal's writer (`RunFolder::journal_writer`).
+/// The journal's writer (`RunFolder::journal_writer`): an async task, so it stops with its
+/// runtime; `finish` it before the runtime ends, or what is still queued is lost.
+#[must_use = "call `finish` to write every queued record"]
 pub struct JournalWriter {
     tx: tokio::sync::mpsc::Sender<QueryRecord>,
     handle: tokio::task::JoinHandle<Result<usize, FolderError>>,
@@ -350,8 +367,8 @@ impl RunFolder {
     }
 
     /// Starts the journal's writer: records sent to it are serialised and appended, in the order
-    /// sent, on a thread of the blocking pool, so no query waits for the disk. Every record
-    /// queued by the time the disk is free goes into one write, so a slow disk costs one wait per
+    /// sent, on the blocking pool (one call per batch), so no query waits for the disk. Every
+    /// record queued by the time the disk is free (up to `capacity`) goes into one write, so a slow disk costs one wait per
     /// batch, not one per query; lines stay whole and in order. The channel holds `capacity`
     /// records; when the disk falls that far behind, `send` waits (back-pressure) rather than
     /// holding an unbounded queue in memory.
@@ -376,51 +393,25 @@ impl RunFolder {
         capacity: usize,
         delay: Option<std::time::Duration>,
     ) -> JournalWriter {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<QueryRecord>(capacity.max(1));
+        let capacity = capacity.max(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<QueryRecord>(capacity);
         let (journal, path, fault) = (self.journal.clone(), self.path.clone(), self.faults);
         let handle = tokio::spawn(async move {
             let mut writes = 0;
-            while let Some(record) = rx.recv().await {
-                let mut batch: Vec<u8> = Vec::new();
-                let mut next = Some(record);
-                let mut bad = None;
-                while let Some(record) = next {
-                    let whole = batch.len();
-                    if let Err(e) = serde_json::to_writer(&mut batch, &record) {
-                        // The records before it are kept; this one is named in the error.
-                        batch.truncate(whole);
-                        bad = Some(FolderError {
-                            path: path.clone(),
-                            message: format!(
-                                "cannot write query {} to the journal: {e}",
-                                record.id
-                            ),
-                        });
-                        break;
-                    }
-                    batch.push(b'\n');
-                    next = if batch.len() < JOURNAL_BATCH_BYTES {
-                        rx.try_recv().ok()
-                    } else {
-                        None
-                    };
-                }
-                if !batch.is_empty() {
-                    let (file, at) = (journal.clone(), path.clone());
-                    let injected = fault.filter(|f| writes >= f.after_writes);
-                    tokio::task::spawn_blocking(move || {
-                        write_batch(&file, &at, &batch, delay, injected)
-                    })
-                    .await
-                    .map_err(|e| FolderError {
-                        path: path.clone(),
-                        message: format!("the journal writer stopped: {e}"),
-                    })??;
-                    writes += 1;
-                }
-                if let Some(e) = bad {
-                    return Err(e);
-                }
+            let mut records = Vec::with_capacity(capacity);
+            while rx.recv_many(&mut records, capacity).await > 0 {
+                let batch = std::mem::take(&mut records);
+                let (file, at) = (journal.clone(), path.clone());
+                let injected = fault.filter(|f| writes >= f.after_writes);
+                tokio::task::spawn_blocking(move || {
+                    write_records(&file, &at, &batch, delay, injected)
+                })
+                .await
+                .map_err(|e| FolderError {
+                    path: path.clone(),
+                    message: format!("the journal writer stopped: {e}"),
+                })??;
+                writes += 1;
             }
             Ok(writes)
         });
@@ -602,6 +593,75 @@ mod tests {
         assert_eq!(after.last(), Some(&b'\n'));
     }
 
+    fn record(i: usize) -> QueryRecord {
+        QueryRecord {
+            id: format!("q{i}"),
+            status: Status::Done,
+            error: None,
+            failure_kind: None,
+            reference: None,
+            targets: vec![],
+            rounds: vec![],
+            fallbacks: vec![],
+            timings_ms: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+            requests: 1,
+            cached: 0,
+            retries: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_clock_moves_while_the_writer_waits_for_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = RunFolder::create(dir.path(), "cirr", "x").unwrap();
+        let writer = f.journal_writer_with(4, None);
+        writer.send(record(0)).await.unwrap();
+        // A writer held on the blocking pool for the whole run would hold the paused clock too,
+        // and this sleep would never end.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::time::sleep(std::time::Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+        writer.send(record(1)).await.unwrap();
+        assert_eq!(writer.finish().await.unwrap(), 2, "one write per batch");
+        let mut ids = Vec::new();
+        read_journal(&f.path().join("queries.jsonl"), |r| ids.push(r.id)).unwrap();
+        assert_eq!(ids, ["q0", "q1"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_stops_the_writer_naming_resume_and_keeps_what_was_written() {
+        for short in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut f = RunFolder::create(dir.path(), "cirr", "x").unwrap();
+            f.inject_journal_fault(Some(JournalFault {
+                after_writes: 1,
+                short,
+            }));
+            let writer = f.journal_writer_with(1, None);
+            writer.send(record(0)).await.unwrap();
+            // The writer takes one record a batch (capacity 1); the second batch fails, and a
+            // send after it finds the writer stopped.
+            let mut sent = 1;
+            while sent < 10 && writer.send(record(sent)).await.is_ok() {
+                sent += 1;
+            }
+            assert!(sent < 10, "the writer went on after the disk filled");
+            let e = writer.finish().await.unwrap_err();
+            assert!(
+                e.message.contains("cannot write the journal") && e.message.contains("--resume"),
+                "{e}"
+            );
+            let mut ids = Vec::new();
+            let cut = read_journal(&f.path().join("queries.jsonl"), |r| ids.push(r.id)).unwrap();
+            assert_eq!(ids, ["q0"], "the first write stays");
+            assert_eq!(cut, usize::from(short), "a short write leaves one cut line");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_queued_faster_than_the_disk_are_written_whole_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -610,22 +670,7 @@ mod tests {
         // full, and the writer takes what has queued up meanwhile in one write.
         let writer = f.journal_writer_with(8, Some(std::time::Duration::from_millis(2)));
         for i in 0..2_000 {
-            let record = crate::record::QueryRecord {
-                id: format!("q{i}"),
-                status: crate::record::Status::Done,
-                error: None,
-                failure_kind: None,
-                reference: None,
-                targets: vec![],
-                rounds: vec![],
-                fallbacks: vec![],
-                timings_ms: BTreeMap::new(),
-                tokens: BTreeMap::new(),
-                requests: 1,
-                cached: 0,
-                retries: 0,
-            };
-            writer.send(record).await.unwrap();
+            writer.send(record(i)).await.unwrap();
         }
         let writes = writer.finish().await.unwrap();
         // One write per line would be 2,000 (and 4 s of waiting); batches take several each.

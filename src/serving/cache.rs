@@ -69,7 +69,11 @@ pub struct CacheFault {
 /// What the cache and its writer thread share.
 #[derive(Debug, Default)]
 struct Shared {
-    /// Answers the writer could not store.
+    /// Answers queued for the writer.
+    queued: std::sync::atomic::AtomicUsize,
+    /// Answers the writer stored.
+    stored: std::sync::atomic::AtomicUsize,
+    /// Answers the writer could not store, or that came after `close`.
     unstored: std::sync::atomic::AtomicUsize,
     fault: Mutex<Option<CacheFault>>,
 }
@@ -126,6 +130,11 @@ fn write_rows(
         } else {
             store(&mut conn, &batch, now).map_err(|e| e.to_string())
         };
+        if stored.is_ok() {
+            shared
+                .stored
+                .fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
+        }
         if let Err(e) = stored {
             shared
                 .unstored
@@ -313,21 +322,37 @@ impl Cache {
             return;
         }
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((tx, _)) = writer.as_ref() {
-            let _ = tx.send(Row {
+        let queued = writer.as_ref().is_some_and(|(tx, _)| {
+            tx.send(Row {
                 key: key.into(),
                 role,
                 model: model.into(),
                 answer: answer.into(),
-            });
-        }
+            })
+            .is_ok()
+        });
+        let counter = if queued {
+            &self.shared.queued
+        } else {
+            tracing::debug!(cache = %self.path.display(), "an answer after the cache was closed is not stored");
+            &self.shared.unstored
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Answers the writer could not store so far (all of them once `close` has returned).
+    /// Answers not stored so far: the writer failed to, or they came after `close` (all of them
+    /// once `close` has returned).
     pub fn unstored(&self) -> usize {
         self.shared
             .unstored
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Answers queued for the writer and answers it stored, so far. Once `close` has returned,
+    /// every queued answer was stored or counted in `unstored`.
+    pub fn writes(&self) -> (usize, usize) {
+        let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
+        (n(&self.shared.queued), n(&self.shared.stored))
     }
 
     /// Makes the writer's batches fail as `fault` says (the fault simulator).
@@ -396,7 +421,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Cache::open(&dir.path().join("c.sqlite"), CacheMode::On).unwrap();
         c.put("before", Role::Verifier, "m", "yes");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while c.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first answer was never stored"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         c.inject_write_fault(Some(CacheFault { after_batches: 1 }));
@@ -405,6 +435,13 @@ mod tests {
         }
         c.close();
         assert_eq!(c.unstored(), 3, "every answer of a failed batch is counted");
+        assert_eq!(c.writes(), (4, 1), "4 queued, 1 stored");
+        c.put("late", Role::Verifier, "m", "yes");
+        assert_eq!(
+            c.unstored(),
+            4,
+            "an answer after close is counted as not stored"
+        );
         assert_eq!(
             c.get("before").as_deref(),
             Some("yes"),
