@@ -26,11 +26,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use imagescope::config::Stage;
 use imagescope::datasets::{ImageKey, Instruction, Query};
 use imagescope::serve::ServeArgs;
 use imagescope::serving::CacheMode;
@@ -45,16 +43,7 @@ enum Way {
 }
 
 fn target(config: PathBuf) -> SearchTarget {
-    SearchTarget {
-        folder: None,
-        config,
-        captions: None,
-        index_dir: None,
-        prompts: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts")),
-        top: 10,
-        stages: vec![Stage::S1, Stage::S2, Stage::S3],
-        cache: CacheMode::Off,
-    }
+    support::search_target(config, CacheMode::Off)
 }
 
 /// (text, reference) of each demo query.
@@ -113,25 +102,18 @@ async fn bench() {
     let session = imagescope::session::open(&target(config.clone()))
         .await
         .unwrap();
-    let args = ServeArgs {
+    let base = support::serve(&ServeArgs {
         target: target(config),
         host: "127.0.0.1".parse().unwrap(),
         port: 0,
         token: None,
-    };
-    let app = imagescope::serve::app(&args).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(imagescope::serve::serve_on(
-        listener,
-        app,
-        std::future::pending(),
-    ));
+    })
+    .await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()
         .unwrap();
-    let url = format!("http://{addr}/api/search");
+    let url = format!("{base}/api/search");
     let mut times: Vec<(Way, Vec<f64>)> = [Way::Direct, Way::Json, Way::Sse]
         .into_iter()
         .map(|w| (w, Vec::new()))

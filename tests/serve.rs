@@ -12,14 +12,12 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use imagescope::config::Stage;
 use imagescope::serve::ServeArgs;
 use imagescope::serving::CacheMode;
-use imagescope::session::SearchTarget;
 use serde_json::{Value, json};
 use support::env::Env;
 use support::fake_server::{Outage, Route};
@@ -34,34 +32,14 @@ async fn world() -> (Env, PathBuf) {
 
 fn args(exp: &std::path::Path, host: &str, token: Option<&str>) -> ServeArgs {
     ServeArgs {
-        target: SearchTarget {
-            folder: None,
-            config: exp.to_path_buf(),
-            captions: None,
-            index_dir: None,
-            prompts: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts")),
-            top: 10,
-            stages: vec![Stage::S1, Stage::S2, Stage::S3],
-            cache: CacheMode::On,
-        },
+        target: support::search_target(exp.to_path_buf(), CacheMode::On),
         host: host.parse().unwrap(),
         port: 0,
         token: token.map(str::to_string),
     }
 }
 
-/// Serves `args` on a free loopback port; returns its base URL.
-async fn serve(args: &ServeArgs) -> String {
-    let app = imagescope::serve::app(args).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(imagescope::serve::serve_on(
-        listener,
-        app,
-        std::future::pending(),
-    ));
-    format!("http://{addr}")
-}
+use support::serve;
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()

@@ -25,10 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt as _, StreamExt as _};
-use imagescope::config::Stage;
 use imagescope::serve::ServeArgs;
 use imagescope::serving::CacheMode;
-use imagescope::session::SearchTarget;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 use tokio_tungstenite::tungstenite::Message;
@@ -184,36 +182,15 @@ async fn chromium(profile: &Path) -> (tokio::process::Child, Page) {
     (child, page)
 }
 
-fn target(config: PathBuf) -> SearchTarget {
-    SearchTarget {
-        folder: None,
-        config,
-        captions: None,
-        index_dir: None,
-        prompts: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts")),
-        top: 10,
-        stages: vec![Stage::S1, Stage::S2, Stage::S3],
-        cache: CacheMode::On,
-    }
-}
-
 /// Serves the experiment `config` on a free loopback port; returns its base URL.
 async fn serve(config: PathBuf) -> String {
-    let args = ServeArgs {
-        target: target(config),
+    support::serve(&ServeArgs {
+        target: support::search_target(config, CacheMode::On),
         host: "127.0.0.1".parse().unwrap(),
         port: 0,
         token: None,
-    };
-    let app = imagescope::serve::app(&args).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(imagescope::serve::serve_on(
-        listener,
-        app,
-        std::future::pending(),
-    ));
-    base
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

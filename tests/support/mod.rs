@@ -100,3 +100,39 @@ pub fn demo_experiment(
     std::fs::write(&path, exp).unwrap();
     path
 }
+
+/// What `search`, `chat` and `serve` open for the experiment `config`: its own prompts, the top 10,
+/// stages S1-S3, the request cache as `cache` says.
+pub fn search_target(
+    config: std::path::PathBuf,
+    cache: imagescope::serving::CacheMode,
+) -> imagescope::session::SearchTarget {
+    imagescope::session::SearchTarget {
+        folder: None,
+        config,
+        captions: None,
+        index_dir: None,
+        prompts: std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts")),
+        top: 10,
+        stages: vec![
+            imagescope::config::Stage::S1,
+            imagescope::config::Stage::S2,
+            imagescope::config::Stage::S3,
+        ],
+        cache,
+    }
+}
+
+/// Serves `args` (whatever host they name) on a free loopback port, in the background; returns
+/// its base URL.
+pub async fn serve(args: &imagescope::serve::ServeArgs) -> String {
+    let app = imagescope::serve::app(args).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(imagescope::serve::serve_on(
+        listener,
+        app,
+        std::future::pending(),
+    ));
+    base
+}
