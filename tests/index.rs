@@ -360,16 +360,21 @@ async fn exact_search_equals_brute_force_over_the_stored_vectors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn switching_to_hnsw_rebuilds_the_vector_index_and_switching_back_rebuilds_again() {
+async fn each_index_setting_keeps_its_own_vector_index_and_switching_back_rebuilds_nothing() {
     let (_s, dir) = noisy_database(300).await;
     let exact = ImageDb::open(&dir, Default::default()).unwrap();
+    let exact_file = dir.join("vectors-exact-f32.usearch");
+    let exact_built = std::fs::read(dir.join("built-exact-f32.json")).unwrap();
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let exact_stamp = stamp(&exact_file);
     let hnsw_options = VectorOptions {
         mode: SearchMode::Hnsw,
         quantization: Quantization::F32,
     };
     let hnsw = ImageDb::open(&dir, hnsw_options).unwrap();
-    let built = std::fs::read_to_string(dir.join("built.json")).unwrap();
+    let built = std::fs::read_to_string(dir.join("built-hnsw-f32.json")).unwrap();
     assert!(built.contains("\"hnsw\""), "{built}");
+    assert!(dir.join("vectors-hnsw-f32.usearch").exists());
     // Even with a search breadth above the gallery size HNSW is approximate: pruning can leave a
     // node no other node links to (this test found one at 300 images). So: high recall, not equality.
     hnsw.set_ef_search(1000);
@@ -389,10 +394,68 @@ async fn switching_to_hnsw_rebuilds_the_vector_index_and_switching_back_rebuilds
         hits += got.iter().filter(|k| want.contains(k)).count();
     }
     assert!(hits >= 225, "recall@50 of HNSW against exact: {hits}/250");
-    // Opening with exact options again rebuilds back rather than searching the HNSW graph.
-    drop(ImageDb::open(&dir, Default::default()).unwrap());
-    let built = std::fs::read_to_string(dir.join("built.json")).unwrap();
-    assert!(built.contains("\"exact\""), "{built}");
+    // Opening with exact options again loads the exact index as it was (a run with other
+    // settings meanwhile neither rebuilt it nor left its own in its place), and searches it.
+    let again = ImageDb::open(&dir, Default::default()).unwrap();
+    assert_eq!(
+        stamp(&exact_file),
+        exact_stamp,
+        "the exact index was rebuilt"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("built-exact-f32.json")).unwrap(),
+        exact_built
+    );
+    let q = query(7);
+    assert_eq!(
+        again.search(&q, 0.15, 20, None).unwrap(),
+        exact.search(&q, 0.15, 20, None).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_opening_one_database_with_other_index_settings_at_once_each_search_their_own() {
+    let (_s, dir) = noisy_database(200).await;
+    let settings = [
+        VectorOptions::default(),
+        VectorOptions {
+            mode: SearchMode::Exact,
+            quantization: Quantization::I8,
+        },
+        VectorOptions {
+            mode: SearchMode::Exact,
+            quantization: Quantization::F16,
+        },
+    ];
+    let q = query(3);
+    // Each setting's scores, from a database of its own.
+    let reference: Vec<Vec<(ImageKey, f32)>> = settings
+        .iter()
+        .map(|o| {
+            let copy = tempfile::tempdir().unwrap();
+            std::fs::copy(dir.join("store.sqlite"), copy.path().join("store.sqlite")).unwrap();
+            ImageDb::open(copy.path(), *o)
+                .unwrap()
+                .search(&q, 0.15, 20, None)
+                .unwrap()
+        })
+        .collect();
+    assert_ne!(
+        reference[0], reference[1],
+        "i8 should score differently from f32"
+    );
+    // Three "runs" open the shared database again and again, each with its own setting.
+    std::thread::scope(|scope| {
+        for (o, want) in settings.iter().zip(&reference) {
+            let (dir, q) = (&dir, &q);
+            scope.spawn(move || {
+                for _ in 0..15 {
+                    let db = ImageDb::open(dir, *o).unwrap();
+                    assert_eq!(&db.search(q, 0.15, 20, None).unwrap(), want, "{o:?}");
+                }
+            });
+        }
+    });
 }
 
 /// A version-1 `.npy` file: little-endian float32 (`<f4`) or fixed-width unicode (`<U..`) data.

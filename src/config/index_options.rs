@@ -37,3 +37,17 @@ pub struct VectorOptions {
     /// Storage precision.
     pub quantization: Quantization,
 }
+
+impl VectorOptions {
+    /// A short name of these options for file names: `exact-f32`, `hnsw-f16`, ...
+    pub fn tag(&self) -> &'static str {
+        match (self.mode, self.quantization) {
+            (SearchMode::Exact, Quantization::F32) => "exact-f32",
+            (SearchMode::Exact, Quantization::F16) => "exact-f16",
+            (SearchMode::Exact, Quantization::I8) => "exact-i8",
+            (SearchMode::Hnsw, Quantization::F32) => "hnsw-f32",
+            (SearchMode::Hnsw, Quantization::F16) => "hnsw-f16",
+            (SearchMode::Hnsw, Quantization::I8) => "hnsw-i8",
+        }
+    }
+}

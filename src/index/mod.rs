@@ -3,8 +3,9 @@
 //!
 //! - `fingerprint.json`: what built it (`fingerprint`); its hash is the folder name;
 //! - `store.sqlite`: status, caption, content hash and unit-length f32 vectors per image (`store`);
-//! - `vectors.usearch`: the fused index of [image; caption] vectors derived from the store (`vectors`);
-//! - `built.json`: which store state and options the indexes were built from.
+//! - `vectors-<options>.usearch` (`vectors-exact-f32.usearch`, ...): the fused index of
+//!   [image; caption] vectors derived from the store (`vectors`), one per `[index]` setting used;
+//! - `built-<options>.json`: which store state each was built from.
 //!
 //! `build` fills it (resumably); `ImageDb` opens it for searching, rebuilding the indexes from the
 //! store when they are missing or stale. `expected_dir` and `open_existing` are the one lookup
@@ -30,7 +31,14 @@ use vectors::{VectorError, VectorOptions, Vectors};
 /// Store file name.
 pub const STORE_FILE: &str = "store.sqlite";
 const FINGERPRINT_FILE: &str = "fingerprint.json";
-const BUILT_FILE: &str = "built.json";
+/// What an index built with `options` was built from (`built-exact-f32.json`, ...).
+fn built_file(options: VectorOptions) -> String {
+    format!("built-{}.json", options.tag())
+}
+
+/// Earlier builds kept one index per database, whatever its options, in these files; they are
+/// removed when an index is next rebuilt.
+const LEGACY_FILES: [&str; 2] = ["vectors.usearch", "built.json"];
 
 /// An image-database problem.
 #[derive(Debug, thiserror::Error)]
@@ -285,8 +293,12 @@ pub(crate) fn rebuild_vectors(
     vectors.save(dir)?;
     let json =
         serde_json::to_string_pretty(&built).map_err(|e| IndexError::Input(e.to_string()))?;
-    crate::files::write_atomic(&dir.join(BUILT_FILE), json)
-        .map_err(|e| IndexError::Input(format!("cannot write {BUILT_FILE}: {e}")))?;
+    let built_name = built_file(options);
+    crate::files::write_atomic(&dir.join(&built_name), json)
+        .map_err(|e| IndexError::Input(format!("cannot write {built_name}: {e}")))?;
+    for legacy in LEGACY_FILES {
+        let _ = std::fs::remove_file(dir.join(legacy));
+    }
     Ok(Some(vectors))
 }
 
@@ -329,7 +341,7 @@ impl ImageDb {
             caption_dim,
             image_dim,
         };
-        let recorded: Option<Built> = std::fs::read_to_string(dir.join(BUILT_FILE))
+        let recorded: Option<Built> = std::fs::read_to_string(dir.join(built_file(options)))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         let loaded = if recorded.as_ref() == Some(&wanted) {

@@ -210,14 +210,37 @@ impl Vectors {
         }
     }
 
-    /// Saves the index under `dir` (`vectors.usearch`).
-    pub fn save(&self, dir: &Path) -> Result<(), VectorError> {
-        self.index
-            .save(&dir.join("vectors.usearch").to_string_lossy())
-            .map_err(ue("save"))
+    /// The file of an index built with `options` (`vectors-exact-f32.usearch`, ...): one per
+    /// option set, so runs searching one database with different `[index]` settings neither
+    /// rebuild each other's index nor read one built for other settings.
+    pub fn file_name(options: VectorOptions) -> String {
+        format!("vectors-{}.usearch", options.tag())
     }
 
-    /// Loads an index saved by `save`; `ids` are the row ids in gallery order.
+    /// Saves the index under `dir` (`file_name`), whole or not at all: it is written to a
+    /// temporary file there and renamed, so a run opening the database meanwhile reads the old
+    /// file or the new one, never half of one.
+    pub fn save(&self, dir: &Path) -> Result<(), VectorError> {
+        let name = Self::file_name(self.options);
+        let prefix = format!(".{name}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp");
+        // Readable by others, as the database's other files are (tempfile makes 0600 files).
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        let tmp = builder
+            .tempfile_in(dir)
+            .map_err(ue("save"))?
+            .into_temp_path();
+        self.index
+            .save(&tmp.to_string_lossy())
+            .map_err(ue("save"))?;
+        tmp.persist(dir.join(&name))
+            .map_err(|e| VectorError(format!("save: {}", e.error)))?;
+        Ok(())
+    }
+
+    /// Loads an index saved by `save` with these options; `ids` are the row ids in gallery order.
     pub fn load(
         dir: &Path,
         options: VectorOptions,
@@ -225,13 +248,14 @@ impl Vectors {
         caption_dim: usize,
         image_dim: Option<usize>,
     ) -> Result<Self, VectorError> {
+        let name = Self::file_name(options);
         let index = new_index(caption_dim + image_dim.unwrap_or(0), options, ids.len())?;
         index
-            .load(&dir.join("vectors.usearch").to_string_lossy())
+            .load(&dir.join(&name).to_string_lossy())
             .map_err(ue("load"))?;
         if index.size() != ids.len() {
             return Err(VectorError(format!(
-                "vectors.usearch holds {} vectors, the store {}",
+                "{name} holds {} vectors, the store {}",
                 index.size(),
                 ids.len()
             )));
