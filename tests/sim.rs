@@ -7,7 +7,13 @@
 //! answer, a hang past the timeout); a replica (a reasoner, or the one verifier) that dies or
 //! hangs after some queries and comes back after some more; and the run stopped after a random
 //! number of finished queries and resumed, possibly with other scheduling settings (limits,
-//! queries in flight, affinity). After every schedule the invariants below are checked.
+//! queries in flight, affinity). In half the schedules the method's own parameters are drawn too
+//! (profile, τ, top-K, α, re-asks, verifier and evaluator parsing, the reference excluded or not,
+//! expected answers normalised or not, the `[index]` search and quantization), each distinct set
+//! with its own fault-free baseline; and in a third of the stopped ones the resume is first tried
+//! with a change of what decides the answers (τ, top-K, re-asks, the index search, the reasoner's
+//! temperature), which must be refused before anything is touched, naming that key. After every
+//! schedule the invariants below are checked.
 //!
 //! ```bash
 //! cargo test --test sim -- --nocapture                      # SIM_SEEDS=60 schedules from seed 0
@@ -91,6 +97,143 @@ struct OutagePlan {
     back_after: Option<usize>,
 }
 
+/// The method's own parameters (`[pipeline]` and `[index]`), drawn: `None` keeps the default.
+/// They change the answers, so each distinct set has its own fault-free baseline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct Method {
+    profile: Option<&'static str>,
+    /// τ in hundredths.
+    tau: Option<u8>,
+    top_k: Option<usize>,
+    alpha: Option<usize>,
+    reask: Option<u32>,
+    verifier_mode: Option<&'static str>,
+    evaluator_parse: Option<&'static str>,
+    exclude_reference: Option<bool>,
+    normalize_expected_answers: Option<bool>,
+    /// `[index]` search and quantization.
+    index: Option<(&'static str, &'static str)>,
+}
+
+impl Method {
+    fn draw(rng: &mut fastrand::Rng) -> Method {
+        // Half the schedules keep every default (one baseline serves them all).
+        if rng.bool() {
+            return Method::default();
+        }
+        let maybe = |rng: &mut fastrand::Rng| rng.u8(0..3) > 0;
+        let top_k = maybe(rng).then(|| [1, 2, 4, 20][rng.usize(0..4)]);
+        Method {
+            profile: maybe(rng).then(|| ["default", "parity"][rng.usize(0..2)]),
+            tau: maybe(rng).then(|| [0, 15, 50, 100][rng.usize(0..4)]),
+            top_k,
+            // alpha ≤ top_k (the configuration refuses more; the default alpha is 3).
+            alpha: (maybe(rng) || top_k.is_some_and(|k| k < 3))
+                .then(|| rng.usize(1..=top_k.unwrap_or(3).min(3))),
+            reask: maybe(rng).then(|| rng.u32(0..3)),
+            verifier_mode: maybe(rng).then(|| ["substring", "first-word"][rng.usize(0..2)]),
+            evaluator_parse: maybe(rng).then(|| ["strict", "tolerant"][rng.usize(0..2)]),
+            exclude_reference: maybe(rng).then(|| rng.bool()),
+            normalize_expected_answers: maybe(rng).then(|| rng.bool()),
+            index: maybe(rng).then(|| {
+                [
+                    ("exact", "f32"),
+                    ("exact", "f16"),
+                    ("exact", "i8"),
+                    ("hnsw", "f32"),
+                    ("hnsw", "f16"),
+                ][rng.usize(0..5)]
+            }),
+        }
+    }
+
+    /// The `[pipeline]` lines and the `[index]` table of these parameters.
+    fn toml(&self) -> (String, String) {
+        let mut pipeline = String::new();
+        let mut line = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                pipeline.push_str(&format!("{k} = {v}\n"));
+            }
+        };
+        line("profile", self.profile.map(|v| format!("{v:?}")));
+        line("tau", self.tau.map(|t| format!("{}", f64::from(t) / 100.0)));
+        line("top_k", self.top_k.map(|v| v.to_string()));
+        line("alpha", self.alpha.map(|v| v.to_string()));
+        line("reask", self.reask.map(|v| v.to_string()));
+        line(
+            "verifier_mode",
+            self.verifier_mode.map(|v| format!("{v:?}")),
+        );
+        line(
+            "evaluator_parse",
+            self.evaluator_parse.map(|v| format!("{v:?}")),
+        );
+        line(
+            "exclude_reference",
+            self.exclude_reference.map(|v| v.to_string()),
+        );
+        line(
+            "normalize_expected_answers",
+            self.normalize_expected_answers.map(|v| v.to_string()),
+        );
+        let index = self.index.map_or_else(String::new, |(search, q)| {
+            format!("\n[index]\nsearch = {search:?}\nquantization = {q:?}\n")
+        });
+        (pipeline, index)
+    }
+}
+
+/// A change of what decides the answers, tried when a stopped schedule resumes: the resume must
+/// be refused before anything is touched, naming this key, and the run then resume unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdentityChange {
+    Tau,
+    TopK,
+    Reask,
+    IndexSearch,
+    ReasonerTemperature,
+}
+
+impl IdentityChange {
+    /// The key the refusal must name.
+    fn key(self) -> &'static str {
+        match self {
+            IdentityChange::Tau => "pipeline.tau",
+            IdentityChange::TopK => "pipeline.top_k",
+            IdentityChange::Reask => "pipeline.reask",
+            IdentityChange::IndexSearch => "index.search",
+            IdentityChange::ReasonerTemperature => "roles.reasoner.sampling.temperature",
+        }
+    }
+
+    /// The schedule with this change made (a value other than the one in effect).
+    fn apply(self, s: &Schedule) -> Schedule {
+        let mut m = s.method.clone();
+        let mut temperature = s.reasoner_temperature;
+        match self {
+            IdentityChange::Tau => m.tau = Some(if m.tau == Some(50) { 100 } else { 50 }),
+            IdentityChange::TopK => {
+                m.top_k = Some(if m.top_k.unwrap_or(20) == 20 { 4 } else { 20 })
+            }
+            IdentityChange::Reask => m.reask = Some(if m.reask == Some(1) { 0 } else { 1 }),
+            IdentityChange::IndexSearch => {
+                let hnsw = m.index.is_some_and(|(search, _)| search == "hnsw");
+                m.index = Some(if hnsw {
+                    ("exact", "f32")
+                } else {
+                    ("hnsw", "f32")
+                });
+            }
+            IdentityChange::ReasonerTemperature => temperature = Some(0.7),
+        }
+        Schedule {
+            method: m,
+            reasoner_temperature: temperature,
+            ..s.clone()
+        }
+    }
+}
+
 /// One schedule, drawn from its seed.
 #[derive(Debug, Clone)]
 struct Schedule {
@@ -126,6 +269,12 @@ struct Schedule {
     /// its summary says how many answers were not stored, and the run from the cache asks for
     /// those again.
     cache_fault: Option<CacheFault>,
+    /// The method's own parameters.
+    method: Method,
+    /// Only set by an `IdentityChange`.
+    reasoner_temperature: Option<f64>,
+    /// Tried first when the run resumes (1 stopped schedule in 3).
+    identity_change: Option<IdentityChange>,
 }
 
 fn schedule(seed: u64) -> Schedule {
@@ -168,6 +317,17 @@ fn schedule(seed: u64) -> Schedule {
         cache_fault: (rng.u8(0..3) == 0).then(|| CacheFault {
             after_batches: rng.usize(0..4),
         }),
+        method: Method::draw(&mut rng),
+        reasoner_temperature: None,
+        identity_change: (rng.u8(0..3) == 0).then(|| {
+            [
+                IdentityChange::Tau,
+                IdentityChange::TopK,
+                IdentityChange::Reask,
+                IdentityChange::IndexSearch,
+                IdentityChange::ReasonerTemperature,
+            ][rng.usize(0..5)]
+        }),
     }
 }
 
@@ -186,13 +346,20 @@ fn configs(env: &Env, s: &Schedule) -> PathBuf {
             )
         },
         |role| {
+            let sampling = match s.reasoner_temperature {
+                Some(t) if role == "reasoner" => format!("[roles.{role}.sampling]\ntemperature = {t}\n"),
+                _ => String::new(),
+            };
             format!(
-                "[roles.{role}.retry]\nmax_retries = {}\ninitial_backoff_ms = 1\nmax_backoff_ms = 4\nmax_retry_after_ms = 10\nreplica_cooldown_ms = 30\n",
+                "[roles.{role}.retry]\nmax_retries = {}\ninitial_backoff_ms = 1\nmax_backoff_ms = 4\nmax_retry_after_ms = 10\nreplica_cooldown_ms = 30\n{sampling}",
                 s.max_retries
             )
         },
     );
-    let servers_path = env.path(&format!("sim/servers-{}-{}.toml", s.seed, s.max_in_flight));
+    // A file name of its own for every configuration written (a resume may change it).
+    static WRITTEN: AtomicUsize = AtomicUsize::new(0);
+    let tag = format!("{}-{}", s.seed, WRITTEN.fetch_add(1, Relaxed));
+    let servers_path = env.path(&format!("sim/servers-{tag}.toml"));
     std::fs::create_dir_all(servers_path.parent().unwrap()).unwrap();
     std::fs::write(&servers_path, servers).unwrap();
     let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
@@ -201,8 +368,9 @@ fn configs(env: &Env, s: &Schedule) -> PathBuf {
         Shape::TextToImage => ("flickr30k", "test"),
         Shape::Dialogue => ("visdial", "val"),
     };
+    let (method, index) = s.method.toml();
     let exp = format!(
-        "servers = {:?}\nprompts = {:?}\nruns = {:?}\nimage_db = {:?}\n\n[dataset]\nname = \"{dataset}\"\nroot = {:?}\nsplit = \"{split}\"\n\n[pipeline]\nqueries_in_flight = {}\n",
+        "servers = {:?}\nprompts = {:?}\nruns = {:?}\nimage_db = {:?}\n\n[dataset]\nname = \"{dataset}\"\nroot = {:?}\nsplit = \"{split}\"\n\n[pipeline]\nqueries_in_flight = {}\n{method}{index}",
         servers_path.display().to_string(),
         prompts.display().to_string(),
         env.path(&format!("sim/runs-{}", s.seed))
@@ -212,7 +380,7 @@ fn configs(env: &Env, s: &Schedule) -> PathBuf {
         env.data.display().to_string(),
         s.queries_in_flight,
     );
-    let path = env.path(&format!("sim/exp-{}-{}.toml", s.seed, s.max_in_flight));
+    let path = env.path(&format!("sim/exp-{tag}.toml"));
     std::fs::write(&path, exp).unwrap();
     path
 }
@@ -223,6 +391,10 @@ const TIMEOUT_SECS: f64 = 0.5;
 static DISK_FULL: AtomicUsize = AtomicUsize::new(0);
 static FROM_CACHE: AtomicUsize = AtomicUsize::new(0);
 static CACHE_FULL: AtomicUsize = AtomicUsize::new(0);
+/// The distinct method settings run (each with its fault-free baseline).
+static METHODS: std::sync::Mutex<Vec<Method>> = std::sync::Mutex::new(Vec::new());
+/// Resumes refused for a change of what decides the answers.
+static REFUSED: AtomicUsize = AtomicUsize::new(0);
 const HANG: Duration = Duration::from_millis(700);
 
 fn set_faults(env: &Env, seed: Option<u64>, per_mille: u64) {
@@ -336,9 +508,9 @@ fn journal(folder: &Path) -> (BTreeMap<String, QueryRecord>, usize) {
     (last, skipped)
 }
 
-/// Fault-free final rankings by (stages, caption grounding), query id → ranking (`None`: the
-/// query did not end done without a fallback there either).
-type Baselines = HashMap<(Vec<Stage>, bool), BTreeMap<String, Option<Vec<ImageKey>>>>;
+/// Fault-free final rankings by (stages, caption grounding, method), query id → ranking
+/// (`None`: the query did not end done without a fallback there either).
+type Baselines = HashMap<(Vec<Stage>, bool, Method), BTreeMap<String, Option<Vec<ImageKey>>>>;
 
 /// Ends a schedule early: its replica back in service, and what it broke.
 fn end(env: &Env, s: &Schedule, broken: Vec<String>) -> Vec<String> {
@@ -352,7 +524,7 @@ fn end(env: &Env, s: &Schedule, broken: Vec<String>) -> Vec<String> {
 async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<String> {
     let mut broken = Vec::new();
     // The fault-free rankings of these stages, once.
-    let key = (s.stages.clone(), s.captions);
+    let key = (s.stages.clone(), s.captions, s.method.clone());
     if !baselines.contains_key(&key) {
         let clean = Schedule {
             seed: 1_000_000_000 + baselines.len() as u64,
@@ -379,6 +551,10 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
             })
             .collect();
         baselines.insert(key.clone(), rankings);
+        let mut methods = METHODS.lock().unwrap();
+        if !methods.contains(&s.method) {
+            methods.push(s.method.clone());
+        }
     }
     set_faults(env, Some(s.seed), s.per_mille);
     let exp = ExperimentConfig::load(&configs(env, s)).unwrap();
@@ -468,6 +644,33 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
         };
         // Likewise when the verifier is still dead as the run resumes.
         let dead_at_resume = verifier_dead();
+        // A change of what decides the answers is refused before anything is touched, naming
+        // what changed; then the run resumes as it was.
+        if let Some(change) = s.identity_change.filter(|_| !dead_at_resume) {
+            let before = std::fs::read(folder.join("queries.jsonl")).ok();
+            let changed = change.apply(s);
+            let exp = ExperimentConfig::load(&configs(env, &changed)).unwrap();
+            let resume = options(&changed, Some(folder.clone()));
+            let got = invoke(&exp, &resume, None, (None, None), |_| {}).await;
+            let refused = matches!(&got, Err(e) if e.starts_with("prepare:")
+                && e.contains("cannot resume")
+                && e.contains(change.key()));
+            if !refused {
+                let got = got.map(|(folder, _)| folder);
+                return end(
+                    env,
+                    s,
+                    vec![format!(
+                        "a resume with {} changed gave {got:?}",
+                        change.key()
+                    )],
+                );
+            }
+            if std::fs::read(folder.join("queries.jsonl")).ok() != before {
+                return end(env, s, vec!["a refused resume changed the journal".into()]);
+            }
+            REFUSED.fetch_add(1, Relaxed);
+        }
         let resume = options(s, Some(folder.clone()));
         let mut again = invoke(&exp, &resume, None, (None, None), outage).await;
         if dead_at_resume && let Some(plan) = &s.outage {
@@ -817,13 +1020,15 @@ fn seeded_schedules_of_faults_and_stops_keep_every_invariant() {
         .collect();
     violations.sort_unstable();
     println!(
-        "simulated schedules: {}, violations: {} ({:.0} s; the disk filled under the journal in {}, under the cache in {}; {} run again from their cache)",
+        "simulated schedules: {}, violations: {} ({:.0} s; the disk filled under the journal in {}, under the cache in {}; {} run again from their cache; {} resumes refused for a changed identity; {} method settings)",
         seeds.len(),
         violations.len(),
         started.elapsed().as_secs_f64(),
         DISK_FULL.load(Relaxed),
         CACHE_FULL.load(Relaxed),
-        FROM_CACHE.load(Relaxed)
+        FROM_CACHE.load(Relaxed),
+        REFUSED.load(Relaxed),
+        METHODS.lock().unwrap().len(),
     );
     assert!(
         violations.is_empty(),
