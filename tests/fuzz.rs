@@ -14,7 +14,8 @@
 //!
 //! The last line printed is `fuzzed inputs: N across P parsers, panics: 0`; it is printed only when
 //! no input made a parser panic or broke a stated rule (the test fails first). A failing input is
-//! printed by proptest; add it to `regressions` below as an ordinary test.
+//! printed by proptest; it becomes an ordinary test beside the parser's own. The parsers and their
+//! rules are in `tests/parsers` (shared with the cargo-fuzz target, `tests/cargo-fuzz`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -24,9 +25,8 @@
 
 use std::path::Path;
 
-use imagescope::config::{EvaluatorParse, ServersConfig, VerifierMode};
-use imagescope::roles::{captioner, evaluator, json as answer_json, reasoner, verifier};
-use imagescope::serving::{dialect, parse_retry_after, wire};
+mod parsers;
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::Value;
@@ -277,6 +277,10 @@ where
     tried.get()
 }
 
+fn checked(r: parsers::Checked) -> Result<(), TestCaseError> {
+    r.map_err(TestCaseError::fail)
+}
+
 #[test]
 fn every_parser_of_untrusted_input_survives_generated_inputs() {
     let mut total = 0;
@@ -285,147 +289,46 @@ fn every_parser_of_untrusted_input_survives_generated_inputs() {
         total += n;
         parsers += 1;
     };
-    count(fuzz("captioner::parse", text_from(ANSWERS), |s| {
-        if let Ok(caption) = captioner::parse(&s) {
-            prop_assert!(!caption.is_empty());
-            prop_assert!(!caption.chars().any(char::is_control), "{caption:?}");
-        }
-        Ok(())
-    }));
-    count(fuzz("reasoner::parse_reasoning", text_from(ANSWERS), |s| {
-        let _ = reasoner::parse_reasoning(&s);
-        let _ = reasoner::parse_reasoning_as_original(&s, "a reference");
-        Ok(())
-    }));
-    count(fuzz(
-        "reasoner::parse_propositions",
-        text_from(ANSWERS),
-        |s| {
-            for (original, normalize) in
-                [(false, false), (false, true), (true, false), (true, true)]
-            {
-                let how = reasoner::PropositionParse {
-                    original,
-                    normalize,
-                };
-                if let Ok(p) = reasoner::parse_propositions(&s, how)
-                    && !original
-                {
-                    prop_assert!(
-                        p.len() <= reasoner::MAX_PROPOSITIONS,
-                        "{} propositions",
-                        p.len()
-                    );
-                }
-            }
-            Ok(())
-        },
-    ));
-    count(fuzz("json::parse_original", text_from(ANSWERS), |s| {
-        let _ = answer_json::parse_original(&s);
-        Ok(())
-    }));
-    count(fuzz("evaluator::decide", text_from(ANSWERS), |s| {
-        let strict = evaluator::decide(&s, EvaluatorParse::Strict);
-        // The original's rule, exactly: the substring `ANSWER: Yes`.
-        prop_assert_eq!(strict.accepted, s.contains("ANSWER: Yes"));
-        let _ = evaluator::decide(&s, EvaluatorParse::Tolerant);
-        Ok(())
-    }));
-    count(fuzz("wire::parse_chat + verifier::decide", body(), |s| {
-        if let Ok(answer) = wire::parse_chat(&s) {
-            for mode in [
-                VerifierMode::Substring,
-                VerifierMode::FirstWord,
-                VerifierMode::Logprob,
-            ] {
-                let v = verifier::decide(&answer, mode);
-                if let Some(p) = v.p_yes {
-                    prop_assert!((0.0..=1.0).contains(&p), "p_yes {p}");
-                }
-            }
-        }
-        Ok(())
-    }));
-    count(fuzz("wire::parse_embeddings", body(), |s| {
-        for (expected, dimension) in [(1, None), (2, Some(2)), (3, Some(512))] {
-            let _ = wire::parse_embeddings(&s, expected, dimension);
-        }
-        Ok(())
-    }));
-    count(fuzz("dialect::parse_error_body", body(), |s| {
-        let _ = dialect::parse_error_body(&s);
-        Ok(())
-    }));
+    let text = |name: &str| parsers::TEXT.iter().find(|p| p.0 == name).unwrap().1;
+    for (name, seeds) in [
+        ("captioner::parse", ANSWERS),
+        ("reasoner::parse_reasoning", ANSWERS),
+        ("reasoner::parse_propositions", ANSWERS),
+        ("json::parse_original", ANSWERS),
+        ("evaluator::decide", ANSWERS),
+        ("ServersConfig::parse", SERVERS),
+        ("server_metrics::read_page", parsers::METRICS),
+        ("server_metrics::router_workers", ROUTER_LISTS),
+    ] {
+        let check = text(name);
+        count(fuzz(name, text_from(seeds), |s| checked(check(&s))));
+    }
+    for name in [
+        "wire::parse_chat + verifier::decide",
+        "wire::parse_embeddings",
+        "dialect::parse_error_body",
+        "journal line (QueryRecord)",
+    ] {
+        let check = text(name);
+        count(fuzz(name, body(), |s| checked(check(&s))));
+    }
     count(fuzz("parse_retry_after", any::<String>(), |s| {
-        let _ = parse_retry_after(&s);
-        Ok(())
-    }));
-    count(fuzz("journal line (QueryRecord)", body(), |s| {
-        let _ = serde_json::from_str::<imagescope::record::QueryRecord>(&s);
-        Ok(())
+        checked(parsers::retry_after(&s))
     }));
     count(fuzz("predictions::parse", json_tree(), |v| {
-        for d in [
-            imagescope::datasets::DatasetName::Cirr,
-            imagescope::datasets::DatasetName::Circo,
-            imagescope::datasets::DatasetName::Visdial,
-        ] {
-            let _ = imagescope::metrics::predictions::parse(d, &v, Path::new("p.json"));
-        }
-        Ok(())
-    }));
-    count(fuzz("ServersConfig::parse", text_from(SERVERS), |s| {
-        let _ = ServersConfig::parse(&s, Path::new("servers.toml"));
-        Ok(())
+        checked(parsers::predictions(&v))
     }));
     count(fuzz("parse_npy", npy_bytes(), |b| {
-        let _ = imagescope::index::import::parse_npy(&b);
-        Ok(())
+        checked(parsers::npy(&b))
     }));
     count(fuzz("image bytes and data URLs", image_bytes(), |b| {
-        let _ = imagescope::images::EncodedImage::from_bytes(b.clone(), "fuzzed");
-        let url = format!(
-            "data:image/png;base64,{}",
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &b)
-        );
-        let _ = imagescope::images::decode_data_url(&url);
-        let _ = imagescope::images::decode_data_url(&String::from_utf8_lossy(&b));
-        Ok(())
+        checked(parsers::image(&b))
     }));
-    count(fuzz("server_metrics::read_page", text_from(METRICS), |s| {
-        let r = imagescope::serving::server_metrics::read_page(&s, "verifier");
-        // From the seed page to the fuzzed one: deltas, restarts and rates all get computed.
-        let seed = imagescope::serving::server_metrics::read_page(METRICS[0], "verifier");
-        let f = imagescope::serving::server_metrics::figures(
-            &[Some(seed)],
-            &[Some(r.clone())],
-            &[vec![Some(r)]],
-            Default::default(),
-        );
-        for rate in [f.prefix_cache_hit_rate, f.mm_cache_hit_rate]
-            .into_iter()
-            .flatten()
-        {
-            prop_assert!(rate.is_finite(), "{rate}");
-        }
-        for q in [f.queue_p50_s, f.queue_p95_s].into_iter().flatten() {
-            prop_assert!(!q.is_nan(), "{q}");
-        }
-        Ok(())
-    }));
+    // Every input through the dispatcher the cargo-fuzz target runs, so it stays in step.
     count(fuzz(
-        "server_metrics::router_workers",
-        text_from(ROUTER_LISTS),
-        |s| {
-            // Only http(s) URLs ever come out: nothing else is fetched with the role's key.
-            if let Some(urls) = imagescope::serving::server_metrics::router_workers(&s) {
-                for u in urls {
-                    prop_assert!(u.starts_with("http://") || u.starts_with("https://"), "{u}");
-                }
-            }
-            Ok(())
-        },
+        "cargo-fuzz dispatcher (parsers::any)",
+        prop::collection::vec(any::<u8>(), 0..256),
+        |b| checked(parsers::any(&b)),
     ));
     count(fuzz_annotations());
     count(fuzz(
@@ -552,11 +455,6 @@ fn fuzz_annotations() -> u64 {
 }
 
 /// A servers file, the seed of the edited ones.
-/// Seeds for the `/metrics` reader: lines of a real vLLM 0.32 page (tests/fixtures/vllm/).
-const METRICS: &[&str] = &[
-    "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n# TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total{engine=\"0\",model_name=\"verifier\"} 46656.0\nvllm:request_queue_time_seconds_bucket{engine=\"0\",le=\"0.3\",model_name=\"verifier\"} 41.0\nvllm:request_queue_time_seconds_bucket{engine=\"0\",le=\"+Inf\",model_name=\"verifier\"} 41.0\nvllm:kv_cache_usage_perc{engine=\"0\",model_name=\"verifier\"} 0.5\n",
-];
-
 const SERVERS: &[&str] = &[
     "[roles.reasoner]\nendpoints = [\"http://127.0.0.1:8001/v1\"]\nmodel = \"m\"\napi = \"vllm\"\nmax_in_flight = 64\n\n[roles.embedder]\nendpoints = [\"http://127.0.0.1:8005/v1\"]\nmodel = \"clip\"\napi = \"infinity\"\nembed_shape = \"infinity\"\ndimension = 768\n[roles.embedder.retry]\nmax_retries = 3\n",
 ];
