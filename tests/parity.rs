@@ -254,10 +254,17 @@ async fn an_empty_verifier_answer_is_no_in_parity_and_a_failure_otherwise() {
     });
     let pipeline = "top_k = 2\nalpha = 1\nstages = [\"s1\", \"s2\"]";
     // Stage 1 puts the white cat (9) before the white dog (7).
-    let (_, parity) = run(&env, "parity", pipeline).await;
+    let (report, parity) = run(&env, "parity", pipeline).await;
     assert_eq!(ranking(&parity, "s1")[..2], [key(9), key(7)]);
     // Parity: the dog's empty answer is "no", matching the expected False: dog 2, cat 1.
     assert_eq!(ranking(&parity, "s2")[..2], [key(7), key(9)]);
+    // And the record says a non-answer, not the model, decided that order.
+    let record = &Env::journal(Path::new(report["folder"].as_str().unwrap()))[0];
+    let fallbacks = record["fallbacks"].to_string();
+    assert!(
+        fallbacks.contains("s2.verify") && fallbacks.contains("read as no"),
+        "{fallbacks}"
+    );
     let (_, default) = run(&env, "default", pipeline).await;
     assert_eq!(ranking(&default, "s1")[..2], [key(9), key(7)]);
     // Ours: a failed request scores 0: dog 1, cat 1, the stage-1 order stays.

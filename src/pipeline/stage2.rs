@@ -120,6 +120,11 @@ async fn propositions(
     }
 }
 
+/// The note of a verdict the parity profile read from an empty answer (the original's rule:
+/// no "yes" in it). It decides the ranking as a "no" does, and is counted as a fallback, so a
+/// record shows where a server's non-answer, not the model, chose the order.
+const EMPTY_READ_AS_NO: &str = "empty answer, read as no (parity)";
+
 type Verdict = (
     Option<(crate::serving::CallMeta, Option<crate::serving::Usage>)>,
     VerdictRecord,
@@ -164,7 +169,7 @@ async fn verify_one(
                 yes: Some(false),
                 p_yes: None,
                 raw: String::new(),
-                note: Some("empty answer, read as no (parity)".into()),
+                note: Some(EMPTY_READ_AS_NO.into()),
             };
             (None, verdict)
         }
@@ -270,6 +275,20 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
             format!("{failed} verifier request(s) failed"),
             &example.raw.clone(),
             "counted as not matching",
+        );
+    }
+    let empty = verdicts
+        .iter()
+        .flatten()
+        .filter(|v| v.note.as_deref() == Some(EMPTY_READ_AS_NO))
+        .count();
+    if empty > 0 {
+        tally.fallback(
+            "s2.verify",
+            input.round,
+            format!("{empty} verifier answer(s) empty after the role's retries"),
+            "",
+            "read as no, as the original does (parity)",
         );
     }
     let scores: Vec<f64> = verdicts
