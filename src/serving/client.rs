@@ -88,47 +88,38 @@ struct Inner {
 /// forgotten first (as vLLM's LRU does). Forgotten when the replica may have restarted (a
 /// connection error, back in service after being set aside). A guess that is wrong costs one
 /// request sent again with the bytes.
-#[derive(Debug, Default)]
-struct HeldImages {
-    set: std::collections::HashSet<String>,
-    order: std::collections::VecDeque<String>,
-    cap: usize,
+struct HeldImages(hashlink::LruCache<String, ()>);
+
+impl std::fmt::Debug for HeldImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HeldImages({} of {})", self.0.len(), self.0.capacity())
+    }
 }
 
 impl HeldImages {
     fn contains(&self, hash: &str) -> bool {
-        self.set.contains(hash)
+        self.0.contains_key(hash)
     }
 
     /// Counts on `hash` as the most recently used (vLLM's cache is least-recently-used).
     fn insert(&mut self, hash: &str) {
-        if self.cap == 0 {
-            return;
-        }
-        if !self.set.insert(hash.to_string()) {
-            self.order.retain(|h| h != hash);
-        }
-        self.order.push_back(hash.to_string());
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
+        self.0.insert(hash.to_string(), ());
     }
 
     /// Forgets `hash` and every image used before it: the server evicts least recently used
     /// first, so those are likely gone too.
     fn forget_from(&mut self, hash: &str) {
-        if let Some(at) = self.order.iter().position(|h| h == hash) {
-            for old in self.order.drain(..=at) {
-                self.set.remove(&old);
+        if self.0.contains_key(hash) {
+            while let Some((old, ())) = self.0.remove_lru() {
+                if old == hash {
+                    break;
+                }
             }
         }
     }
 
     fn clear(&mut self) {
-        self.set.clear();
-        self.order.clear();
+        self.0.clear();
     }
 }
 
@@ -137,12 +128,7 @@ fn held_images(server: &RoleServer) -> Vec<std::sync::Mutex<HeldImages>> {
         Some(cap) if cap > 0 => server
             .endpoints
             .iter()
-            .map(|_| {
-                std::sync::Mutex::new(HeldImages {
-                    cap,
-                    ..Default::default()
-                })
-            })
+            .map(|_| std::sync::Mutex::new(HeldImages(hashlink::LruCache::new(cap))))
             .collect(),
         _ => Vec::new(),
     }
@@ -762,4 +748,29 @@ fn build_http(server: &RoleServer) -> reqwest::Result<reqwest::Client> {
         .pool_max_idle_per_host(server.max_in_flight)
         .user_agent(concat!("imagescope/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_images_forget_the_least_recently_used_first_and_everything_before_a_miss() {
+        let mut held = HeldImages(hashlink::LruCache::new(3));
+        for h in ["a", "b", "c"] {
+            held.insert(h);
+        }
+        held.insert("a"); // used again: b is now the oldest
+        held.insert("d"); // over the cap: b goes
+        assert!(!held.contains("b"));
+        assert!(["a", "c", "d"].iter().all(|h| held.contains(h)));
+        // A miss on "a": it and everything used before it (c) are likely gone from the server.
+        held.forget_from("a");
+        assert!(!held.contains("a") && !held.contains("c") && held.contains("d"));
+        // A hash it never held forgets nothing.
+        held.forget_from("zz");
+        assert!(held.contains("d"));
+        held.clear();
+        assert!(!held.contains("d"));
+    }
 }
