@@ -129,7 +129,7 @@ pub enum Command {
         image: Option<PathBuf>,
         /// Where and how to search.
         #[command(flatten)]
-        target: search::SearchTarget,
+        target: crate::session::SearchTarget,
         /// Print JSON: {"query": ..., "results": [{"rank", "key", "path", "score"}]}.
         #[arg(long)]
         json: bool,
@@ -141,7 +141,7 @@ pub enum Command {
     Chat {
         /// Where and how to search.
         #[command(flatten)]
-        target: search::SearchTarget,
+        target: crate::session::SearchTarget,
     },
     /// Serve a page and an HTTP API over an indexed folder: results that sharpen as stages end.
     Serve(crate::serve::ServeArgs),

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::config::Stage;
 use crate::datasets::{ImageKey, Instruction, Query};
 use crate::record::{QueryRecord, Status};
-pub use crate::session::SearchTarget;
+use crate::session::SearchTarget;
 use crate::session::{Session, open};
 
 /// The key of `image` in the folder, when it lies inside it and is indexed.
