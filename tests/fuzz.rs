@@ -8,7 +8,7 @@
 //!
 //! ```bash
 //! cargo test --test fuzz -- --nocapture                    # 2,000 per parser (FUZZ_CASES; CI runs 10,000)
-//! FUZZ_CASES=56000 cargo test --test fuzz -- --nocapture    # the long run: 1,008,000 inputs
+//! FUZZ_CASES=56000 cargo test --test fuzz -- --nocapture    # the long run: 1,064,000 inputs
 //! FUZZ_SEED=7 cargo test --test fuzz -- --nocapture          # other inputs (default seed 0)
 //! ```
 //!
