@@ -414,6 +414,58 @@ async fn each_index_setting_keeps_its_own_vector_index_and_switching_back_rebuil
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_re_indexed_in_place_makes_every_settings_saved_index_stale() {
+    let (s, dir) = noisy_database(40).await;
+    let i8 = VectorOptions {
+        mode: SearchMode::Exact,
+        quantization: Quantization::I8,
+    };
+    drop(ImageDb::open(&dir, i8).unwrap());
+    // A photo replaced: `index` captions and embeds it again in its row (the count stays 40) and
+    // rebuilds the default setting's index only.
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+        .save(s.folder.join("img0005.png"))
+        .unwrap();
+    let (code, report, err) = index(&s, &servers_toml(&s, ""), &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report["dir"].as_str(), dir.to_str(), "{report}");
+    // The i8 index saved before must not be searched: a fresh database with the same store says
+    // what an i8 search over the new vectors gives.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("store.sqlite"), copy.path().join("store.sqlite")).unwrap();
+    let want = ImageDb::open(copy.path(), i8).unwrap();
+    let got = ImageDb::open(&dir, i8).unwrap();
+    for seed in 0..5u64 {
+        let q = query(seed);
+        assert_eq!(
+            got.search(&q, 0.15, 10, None).unwrap(),
+            want.search(&q, 0.15, 10, None).unwrap(),
+            "query {seed}"
+        );
+    }
+    // Searched by its new caption vector alone (tau = 1), the replaced photo comes first.
+    let mut new_caption = None;
+    Store::open(&dir.join("store.sqlite"))
+        .unwrap()
+        .for_each_done(|_, k, _, _, c| {
+            if k.to_string().contains("img0005") {
+                new_caption = Some(c);
+            }
+        })
+        .unwrap();
+    let top = got.search(&new_caption.unwrap(), 1.0, 3, None).unwrap();
+    assert!(top[0].0.to_string().contains("img0005"), "{top:?}");
+
+    // No temporary index file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_opening_one_database_with_other_index_settings_at_once_each_search_their_own() {
     let (_s, dir) = noisy_database(200).await;
     let settings = [

@@ -12,7 +12,7 @@
 //! expected answers normalised or not, the `[index]` search and quantization), each distinct set
 //! with its own fault-free baseline; and in a third of the stopped ones the resume is first tried
 //! with a change of what decides the answers (τ, top-K, re-asks, the index search, the reasoner's
-//! temperature), which must be refused before anything is touched, naming that key. After every
+//! temperature), which must be refused, naming that key, with the run folder untouched. After every
 //! schedule the invariants below are checked.
 //!
 //! ```bash
@@ -184,7 +184,7 @@ impl Method {
 }
 
 /// A change of what decides the answers, tried when a stopped schedule resumes: the resume must
-/// be refused before anything is touched, naming this key, and the run then resume unchanged.
+/// be refused, naming this key, with the run folder untouched, and the run then resume unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IdentityChange {
     Tau,
@@ -644,10 +644,12 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
         };
         // Likewise when the verifier is still dead as the run resumes.
         let dead_at_resume = verifier_dead();
-        // A change of what decides the answers is refused before anything is touched, naming
-        // what changed; then the run resumes as it was.
+        // A change of what decides the answers is refused before any query is asked, naming
+        // what changed, the run folder as it was; then the run resumes as it was.
         if let Some(change) = s.identity_change.filter(|_| !dead_at_resume) {
-            let before = std::fs::read(folder.join("queries.jsonl")).ok();
+            let files = ["queries.jsonl", "run.json", "config.resolved.toml"];
+            let read = |f: &str| std::fs::read(folder.join(f)).ok();
+            let before: Vec<_> = files.iter().map(|f| read(f)).collect();
             let changed = change.apply(s);
             let exp = ExperimentConfig::load(&configs(env, &changed)).unwrap();
             let resume = options(&changed, Some(folder.clone()));
@@ -666,8 +668,10 @@ async fn simulate(env: &Env, s: &Schedule, baselines: &mut Baselines) -> Vec<Str
                     )],
                 );
             }
-            if std::fs::read(folder.join("queries.jsonl")).ok() != before {
-                return end(env, s, vec!["a refused resume changed the journal".into()]);
+            for (f, was) in files.iter().zip(&before) {
+                if read(f) != *was {
+                    return end(env, s, vec![format!("a refused resume changed {f}")]);
+                }
             }
             REFUSED.fetch_add(1, Relaxed);
         }

@@ -264,12 +264,19 @@ pub(crate) fn prepare_dir(dir: &Path, fp: &Fingerprint) -> Result<(), IndexError
     Ok(())
 }
 
+/// What a saved vector index was built from: an index is loaded only when all of it matches.
 #[derive(serde::Serialize, serde::Deserialize, PartialEq)]
 struct Built {
     done: u64,
     options: VectorOptions,
     caption_dim: usize,
     image_dim: Option<usize>,
+    /// `Store::content_digest` when it was built: `index` re-embeds a changed photo in place
+    /// (same row, same count) and rebuilds only the setting it opens, so another setting's saved
+    /// index is known stale by this. Computed before the rows are read, so a store changed
+    /// meanwhile leaves a record older than the index, which rebuilds, never the reverse.
+    #[serde(default)]
+    content: String,
 }
 
 /// Builds the usearch indexes from the store and records what they were built from.
@@ -278,6 +285,7 @@ pub(crate) fn rebuild_vectors(
     store: &Store,
     options: VectorOptions,
 ) -> Result<Option<Vectors>, IndexError> {
+    let content = store.content_digest()?;
     let mut rows = Vec::new();
     store.for_each_done(|idx, _, _, image, caption| rows.push((idx, image, caption)))?;
     if rows.is_empty() {
@@ -288,6 +296,7 @@ pub(crate) fn rebuild_vectors(
         options,
         caption_dim: rows[0].2.len(),
         image_dim: rows.iter().find_map(|r| r.1.as_ref().map(Vec::len)),
+        content,
     };
     let vectors = Vectors::build(rows, options)?;
     vectors.save(dir)?;
@@ -320,6 +329,8 @@ impl ImageDb {
             return Err(IndexError::Empty(dir.to_path_buf()));
         }
         let store = Store::open(&store_path)?;
+        // Before the rows, as `rebuild_vectors` does (see `Built::content`).
+        let content = store.content_digest()?;
         let mut keys = HashMap::new();
         let mut ids = HashMap::new();
         let mut captions = HashMap::new();
@@ -340,6 +351,7 @@ impl ImageDb {
             options,
             caption_dim,
             image_dim,
+            content,
         };
         let recorded: Option<Built> = std::fs::read_to_string(dir.join(built_file(options)))
             .ok()

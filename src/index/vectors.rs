@@ -235,6 +235,10 @@ impl Vectors {
         self.index
             .save(&tmp.to_string_lossy())
             .map_err(ue("save"))?;
+        // On disk before it takes the name, as `files::write_atomic` does.
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(ue("save"))?;
         tmp.persist(dir.join(&name))
             .map_err(|e| VectorError(format!("save: {}", e.error)))?;
         Ok(())
