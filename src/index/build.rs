@@ -371,7 +371,7 @@ pub async fn build(input: BuildInput) -> Result<BuildReport, IndexError> {
         .join()
         .map_err(|_| IndexError::Input("the database writer thread crashed".into()))??;
     let vectors_started = Instant::now();
-    super::rebuild_vectors(&input.dir, &store, Default::default())?;
+    super::rebuild_vectors(&input.dir, &store, Default::default(), None)?;
     tracing::info!(
         seconds = vectors_started.elapsed().as_secs_f64(),
         "vector indexes built"

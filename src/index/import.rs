@@ -301,7 +301,7 @@ pub fn import(
     let pending = store.pending(true)?;
     let batch = outcomes(&pending, &names, &captions, (&images, &caps), dim);
     store.commit(&batch)?;
-    super::rebuild_vectors(&dir, &store, Default::default())?;
+    super::rebuild_vectors(&dir, &store, Default::default(), None)?;
     Ok(ImportReport {
         dir,
         images: n,

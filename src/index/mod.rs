@@ -279,13 +279,18 @@ struct Built {
     content: String,
 }
 
-/// Builds the usearch indexes from the store and records what they were built from.
+/// Builds the usearch indexes from the store and records what they were built from. `content`
+/// is the store's digest when the caller already read it (before these rows); `None` reads it.
 pub(crate) fn rebuild_vectors(
     dir: &Path,
     store: &Store,
     options: VectorOptions,
+    content: Option<String>,
 ) -> Result<Option<Vectors>, IndexError> {
-    let content = store.content_digest()?;
+    let content = match content {
+        Some(c) => c,
+        None => store.content_digest()?,
+    };
     let mut rows = Vec::new();
     store.for_each_done(|idx, _, _, image, caption| rows.push((idx, image, caption)))?;
     if rows.is_empty() {
@@ -365,7 +370,7 @@ impl ImageDb {
             Some(v) => v,
             None => {
                 tracing::info!(dir = %dir.display(), "building the vector indexes from the store");
-                rebuild_vectors(dir, &store, options)?
+                rebuild_vectors(dir, &store, options, Some(wanted.content.clone()))?
                     .ok_or_else(|| IndexError::Empty(dir.to_path_buf()))?
             }
         };
