@@ -499,6 +499,81 @@ async fn a_resume_after_the_database_was_reindexed_in_place_is_refused() {
     assert!(err.contains("image_db.content"), "{err}");
 }
 
+/// The files under `dir` whose name starts with `prefix`.
+fn files_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_named(&path, prefix));
+        } else if entry.file_name().to_string_lossy().starts_with(prefix) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_with_another_index_setting_is_refused_before_that_index_is_built() {
+    let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
+    write_cirr(&env.data, &queries());
+    env.verifier
+        .set_delay(Route::Chat, Duration::from_millis(20));
+    let config = env.configs("cirr", "val", "queries_in_flight = 2", None);
+    env.index(&config).await;
+    let folder = killed_after(&env, &config, 2).await;
+    let db = env.path("data/image_db");
+    assert!(!files_named(&db, "vectors-exact-f32").is_empty());
+    // HNSW over the gallery: on 123k images, minutes of building for a run that cannot go on.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[index]\nsearch = \"hnsw\"\n")).unwrap();
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--resume",
+        folder.to_str().unwrap(),
+    ];
+    let (code, _, err) = env.imagescope(&args).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot resume") && err.contains("index.search"),
+        "{err}"
+    );
+    assert_eq!(files_named(&db, "vectors-hnsw"), Vec::<PathBuf>::new());
+    assert_eq!(files_named(&db, "built-hnsw"), Vec::<PathBuf>::new());
+    // A new run with it builds it.
+    let report = env.run(&config, &["--stages", "s1"]).await;
+    assert!(report["failed"].as_array().unwrap().is_empty(), "{report}");
+    assert_eq!(files_named(&db, "vectors-hnsw-f32").len(), 1);
+
+    // Back to the run's own setting, whose index cannot be built (a folder stands where its file
+    // goes): the resume fails, and the run folder is as it was, not marked resumed.
+    std::fs::write(&config, &text).unwrap();
+    let index_file = files_named(&db, "vectors-exact-f32").remove(0);
+    std::fs::remove_file(&index_file).unwrap();
+    std::fs::create_dir(&index_file).unwrap();
+    let files = ["run.json", "queries.jsonl", "config.resolved.toml"];
+    let read = |f: &str| std::fs::read(folder.join(f)).unwrap();
+    let before: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
+    let (code, _, err) = env.imagescope(&args).await;
+    assert_ne!(code, 0, "{err}");
+    for (f, was) in files.iter().zip(&before) {
+        assert!(
+            read(f) == *was,
+            "{f} changed by a resume that did not start: {err}"
+        );
+    }
+    // Once it can be, the resume builds it and completes the run.
+    std::fs::remove_dir(&index_file).unwrap();
+    let report = env
+        .run(&config, &["--resume", folder.to_str().unwrap()])
+        .await;
+    assert!(report["failed"].as_array().unwrap().is_empty(), "{report}");
+    assert!(Env::journal(&folder).len() >= 12);
+    assert!(index_file.is_file());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_whose_server_cannot_be_reached_is_not_given_a_guessed_identity() {
     let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;

@@ -622,6 +622,16 @@ fn world_photo(env: &Env, i: usize) -> Vec<u8> {
     std::fs::read(env.data.join(format!("photos/img{i:02}.png"))).unwrap()
 }
 
+/// A photo from outside the gallery that the fakes describe as world image `i`: the same colour
+/// at another size, so other bytes.
+fn outside_photo(i: usize) -> Vec<u8> {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(12, 10, image::Rgb(support::world::colour(i)))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    png.into_inner()
+}
+
 async fn upload(base: &str, bytes: Vec<u8>) -> reqwest::Response {
     http()
         .post(format!("{base}/api/uploads"))
@@ -643,9 +653,9 @@ async fn an_uploaded_photo_is_described_once_and_searched_from_and_kept() {
         page.contains("id=\"drop\""),
         "the page offers the drop zone"
     );
-    // The photo of the black dog (image 6), sent from outside the gallery.
+    // A photo of a black dog (as image 6 is), from outside the gallery.
     let captions_before = env.captioner.count(Route::Chat);
-    let r = upload(&base, world_photo(&env, 6)).await;
+    let r = upload(&base, outside_photo(6)).await;
     assert_eq!(r.status(), 200);
     let u: Value = r.json().await.unwrap();
     let key = u["key"].as_str().unwrap().to_string();
@@ -653,11 +663,7 @@ async fn an_uploaded_photo_is_described_once_and_searched_from_and_kept() {
     assert_eq!(u["caption"], "A photo of black dog.");
     assert_eq!(env.captioner.count(Route::Chat), captions_before + 1);
     // The same bytes again: the same key, and the captioner is not asked again.
-    let again: Value = upload(&base, world_photo(&env, 6))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again: Value = upload(&base, outside_photo(6)).await.json().await.unwrap();
     assert_eq!(again["key"], u["key"]);
     assert_eq!(env.captioner.count(Route::Chat), captions_before + 1);
     // Its thumbnail and file are served under its key.
@@ -673,7 +679,7 @@ async fn an_uploaded_photo_is_described_once_and_searched_from_and_kept() {
             .await
             .unwrap()
             .to_vec(),
-        world_photo(&env, 6)
+        outside_photo(6)
     );
     // Searched from: the reasoner reads the caption as the reference, every stage runs, and the
     // upload itself is never a result.
@@ -760,7 +766,7 @@ async fn uploads_that_are_not_photos_too_big_or_without_a_captioner_are_refused_
     assert!(msg.contains("20 MiB"), "{msg}");
     // The captioner failing is said, not hidden.
     env.captioner.set_outage(Some(Outage::Dead));
-    let (status, msg) = refused(upload(&base, world_photo(&env, 2)).await).await;
+    let (status, msg) = refused(upload(&base, outside_photo(2)).await).await;
     assert_eq!(status, 502, "{msg}");
     assert!(msg.contains("captioner"), "{msg}");
     env.captioner.set_outage(None);
@@ -786,7 +792,7 @@ async fn uploads_that_are_not_photos_too_big_or_without_a_captioner_are_refused_
     // instead, and the page offers none.
     env.captioner.set_outage(Some(Outage::Dead));
     let base = serve(&args(&exp, "127.0.0.1", None)).await;
-    let (status, msg) = refused(upload(&base, world_photo(&env, 6)).await).await;
+    let (status, msg) = refused(upload(&base, outside_photo(6)).await).await;
     assert_eq!(status, 503);
     assert!(
         msg.contains("none that answered") && msg.contains("edit this"),
@@ -799,4 +805,61 @@ async fn uploads_that_are_not_photos_too_big_or_without_a_captioner_are_refused_
     );
     let page = get_text(format!("{base}/")).await;
     assert!(!page.contains("id=\"drop\""));
+    // A gallery photo's own bytes need no captioner: they are that photo.
+    let r = upload(&base, world_photo(&env, 6)).await;
+    assert_eq!(r.status(), 200);
+    let u: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&u["key"], &u["in_gallery"]),
+        (&json!("photos/img06.png"), &json!(true)),
+        "{u}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_of_a_gallery_photos_bytes_is_that_photo_and_left_out_of_its_results() {
+    let (env, exp) = world().await;
+    let base = serve(&args(&exp, "127.0.0.1", None)).await;
+    let captions_before = env.captioner.count(Route::Chat);
+    let r = upload(&base, world_photo(&env, 6)).await;
+    assert_eq!(r.status(), 200);
+    let u: Value = r.json().await.unwrap();
+    // Its key and caption are the database's, as "edit this" on it would give; no model is asked
+    // and nothing is kept.
+    assert_eq!(u["key"], "photos/img06.png", "{u}");
+    assert_eq!(u["in_gallery"], true, "{u}");
+    assert_eq!(u["caption"], "A photo of black dog.", "{u}");
+    assert_eq!(env.captioner.count(Route::Chat), captions_before);
+    let kept = std::fs::read_dir(env.path("runs/serve/uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 0);
+    // A gallery photo replaced on disk since it was indexed: its old bytes are an upload of
+    // their own, not the key whose file now shows something else.
+    let old_bytes = world_photo(&env, 5);
+    std::fs::write(env.data.join("photos/img05.png"), outside_photo(7)).unwrap();
+    let replaced: Value = upload(&base, old_bytes).await.json().await.unwrap();
+    assert_eq!(replaced["in_gallery"], false, "{replaced}");
+    assert!(
+        replaced["key"].as_str().unwrap().starts_with("upload:"),
+        "{replaced}"
+    );
+    // Another photo is still an upload.
+    let other: Value = upload(&base, outside_photo(6)).await.json().await.unwrap();
+    assert_eq!(other["in_gallery"], false, "{other}");
+    assert!(
+        other["key"].as_str().unwrap().starts_with("upload:"),
+        "{other}"
+    );
+    // Searched from, it is left out of its own results at every stage, as a benchmark's
+    // reference is.
+    let got = sse(
+        &base,
+        json!({"text": "make it white", "reference": u["key"], "k": 12}),
+    )
+    .await;
+    assert_eq!(got.last().unwrap().0, "done", "{got:?}");
+    for (_, ev) in &got[..got.len() - 1] {
+        assert!(!keys(ev).contains(&"photos/img06.png".to_string()), "{ev}");
+    }
 }

@@ -70,17 +70,15 @@ pub fn check(
 }
 
 /// Refuses a run whose gallery photos changed since they were indexed (quick check: stamps only,
-/// then hashes of the photos whose stamp differs). Returns the store's content digest
-/// (`Store::content_digest`), part of the run's identity.
+/// then hashes of the photos whose stamp differs).
 pub fn refuse_changed(
-    dir: &std::path::Path,
+    store: &Store,
     gallery: &[GalleryImage],
     fix: &str,
-) -> Result<String, IndexError> {
-    let store = Store::open(&dir.join(super::STORE_FILE))?;
-    let f = check(&store, gallery, false)?;
+) -> Result<(), IndexError> {
+    let f = check(store, gallery, false)?;
     if f.changed.is_empty() {
-        return Ok(store.content_digest()?);
+        return Ok(());
     }
     let shown: Vec<String> = f
         .changed

@@ -8,9 +8,10 @@
 //! - `built-<options>.json`: which store state each was built from.
 //!
 //! `build` fills it (resumably); `ImageDb` opens it for searching, rebuilding the indexes from the
-//! store when they are missing or stale. `expected_dir` and `open_existing` are the one lookup
-//! `run`, `index` and `search` share: which folder a configuration means, and opening it with the
-//! embedder check.
+//! store when they are missing or stale. `expected_dir` and `open_existing` (`open_existing_rows`
+//! for `run`, which reads the rows, settles its identity, then loads the vectors with
+//! `DbRows::index_vectors`) are the one lookup `run`, `index`, `search` and `serve` share: which
+//! folder a configuration means, and opening it with the embedder check.
 
 pub mod build;
 pub mod fingerprint;
@@ -160,14 +161,29 @@ pub fn open_existing(
     options: &crate::config::IndexSection,
     build_hint: &str,
 ) -> Result<ImageDb, IndexError> {
+    let db =
+        open_existing_rows(dir, servers, servers_path, options, build_hint)?.index_vectors()?;
+    db.set_ef_search(options.ef_search);
+    Ok(db)
+}
+
+/// `open_existing` but for the vector index, which the caller loads or builds once it knows it
+/// will search (`DbRows::index_vectors`, then `ImageDb::set_ef_search`): a run checks its
+/// identity first, so a refused resume builds nothing.
+pub fn open_existing_rows(
+    dir: &Path,
+    servers: &crate::config::ServersConfig,
+    servers_path: &Path,
+    options: &crate::config::IndexSection,
+    build_hint: &str,
+) -> Result<DbRows, IndexError> {
     if !dir.join(STORE_FILE).exists() {
         return Err(IndexError::Input(format!(
             "no image database at {} for this configuration; {build_hint}",
             dir.display()
         )));
     }
-    let db = ImageDb::open(dir, options.vector_options())?;
-    db.set_ef_search(options.ef_search);
+    let db = DbRows::open(dir, options.vector_options())?;
     let embedder = servers.role(crate::config::Role::Embedder, servers_path)?;
     if let Some(fp) = db.fingerprint()
         && (fp.embedder.model != embedder.model
@@ -316,6 +332,25 @@ pub(crate) fn rebuild_vectors(
     Ok(Some(vectors))
 }
 
+/// The database's indexed photos by the blake3 hash of their file's bytes, as `index` recorded
+/// it (rows from before hashes were recorded are left out); of photos with the same bytes, the
+/// first key in order. `serve` answers an upload of a gallery photo's exact bytes with that photo.
+pub fn keys_by_content(dir: &Path) -> Result<HashMap<String, ImageKey>, IndexError> {
+    let store = Store::open(&dir.join(STORE_FILE))?;
+    let mut done: Vec<(ImageKey, String)> = store
+        .done_files()?
+        .into_iter()
+        .filter(|(_, (_, hash, _))| !hash.is_empty())
+        .map(|(key, (_, hash, _))| (key, hash))
+        .collect();
+    done.sort();
+    let mut out = HashMap::new();
+    for (key, hash) in done {
+        out.entry(hash).or_insert(key);
+    }
+    Ok(out)
+}
+
 /// An opened image database, ready to search.
 pub struct ImageDb {
     dir: PathBuf,
@@ -326,8 +361,26 @@ pub struct ImageDb {
     captions: HashMap<ImageKey, String>,
 }
 
-impl ImageDb {
-    /// Opens the database in `dir`, rebuilding its indexes if they are missing or stale.
+/// An image database whose rows are read (keys, captions, what built it, the content digest) and
+/// whose vector index is not yet loaded or built: enough to decide a run's identity and refuse a
+/// resume before an index is built for nothing (`index_vectors` makes the `ImageDb`).
+pub struct DbRows {
+    dir: PathBuf,
+    store: Store,
+    options: VectorOptions,
+    fingerprint: Option<Fingerprint>,
+    /// `Store::content_digest`, read before the rows (see `Built::content`).
+    content: String,
+    order: Vec<u64>,
+    caption_dim: usize,
+    image_dim: Option<usize>,
+    keys: HashMap<u64, ImageKey>,
+    ids: HashMap<ImageKey, u64>,
+    captions: HashMap<ImageKey, String>,
+}
+
+impl DbRows {
+    /// Reads the rows of the database in `dir`, to be searched with `options`.
     pub fn open(dir: &Path, options: VectorOptions) -> Result<Self, IndexError> {
         let store_path = dir.join(STORE_FILE);
         if !store_path.exists() {
@@ -351,6 +404,72 @@ impl ImageDb {
         let Some((caption_dim, image_dim)) = dims else {
             return Err(IndexError::Empty(dir.to_path_buf()));
         };
+        Ok(DbRows {
+            dir: dir.to_path_buf(),
+            fingerprint: read_fingerprint(dir)?,
+            store,
+            options,
+            content,
+            order,
+            caption_dim,
+            image_dim,
+            keys,
+            ids,
+            captions,
+        })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What built it.
+    pub fn fingerprint(&self) -> Option<&Fingerprint> {
+        self.fingerprint.as_ref()
+    }
+
+    /// The store's content digest when its rows were read (`Store::content_digest`).
+    pub fn content(&self) -> &str {
+        &self.content
+    }
+
+    /// The store, for checks over its rows (`freshness::refuse_changed`).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether `key` is indexed.
+    pub fn contains(&self, key: &ImageKey) -> bool {
+        self.ids.contains_key(key)
+    }
+
+    /// Indexed images.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether empty (never, once opened).
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Loads the vector index saved for these rows and options, or builds it if it is missing or
+    /// stale.
+    pub fn index_vectors(self) -> Result<ImageDb, IndexError> {
+        let DbRows {
+            dir,
+            store,
+            options,
+            fingerprint,
+            content,
+            order,
+            caption_dim,
+            image_dim,
+            keys,
+            ids,
+            captions,
+        } = self;
         let wanted = Built {
             done: order.len() as u64,
             options,
@@ -362,7 +481,7 @@ impl ImageDb {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         let loaded = if recorded.as_ref() == Some(&wanted) {
-            Vectors::load(dir, options, order.clone(), caption_dim, image_dim).ok()
+            Vectors::load(&dir, options, order, caption_dim, image_dim).ok()
         } else {
             None
         };
@@ -370,18 +489,25 @@ impl ImageDb {
             Some(v) => v,
             None => {
                 tracing::info!(dir = %dir.display(), "building the vector indexes from the store");
-                rebuild_vectors(dir, &store, options, Some(wanted.content.clone()))?
-                    .ok_or_else(|| IndexError::Empty(dir.to_path_buf()))?
+                rebuild_vectors(&dir, &store, options, Some(wanted.content))?
+                    .ok_or_else(|| IndexError::Empty(dir.clone()))?
             }
         };
         Ok(ImageDb {
-            dir: dir.to_path_buf(),
-            fingerprint: read_fingerprint(dir)?,
+            dir,
+            fingerprint,
             vectors,
             keys,
             ids,
             captions,
         })
+    }
+}
+
+impl ImageDb {
+    /// Opens the database in `dir`, rebuilding its indexes if they are missing or stale.
+    pub fn open(dir: &Path, options: VectorOptions) -> Result<Self, IndexError> {
+        DbRows::open(dir, options)?.index_vectors()
     }
 
     /// The folder.

@@ -15,7 +15,7 @@ use crate::config::{
 };
 use crate::datasets::{self, DatasetSpec, ImageKey, Query};
 use crate::identity::{self, IdentitySource, ModelIdentity, QuerySelection, RunIdentity};
-use crate::index::{self, ImageDb};
+use crate::index::{self, DbRows};
 use crate::prompts::{Family, PromptSet};
 use crate::runs::folder::RunFolder;
 use crate::serving::{Cache, CacheMode, Clients};
@@ -146,16 +146,18 @@ pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepar
         .await
         .map_err(|e| RunError::Other(e.to_string()))?;
 
-    let db = Arc::new(open_db(exp, &servers, &prompts, family)?);
-    let db_content = index::freshness::refuse_changed(
-        db.dir(),
+    // The database's rows: its vector index is loaded (or built) once the run is known to go on.
+    let rows = open_db(exp, &servers, &prompts, family)?;
+    index::freshness::refuse_changed(
+        rows.store(),
         &gallery,
         &format!(
             "Index them again with `imagescope index --config {}`",
             exp.path.display()
         ),
     )?;
-    let missing = gallery.iter().filter(|g| !db.contains(&g.key)).count();
+    let db_content = rows.content().to_string();
+    let missing = gallery.iter().filter(|g| !rows.contains(&g.key)).count();
     if missing > 0 {
         tracing::warn!(
             "{missing} of {} gallery images are not in the image database and cannot be retrieved",
@@ -163,7 +165,7 @@ pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepar
         );
     }
     let gallery_keys: HashSet<ImageKey> = gallery.iter().map(|g| g.key.clone()).collect();
-    let allowed = (db.len() != gallery_keys.len() || missing > 0).then_some(gallery_keys);
+    let allowed = (rows.len() != gallery_keys.len() || missing > 0).then_some(gallery_keys);
 
     // `--cache off` never opens the file, so a damaged cache cannot stop a run that does not use it.
     let clients = Clients::new(&servers, &exp.servers_path)?;
@@ -180,7 +182,7 @@ pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepar
         dataset: &dataset,
         pipeline: &params,
         prompts: exp.prompts_dir.display().to_string(),
-        image_db: db.dir().display().to_string(),
+        image_db: rows.dir().display().to_string(),
         index: &exp.index,
         servers: &servers,
     };
@@ -193,7 +195,7 @@ pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepar
         &used,
         &servers,
         &models,
-        (&db, &db_content),
+        (&rows, &db_content),
         exp,
     );
     let profile: &str = params.profile.into();
@@ -206,9 +208,18 @@ pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepar
         profile,
     );
     info.models = models;
-    let (folder, done) = match &opts.resume {
-        Some(path) => {
-            let (f, _, done) = RunFolder::resume(path, &info)?;
+    // A resume whose identity changed is refused here, before any index is built for it; the
+    // folder is written to only once the index is ready, and a new run's folder made only then,
+    // so an index that cannot be built (or a Ctrl-C while it builds) leaves no trace.
+    let resumed = match &opts.resume {
+        Some(path) => Some(RunFolder::check_resume(path, &info)?),
+        None => None,
+    };
+    let db = Arc::new(rows.index_vectors()?);
+    db.set_ef_search(exp.index.ef_search);
+    let (folder, done) = match resumed {
+        Some(pending) => {
+            let (f, _, done) = pending.commit()?;
             // The scheduling may have changed; the file says what this invocation uses.
             f.write_text("config.resolved.toml", &resolved_toml)?;
             (f, done)
@@ -274,7 +285,7 @@ fn identity_of(
     used: &BTreeMap<String, String>,
     servers: &ServersConfig,
     models: &BTreeMap<Role, ModelIdentity>,
-    (db, db_content): (&ImageDb, &str),
+    (db, db_content): (&DbRows, &str),
     exp: &ExperimentConfig,
 ) -> (RunIdentity, serde_json::Value) {
     let (pipeline, pipeline_sched) = identity::pipeline_parts(params);
@@ -325,7 +336,7 @@ fn open_db(
     servers: &ServersConfig,
     prompts: &PromptSet,
     family: Family,
-) -> Result<ImageDb, RunError> {
+) -> Result<DbRows, RunError> {
     let dir = match &exp.index_dir {
         Some(d) => d.clone(),
         None => index::expected_dir(
@@ -348,7 +359,7 @@ fn open_db(
         "build it with `imagescope index --config {}`",
         exp.path.display()
     );
-    Ok(index::open_existing(
+    Ok(index::open_existing_rows(
         &dir,
         servers,
         &exp.servers_path,

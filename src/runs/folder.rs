@@ -215,6 +215,30 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
+/// A run folder checked for a resume (`RunFolder::check_resume`) and not yet written to.
+#[derive(Debug)]
+pub struct PendingResume {
+    path: PathBuf,
+    info: RunInfo,
+    done: HashSet<String>,
+    ends_mid_line: bool,
+}
+
+impl PendingResume {
+    /// Resumes: opens the journal for appending (ending a partly written last line) and records
+    /// the resume and its scheduling in `run.json`. Returns the folder, its updated info and the
+    /// ids of the queries already done.
+    pub fn commit(self) -> Result<(RunFolder, RunInfo, HashSet<String>), FolderError> {
+        let folder = RunFolder::open_journal(self.path)?;
+        // A partial last line must not glue onto the next record.
+        if self.ends_mid_line {
+            folder.raw_append("\n")?;
+        }
+        folder.write_json("run.json", &self.info)?;
+        Ok((folder, self.info, self.done))
+    }
+}
+
 impl RunFolder {
     /// Creates a new folder `runs_dir/<dataset>/<run_name>/<timestamp>[-n]`.
     /// A run name is one plain folder name: letters, digits, `.`, `_` and `-`, not starting with
@@ -279,14 +303,20 @@ impl RunFolder {
         })
     }
 
-    /// Opens an existing folder to resume it: checks `run.json` against `expected` (version and
-    /// config hash) and returns the ids of the queries the journal holds as done (the last record
-    /// of an id counts; failed ones run again). The journal is streamed, not held. A partly
-    /// written last line (a crash mid-write) is ignored.
+    /// Opens an existing folder to resume it: `check_resume`, then `PendingResume::commit`.
     pub fn resume(
         path: &Path,
         expected: &RunInfo,
     ) -> Result<(Self, RunInfo, HashSet<String>), FolderError> {
+        Self::check_resume(path, expected)?.commit()
+    }
+
+    /// Checks a folder for a resume, writing nothing: `run.json` against `expected` (version and
+    /// identity), and the ids of the queries the journal holds as done (the last record of an id
+    /// counts; failed ones run again). The journal is streamed, not held. A partly written last
+    /// line (a crash mid-write) is ignored. Nothing is written until `commit`, so a run that stops
+    /// between the two (its index could not be built) leaves the folder as it was.
+    pub fn check_resume(path: &Path, expected: &RunInfo) -> Result<PendingResume, FolderError> {
         let bad = |message: String| FolderError {
             path: path.to_path_buf(),
             message,
@@ -348,13 +378,12 @@ impl RunFolder {
         }
         let ends_mid_line = last_byte(&journal).is_some_and(|b| b != b'\n');
         info.resumed.push(now);
-        let folder = Self::open_journal(path.to_path_buf())?;
-        // A partial last line must not glue onto the next record.
-        if ends_mid_line {
-            folder.raw_append("\n")?;
-        }
-        folder.write_json("run.json", &info)?;
-        Ok((folder, info, done))
+        Ok(PendingResume {
+            path: path.to_path_buf(),
+            info,
+            done,
+            ends_mid_line,
+        })
     }
 
     /// The folder.

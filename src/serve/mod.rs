@@ -95,6 +95,9 @@ pub(crate) struct AppState {
     pub(crate) uploads: PathBuf,
     /// Held while an upload is checked and described (one at a time).
     pub(crate) upload_lock: tokio::sync::Mutex<()>,
+    /// The database's photos by the blake3 hash of their bytes (`index::keys_by_content`): an
+    /// upload of one of them is that photo.
+    pub(crate) gallery_by_content: std::collections::HashMap<String, crate::datasets::ImageKey>,
     /// The page's template environment.
     pub(crate) pages: minijinja::Environment<'static>,
     /// Each gallery image's `file://` URL → its API URL, made at the first report served.
@@ -157,6 +160,16 @@ pub async fn app(args: &ServeArgs) -> anyhow::Result<Router> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create the folder {}: {e}", dir.display()))?;
     }
+    let gallery_by_content = match crate::index::keys_by_content(session.ctx.db.dir()) {
+        Ok(by) => by
+            .into_iter()
+            .filter(|(_, key)| session.ctx.db.contains(key))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the gallery's photo hashes could not be read: an upload of a gallery photo is described as a new photo");
+            Default::default()
+        }
+    };
     let searches = Arc::new(tokio::sync::Semaphore::new(
         session.ctx.params.queries_in_flight.max(1),
     ));
@@ -170,6 +183,7 @@ pub async fn app(args: &ServeArgs) -> anyhow::Result<Router> {
         thumbs,
         uploads: uploads.clone(),
         upload_lock: tokio::sync::Mutex::new(()),
+        gallery_by_content,
         pages: page::environment()?,
         report_urls: std::sync::OnceLock::new(),
     });

@@ -2,7 +2,9 @@
 //! pixels) before anything is decoded, kept once under `runs/serve/uploads/` by content hash,
 //! described by the captioner, and added to the session as images outside the gallery
 //! (`upload:<hash>` keys), which a search may name as its reference but which are never ranked.
-//! Uploads kept on disk are added again when `serve` starts.
+//! Uploads kept on disk are added again when `serve` starts. A photo whose bytes are a gallery
+//! photo's is that photo: its key and indexed caption are answered, no model is asked, nothing is
+//! kept, and a search from it leaves it out of its results as a benchmark's reference is.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +45,10 @@ pub(crate) struct Uploaded {
     width: u32,
     /// Height in pixels.
     height: u32,
+    /// The photo is a gallery photo's exact bytes: `key` is that photo's and `caption` the one
+    /// it was indexed with, and a search from it leaves it out of its results (unless the
+    /// configured profile keeps references, as `parity` does).
+    in_gallery: bool,
 }
 
 /// Why an upload was refused, before any model was asked.
@@ -106,12 +112,16 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(&'static str, u32, u32), Refused> {
     Ok((ext, width, height))
 }
 
-/// The key of an upload's bytes.
-pub(crate) fn key_of(bytes: &[u8]) -> ImageKey {
-    ImageKey(format!(
-        "{KEY_PREFIX}{}",
-        &blake3::hash(bytes).to_hex()[..16]
-    ))
+/// The key of an upload whose bytes hash to `hash` (blake3).
+pub(crate) fn key_of(hash: &blake3::Hash) -> ImageKey {
+    ImageKey(format!("{KEY_PREFIX}{}", &hash.to_hex()[..16]))
+}
+
+/// The blake3 hash of a file's bytes.
+fn file_hash(path: &Path) -> Option<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path).ok()?).ok()?;
+    Some(h.finalize())
 }
 
 /// The caption file beside an upload.
@@ -186,8 +196,28 @@ pub(crate) async fn upload(
         Ok(c) => c,
         Err(r) => return problem(StatusCode::BAD_REQUEST, "bad-upload", &r.message()),
     };
-    let key = key_of(&body);
+    let hash = blake3::hash(&body);
     let ctx = &state.session.ctx;
+    // A gallery photo sent back: that photo, as "edit this" would name it (no captioner needed),
+    // if its file still holds these bytes (it may have been replaced or removed since `index`).
+    if let Some(key) = state.gallery_by_content.get(hash.to_hex().as_str())
+        && let Ok(file) = ctx.path_of(key)
+        && tokio::task::spawn_blocking(move || file_hash(&file))
+            .await
+            .ok()
+            .flatten()
+            == Some(hash)
+    {
+        return Json(Uploaded {
+            key: key.0.clone(),
+            caption: ctx.db.caption(key).unwrap_or_default().to_string(),
+            width,
+            height,
+            in_gallery: true,
+        })
+        .into_response();
+    }
+    let key = key_of(&hash);
     // One upload is described at a time: two of the same photo at once caption it once, and
     // decoded pixels (up to 50 megapixels) are held for one photo only.
     let _one_at_a_time = state.upload_lock.lock().await;
@@ -197,6 +227,7 @@ pub(crate) async fn upload(
             caption: known.caption,
             width,
             height,
+            in_gallery: false,
         })
         .into_response();
     }
@@ -283,6 +314,7 @@ pub(crate) async fn upload(
         caption,
         width,
         height,
+        in_gallery: false,
     })
     .into_response()
 }
@@ -340,9 +372,16 @@ mod tests {
 
     #[test]
     fn the_same_bytes_are_the_same_key() {
-        assert_eq!(key_of(b"abc"), key_of(b"abc"));
-        assert_ne!(key_of(b"abc"), key_of(b"abd"));
-        assert!(key_of(b"abc").as_str().starts_with(KEY_PREFIX));
-        assert_eq!(key_of(b"abc").as_str().len(), KEY_PREFIX.len() + 16);
+        assert_eq!(key_of(&blake3::hash(b"abc")), key_of(&blake3::hash(b"abc")));
+        assert_ne!(key_of(&blake3::hash(b"abc")), key_of(&blake3::hash(b"abd")));
+        assert!(
+            key_of(&blake3::hash(b"abc"))
+                .as_str()
+                .starts_with(KEY_PREFIX)
+        );
+        assert_eq!(
+            key_of(&blake3::hash(b"abc")).as_str().len(),
+            KEY_PREFIX.len() + 16
+        );
     }
 }
