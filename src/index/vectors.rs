@@ -223,6 +223,8 @@ impl Vectors {
     pub fn save(&self, dir: &Path) -> Result<(), VectorError> {
         let name = Self::file_name(self.options);
         let prefix = format!(".{name}.");
+        // Any setting's: another setting may never be saved here again.
+        sweep_stale_temps(dir, ".vectors-");
         let mut builder = tempfile::Builder::new();
         builder.prefix(&prefix).suffix(".tmp");
         // Readable by others, as the database's other files are (tempfile makes 0600 files).
@@ -427,6 +429,34 @@ pub fn mean_query(vectors: &[Vec<f32>]) -> Option<Vec<f32>> {
     Some(m)
 }
 
+/// A temporary index file older than this was left by a save that was killed (a save takes
+/// seconds even at 123k images), not one under way in another process.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the temporary files (`prefix...tmp`) that saves killed mid-write left in `dir`: each
+/// is as large as the index (750 MB at 123k images in f32), and nothing else would ever remove
+/// them. Best effort: what cannot be read or removed stays.
+fn sweep_stale_temps(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(prefix) && name.ends_with(".tmp")) {
+            continue;
+        }
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|a| a > STALE_TEMP) && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "removed a temporary index file a killed save left");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,6 +577,36 @@ mod tests {
         assert!(!v.has_images());
         let q = unit(7, 8);
         assert_eq!(v.search(&q, 0.15, 1, None).unwrap()[0].0, 7);
+    }
+
+    #[test]
+    fn a_save_removes_the_temporary_files_killed_saves_left_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = VectorOptions::default();
+        let name = Vectors::file_name(options);
+        let file = |n: &str, age_secs: u64| {
+            let path = dir.path().join(n);
+            std::fs::write(&path, b"half an index").unwrap();
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+            path
+        };
+        let killed = file(&format!(".{name}.a1b2c3.tmp"), 7200);
+        let under_way = file(&format!(".{name}.d4e5f6.tmp"), 5);
+        let other_setting = file(".vectors-hnsw-i8.usearch.g7h8.tmp", 7200);
+        let not_ours = file("notes.tmp", 7200);
+        let rows: Vec<_> = (0..10u64).map(|i| (i, None, unit(i, 8))).collect();
+        Vectors::build(rows, options)
+            .unwrap()
+            .save(dir.path())
+            .unwrap();
+        assert!(!killed.exists() && !other_setting.exists());
+        assert!(under_way.exists() && not_ours.exists());
     }
 
     #[test]
