@@ -321,3 +321,63 @@ async fn cirr_val_is_cut_to_2400_queries_and_reports_the_originals_recall_list_i
         .collect();
     assert_eq!(names, ["Recall@1", "Recall@5", "Recall@10", "Recall@50"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logprob_verifier_ranks_by_probability_and_an_answer_without_one_is_a_fallback() {
+    let env = env_with(4, "a white dog, not a cat", 7).await;
+    script(
+        &env,
+        "```json\n{\"edits\": [[\"Addition\", \"white\"]], \"descriptions\": [\"white cat\"]}\n```",
+        "```json\n{\"statements\": [], \"questions\": [[\"Is it white?\", \"True\"], [\"Is there a cat?\", \"False\"]]}\n```",
+    );
+    let pipeline = "verifier_mode = \"logprob\"\nrerank = \"probability-sum\"\ntop_k = 2\nalpha = 1\nstages = [\"s1\", \"s2\"]";
+    // The world's verifier answers Yes or No, and the fake sends the first token's
+    // log-probabilities when asked, as vLLM does: every verdict has its P(yes), no fallback.
+    let (report, round) = run(&env, "default", pipeline).await;
+    let verdicts: Vec<&Value> = round["s2"]["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c.as_array().unwrap())
+        .collect();
+    assert_eq!(verdicts.len(), 4, "{round}");
+    for v in &verdicts {
+        let p = v["p_yes"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&p) && p != 0.0 && p != 1.0, "{v}");
+        assert_eq!(v["yes"].as_bool().unwrap(), p >= 0.5, "{v}");
+    }
+    let record = &Env::journal(Path::new(report["folder"].as_str().unwrap()))[0];
+    assert!(
+        !record["fallbacks"].to_string().contains("s2.verify"),
+        "{record}"
+    );
+    // The verifier hedges on the cat question: no yes/no first token, so no probability. The
+    // first word decides (not yes: no), and the record says so.
+    let world = env.world.clone();
+    env.verifier.set_chat_responder(move |req| {
+        let url = req["messages"][0]["content"]
+            .as_array()
+            .and_then(|p| p.iter().find(|x| x["type"] == "image_url"))
+            .and_then(|p| p["image_url"]["url"].as_str())
+            .unwrap_or("")
+            .to_string();
+        let d = world.describe(&url, None).unwrap_or_default();
+        if req.to_string().contains("cat?") {
+            "Possibly.".into()
+        } else if d.contains("white") {
+            "Yes".into()
+        } else {
+            "No".into()
+        }
+    });
+    let (report, round) = run(&env, "default", pipeline).await;
+    let record = &Env::journal(Path::new(report["folder"].as_str().unwrap()))[0];
+    let fallbacks = record["fallbacks"].to_string();
+    assert!(
+        fallbacks.contains("s2.verify")
+            && fallbacks.contains("2 verifier answer(s) without a yes/no probability")
+            && fallbacks.contains("decided by the first word"),
+        "{fallbacks}"
+    );
+    assert!(round["s2"]["ranking"].is_array(), "{round}");
+}

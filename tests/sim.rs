@@ -8,7 +8,8 @@
 //! hangs after some queries and comes back after some more; and the run stopped after a random
 //! number of finished queries and resumed, possibly with other scheduling settings (limits,
 //! queries in flight, affinity). In half the schedules the method's own parameters are drawn too
-//! (profile, τ, top-K, α, re-asks, verifier and evaluator parsing, the reference excluded or not,
+//! (profile, τ, top-K, α, re-asks, verifier rule (the `logprob` one with `probability-sum`
+//! re-ranking among them) and evaluator parsing, the reference excluded or not,
 //! expected answers normalised or not, the `[index]` search and quantization), each distinct set
 //! with its own fault-free baseline; and in a third of the stopped ones the resume is first tried
 //! with a change of what decides the answers (τ, top-K, re-asks, the index search, the reasoner's
@@ -108,6 +109,9 @@ struct Method {
     alpha: Option<usize>,
     reask: Option<u32>,
     verifier_mode: Option<&'static str>,
+    /// Stage 2's order: `probability-sum` only with the `logprob` verifier (the fakes send
+    /// log-probabilities when asked, as vLLM does).
+    rerank: Option<&'static str>,
     evaluator_parse: Option<&'static str>,
     exclude_reference: Option<bool>,
     normalize_expected_answers: Option<bool>,
@@ -123,6 +127,12 @@ impl Method {
         }
         let maybe = |rng: &mut fastrand::Rng| rng.u8(0..3) > 0;
         let top_k = maybe(rng).then(|| [1, 2, 4, 20][rng.usize(0..4)]);
+        let verifier_mode =
+            maybe(rng).then(|| ["substring", "first-word", "logprob"][rng.usize(0..3)]);
+        let rerank = match verifier_mode {
+            Some("logprob") => maybe(rng).then(|| ["count", "probability-sum"][rng.usize(0..2)]),
+            _ => maybe(rng).then_some("count"),
+        };
         Method {
             profile: maybe(rng).then(|| ["default", "parity"][rng.usize(0..2)]),
             tau: maybe(rng).then(|| [0, 15, 50, 100][rng.usize(0..4)]),
@@ -131,7 +141,8 @@ impl Method {
             alpha: (maybe(rng) || top_k.is_some_and(|k| k < 3))
                 .then(|| rng.usize(1..=top_k.unwrap_or(3).min(3))),
             reask: maybe(rng).then(|| rng.u32(0..3)),
-            verifier_mode: maybe(rng).then(|| ["substring", "first-word"][rng.usize(0..2)]),
+            verifier_mode,
+            rerank,
             evaluator_parse: maybe(rng).then(|| ["strict", "tolerant"][rng.usize(0..2)]),
             exclude_reference: maybe(rng).then(|| rng.bool()),
             normalize_expected_answers: maybe(rng).then(|| rng.bool()),
@@ -164,6 +175,7 @@ impl Method {
             "verifier_mode",
             self.verifier_mode.map(|v| format!("{v:?}")),
         );
+        line("rerank", self.rerank.map(|v| format!("{v:?}")));
         line(
             "evaluator_parse",
             self.evaluator_parse.map(|v| format!("{v:?}")),

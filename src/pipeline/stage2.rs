@@ -291,6 +291,31 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
             "read as no, as the original does (parity)",
         );
     }
+    // The logprob rule decided by the first word: the order is the answers' words', not the
+    // probabilities it was configured to read (a server that ignores `logprobs`, or an answer
+    // whose first token is neither yes nor no).
+    if ctx.params.verifier_mode == crate::config::VerifierMode::Logprob {
+        let unscored: Vec<&VerdictRecord> = verdicts
+            .iter()
+            .flatten()
+            .filter(|v| {
+                v.yes.is_some() && v.p_yes.is_none() && v.note.as_deref() != Some(EMPTY_READ_AS_NO)
+            })
+            .collect();
+        if let Some(example) = unscored.first() {
+            tally.fallback(
+                "s2.verify",
+                input.round,
+                format!(
+                    "{} verifier answer(s) without a yes/no probability: {}",
+                    unscored.len(),
+                    example.note.as_deref().unwrap_or("no log-probabilities")
+                ),
+                &example.raw.clone(),
+                "decided by the first word (probability 1 or 0)",
+            );
+        }
+    }
     let scores: Vec<f64> = verdicts
         .iter()
         .map(|v| score_of(v, &props, ctx.params.rerank))

@@ -534,15 +534,73 @@ async fn chat(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: Byt
     handle(state.clone(), Route::Chat, headers, body, |s, req| {
         let responder = s.chat_responder.lock().unwrap().clone();
         let content = responder(req);
+        let mut choice = json!({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"});
+        if req["logprobs"] == json!(true)
+            && let Some(logprobs) = fake_logprobs(req, &content)
+        {
+            choice["logprobs"] = logprobs;
+        }
         json!({
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "model": *s.model.lock().unwrap(),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "choices": [choice],
             "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
         })
     })
     .await
+}
+
+/// The first token's log-probabilities, as vLLM sends them when asked (`logprobs: true`), for an
+/// answer whose first word is yes or no: P(yes) above one half for a yes and below for a no, its
+/// exact value drawn from the request's texts and the answer (the same request, on any replica or
+/// attempt, gets the same numbers), so a probability-sum re-ranking has distinct scores to sort.
+fn fake_logprobs(req: &Value, content: &str) -> Option<Value> {
+    let word: String = content
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_alphanumeric())
+        .collect();
+    let yes = match word.to_lowercase().as_str() {
+        "yes" => true,
+        "no" => false,
+        _ => return None,
+    };
+    let mut h = blake3::Hasher::new();
+    for m in req["messages"].as_array().into_iter().flatten() {
+        match &m["content"] {
+            Value::String(t) => {
+                h.update(t.as_bytes());
+            }
+            Value::Array(parts) => {
+                for t in parts.iter().filter_map(|p| p["text"].as_str()) {
+                    h.update(t.as_bytes());
+                }
+            }
+            _ => {}
+        }
+    }
+    h.update(content.as_bytes());
+    let bytes = h.finalize();
+    let f = f64::from(u16::from_le_bytes([
+        bytes.as_bytes()[0],
+        bytes.as_bytes()[1],
+    ])) / 65536.0;
+    let p_yes = if yes {
+        0.55 + 0.44 * f
+    } else {
+        0.45 * f + 0.001
+    };
+    let alt = |token: &str, p: f64| json!({"token": token, "logprob": p.ln(), "bytes": null});
+    let (first, second) = if yes {
+        (alt("Yes", p_yes), alt("No", 1.0 - p_yes))
+    } else {
+        (alt("No", 1.0 - p_yes), alt("Yes", p_yes))
+    };
+    let mut token = first.clone();
+    token["token"] = json!(word);
+    token["top_logprobs"] = json!([first, second]);
+    Some(json!({"content": [token]}))
 }
 
 /// A deterministic unit-ish vector derived from the text of one input.
