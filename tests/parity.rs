@@ -346,6 +346,37 @@ async fn a_logprob_verifier_ranks_by_probability_and_an_answer_without_one_is_a_
         assert!((0.0..=1.0).contains(&p) && p != 0.0 && p != 1.0, "{v}");
         assert_eq!(v["yes"].as_bool().unwrap(), p >= 0.5, "{v}");
     }
+    // Each candidate's score is the sum of the probabilities of the expected answers (white:
+    // yes, cat: no), and the top two are in the order of their scores.
+    let scores: Vec<f64> = round["s2"]["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for (c, per) in round["s2"]["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let p = |q: usize| per[q]["p_yes"].as_f64().unwrap();
+        let want = p(0) + (1.0 - p(1));
+        assert!(
+            (scores[c] - want).abs() < 1e-9,
+            "{c}: {} vs {want}",
+            scores[c]
+        );
+    }
+    let candidates: Vec<String> = round["s2"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let score_of = |k: &str| scores[candidates.iter().position(|c| c == k).unwrap()];
+    let top = ranking(&round, "s2");
+    assert!(score_of(&top[0]) >= score_of(&top[1]), "{round}");
     let record = &Env::journal(Path::new(report["folder"].as_str().unwrap()))[0];
     assert!(
         !record["fallbacks"].to_string().contains("s2.verify"),
@@ -376,8 +407,14 @@ async fn a_logprob_verifier_ranks_by_probability_and_an_answer_without_one_is_a_
     assert!(
         fallbacks.contains("s2.verify")
             && fallbacks.contains("2 verifier answer(s) without a yes/no probability")
-            && fallbacks.contains("decided by the first word"),
+            && fallbacks.contains("the server returned no logprobs")
+            && fallbacks.contains("neither yes nor no; read as no")
+            && fallbacks.contains("probability 1 or 0 in the sum"),
         "{fallbacks}"
     );
-    assert!(round["s2"]["ranking"].is_array(), "{round}");
+    // Those verdicts are no, with no probability (0 in the sum).
+    for per in round["s2"]["verdicts"].as_array().unwrap() {
+        assert_eq!(per[1]["yes"], false, "{per}");
+        assert!(per[1]["p_yes"].is_null(), "{per}");
+    }
 }

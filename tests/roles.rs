@@ -329,6 +329,25 @@ fn a_logprob_verdict_is_read_from_top_logprobs_when_the_sampled_text_is_a_newlin
     let v = verifier::decide(&answer, VerifierMode::Logprob);
     let p = v.p_yes.expect("read from top_logprobs");
     assert!(p > 0.0 && p < 0.5 && !v.yes, "{v:?}");
+    // Alternatives with no yes or no among them: no probability, the first word decides, and
+    // the verdict says why (stage 2 counts it as a fallback).
+    let mut hedged = body.clone();
+    hedged["choices"][0]["message"]["content"] = json!("Maybe.");
+    for alt in hedged["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        .as_array_mut()
+        .unwrap()
+    {
+        alt["token"] = json!("Maybe");
+    }
+    let answer = wire::parse_chat(&hedged.to_string()).unwrap();
+    let v = verifier::decide(&answer, VerifierMode::Logprob);
+    assert!(v.p_yes.is_none() && !v.yes, "{v:?}");
+    let note = v.note.unwrap_or_default();
+    assert!(
+        note.starts_with("no yes/no token among the top logprobs; decided by the first word")
+            && note.contains("read as no"),
+        "{note}"
+    );
     // Without probabilities, whitespace is still no answer.
     body["choices"][0]
         .as_object_mut()

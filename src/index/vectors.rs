@@ -223,8 +223,8 @@ impl Vectors {
     pub fn save(&self, dir: &Path) -> Result<(), VectorError> {
         let name = Self::file_name(self.options);
         let prefix = format!(".{name}.");
-        // Any setting's: another setting may never be saved here again.
-        sweep_stale_temps(dir, ".vectors-");
+        // Any setting's (another may never be saved here again), and the old one-file layout's.
+        sweep_stale_temps(dir, &[".vectors-", ".vectors.usearch."]);
         let mut builder = tempfile::Builder::new();
         builder.prefix(&prefix).suffix(".tmp");
         // Readable by others, as the database's other files are (tempfile makes 0600 files).
@@ -433,17 +433,18 @@ pub fn mean_query(vectors: &[Vec<f32>]) -> Option<Vec<f32>> {
 /// seconds even at 123k images), not one under way in another process.
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Removes the temporary files (`prefix...tmp`) that saves killed mid-write left in `dir`: each
+/// Removes the temporary files (`<prefix>...tmp`) that saves killed mid-write left in `dir`: each
 /// is as large as the index (750 MB at 123k images in f32), and nothing else would ever remove
-/// them. Best effort: what cannot be read or removed stays.
-fn sweep_stale_temps(dir: &Path, prefix: &str) {
+/// them. Best effort: what cannot be removed stays, and the log says so.
+fn sweep_stale_temps(dir: &Path, prefixes: &[&str]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !(name.starts_with(prefix) && name.ends_with(".tmp")) {
+        let ours = prefixes.iter().any(|p| name.starts_with(p)) && name.ends_with(".tmp");
+        if !ours || !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
         let age = entry
@@ -451,8 +452,16 @@ fn sweep_stale_temps(dir: &Path, prefix: &str) {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok());
-        if age.is_some_and(|a| a > STALE_TEMP) && std::fs::remove_file(entry.path()).is_ok() {
-            tracing::info!(file = %entry.path().display(), "removed a temporary index file a killed save left");
+        if age.is_none_or(|a| a <= STALE_TEMP) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => {
+                tracing::info!(file = %entry.path().display(), "removed a temporary index file a killed save left")
+            }
+            Err(e) => {
+                tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a temporary index file a killed save left; delete it by hand")
+            }
         }
     }
 }
@@ -599,14 +608,18 @@ mod tests {
         let killed = file(&format!(".{name}.a1b2c3.tmp"), 7200);
         let under_way = file(&format!(".{name}.d4e5f6.tmp"), 5);
         let other_setting = file(".vectors-hnsw-i8.usearch.g7h8.tmp", 7200);
+        let old_layout = file(".vectors.usearch.i9j0.tmp", 7200);
         let not_ours = file("notes.tmp", 7200);
+        let an_index = file("vectors-hnsw-i8.usearch", 7200);
+        let a_record = file(".built-exact-f32.json.k1l2.tmp", 7200);
         let rows: Vec<_> = (0..10u64).map(|i| (i, None, unit(i, 8))).collect();
         Vectors::build(rows, options)
             .unwrap()
             .save(dir.path())
             .unwrap();
-        assert!(!killed.exists() && !other_setting.exists());
+        assert!(!killed.exists() && !other_setting.exists() && !old_layout.exists());
         assert!(under_way.exists() && not_ours.exists());
+        assert!(an_index.exists() && a_record.exists());
     }
 
     #[test]

@@ -291,9 +291,9 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
             "read as no, as the original does (parity)",
         );
     }
-    // The logprob rule decided by the first word: the order is the answers' words', not the
-    // probabilities it was configured to read (a server that ignores `logprobs`, or an answer
-    // whose first token is neither yes nor no).
+    // The logprob rule decided by the first word: those verdicts come from the answers' words,
+    // not the probabilities it was configured to read (a server that ignores `logprobs`, or no
+    // yes/no token among the first token's alternatives), whichever the re-ranking.
     if ctx.params.verifier_mode == crate::config::VerifierMode::Logprob {
         let unscored: Vec<&VerdictRecord> = verdicts
             .iter()
@@ -312,7 +312,12 @@ pub async fn run(ctx: &Ctx, input: &RoundInput, s1: &S1Record, tally: &mut Tally
                     example.note.as_deref().unwrap_or("no log-probabilities")
                 ),
                 &example.raw.clone(),
-                "decided by the first word (probability 1 or 0)",
+                match ctx.params.rerank {
+                    crate::config::RerankMode::ProbabilitySum => {
+                        "decided by the first word (probability 1 or 0 in the sum)"
+                    }
+                    crate::config::RerankMode::Count => "decided by the first word",
+                },
             );
         }
     }

@@ -98,6 +98,17 @@ fn by_first_word(text: &str) -> Verdict {
     }
 }
 
+/// The first word's verdict when the logprob rule cannot decide, saying `why` (and what the first
+/// word's rule itself noted: a hedge read as no).
+fn by_first_word_because(content: &str, why: &str) -> Verdict {
+    let mut v = by_first_word(content);
+    v.note = Some(match v.note.take() {
+        Some(own) => format!("{why}; decided by the first word: {own}"),
+        None => format!("{why}; decided by the first word"),
+    });
+    v
+}
+
 /// Reads an answer under `mode`.
 pub fn decide(answer: &ChatAnswer, mode: VerifierMode) -> Verdict {
     match mode {
@@ -110,9 +121,7 @@ pub fn decide(answer: &ChatAnswer, mode: VerifierMode) -> Verdict {
         VerifierMode::Logprob => {
             let first = answer.logprobs.as_ref().and_then(|l| l.first());
             let Some(token) = first else {
-                let mut v = by_first_word(&answer.content);
-                v.note = Some("the server returned no logprobs; decided by the first word".into());
-                return v;
+                return by_first_word_because(&answer.content, "the server returned no logprobs");
             };
             let (mut yes, mut no) = (0.0f64, 0.0f64);
             let mut alternatives: Vec<(&str, f64)> = token
@@ -147,11 +156,7 @@ pub fn decide(answer: &ChatAnswer, mode: VerifierMode) -> Verdict {
                     note: None,
                 }
             } else {
-                let mut v = by_first_word(&answer.content);
-                v.note = Some(
-                    "no yes/no token among the top logprobs; decided by the first word".into(),
-                );
-                v
+                by_first_word_because(&answer.content, "no yes/no token among the top logprobs")
             }
         }
     }

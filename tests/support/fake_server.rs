@@ -493,6 +493,14 @@ async fn handle(
             if let Some(c) = answer.pointer_mut("/choices/0/message/content") {
                 *c = json!("");
             }
+            // Nothing at all, as a server that generated nothing sends (an empty answer with
+            // probabilities is an answer).
+            if let Some(choice) = answer
+                .pointer_mut("/choices/0")
+                .and_then(Value::as_object_mut)
+            {
+                choice.remove("logprobs");
+            }
             if let Some(d) = answer.get_mut("data") {
                 *d = json!([]);
             }
@@ -553,8 +561,9 @@ async fn chat(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: Byt
 
 /// The first token's log-probabilities, as vLLM sends them when asked (`logprobs: true`), for an
 /// answer whose first word is yes or no: P(yes) above one half for a yes and below for a no, its
-/// exact value drawn from the request's texts and the answer (the same request, on any replica or
-/// attempt, gets the same numbers), so a probability-sum re-ranking has distinct scores to sort.
+/// exact value drawn from the request's texts and images and the answer (the same request, on any
+/// replica or attempt, gets the same numbers), so candidates answering alike still score apart
+/// under probability-sum re-ranking.
 fn fake_logprobs(req: &Value, content: &str) -> Option<Value> {
     let word: String = content
         .trim_start()
@@ -573,8 +582,16 @@ fn fake_logprobs(req: &Value, content: &str) -> Option<Value> {
                 h.update(t.as_bytes());
             }
             Value::Array(parts) => {
-                for t in parts.iter().filter_map(|p| p["text"].as_str()) {
-                    h.update(t.as_bytes());
+                for p in parts {
+                    // An image by its uuid when it has one (what names it across requests), else
+                    // its URL (a data URL here: its bytes).
+                    let part = p["text"]
+                        .as_str()
+                        .or_else(|| p["uuid"].as_str())
+                        .or_else(|| p["image_url"]["url"].as_str());
+                    if let Some(t) = part {
+                        h.update(t.as_bytes());
+                    }
                 }
             }
             _ => {}
