@@ -487,16 +487,21 @@ async fn a_resume_after_the_database_was_reindexed_in_place_is_refused() {
     std::thread::sleep(Duration::from_millis(20));
     std::fs::copy(dev.join("dev-2-0-img0.png"), dev.join("dev-5-0-img0.png")).unwrap();
     env.index(&config).await;
-    let args = [
+    let args = resume_args(&config, &folder);
+    let (code, _, err) = env.imagescope(&args).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("image_db.content"), "{err}");
+}
+
+/// `run --config <config> --resume <folder>`.
+fn resume_args<'a>(config: &'a Path, folder: &'a Path) -> [&'a str; 5] {
+    [
         "run",
         "--config",
         config.to_str().unwrap(),
         "--resume",
         folder.to_str().unwrap(),
-    ];
-    let (code, _, err) = env.imagescope(&args).await;
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("image_db.content"), "{err}");
+    ]
 }
 
 /// The files under `dir` whose name starts with `prefix`.
@@ -527,13 +532,7 @@ async fn a_resume_with_another_index_setting_is_refused_before_that_index_is_bui
     // HNSW over the gallery: on 123k images, minutes of building for a run that cannot go on.
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{text}\n[index]\nsearch = \"hnsw\"\n")).unwrap();
-    let args = [
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--resume",
-        folder.to_str().unwrap(),
-    ];
+    let args = resume_args(&config, &folder);
     let (code, _, err) = env.imagescope(&args).await;
     assert_eq!(code, 2, "{err}");
     assert!(

@@ -84,6 +84,16 @@ fn descriptions(round: &Value) -> Vec<String> {
         .collect()
 }
 
+/// What the world says the image of a verifier request shows ("" without one).
+fn described(world: &support::world::World, req: &Value) -> String {
+    let url = req["messages"][0]["content"]
+        .as_array()
+        .and_then(|p| p.iter().find(|x| x["type"] == "image_url"))
+        .and_then(|p| p["image_url"]["url"].as_str())
+        .unwrap_or("");
+    world.describe(url, None).unwrap_or_default()
+}
+
 const PROPS: &str =
     "```json\n{\"statements\": [], \"questions\": [[\"Is it white?\", \"True\"]]}\n```";
 
@@ -233,13 +243,7 @@ async fn an_empty_verifier_answer_is_no_in_parity_and_a_failure_otherwise() {
     // The verifier answers the cat question about a non-cat with nothing at all.
     let world = env.world.clone();
     env.verifier.set_chat_responder(move |req| {
-        let url = req["messages"][0]["content"]
-            .as_array()
-            .and_then(|p| p.iter().find(|x| x["type"] == "image_url"))
-            .and_then(|p| p["image_url"]["url"].as_str())
-            .unwrap_or("")
-            .to_string();
-        let d = world.describe(&url, None).unwrap_or_default();
+        let d = described(&world, req);
         let text = req.to_string();
         let word = if text.contains("cat?") {
             "cat"
@@ -386,13 +390,7 @@ async fn a_logprob_verifier_ranks_by_probability_and_an_answer_without_one_is_a_
     // first word decides (not yes: no), and the record says so.
     let world = env.world.clone();
     env.verifier.set_chat_responder(move |req| {
-        let url = req["messages"][0]["content"]
-            .as_array()
-            .and_then(|p| p.iter().find(|x| x["type"] == "image_url"))
-            .and_then(|p| p["image_url"]["url"].as_str())
-            .unwrap_or("")
-            .to_string();
-        let d = world.describe(&url, None).unwrap_or_default();
+        let d = described(&world, req);
         if req.to_string().contains("cat?") {
             "Possibly.".into()
         } else if d.contains("white") {

@@ -161,14 +161,11 @@ pub fn open_existing(
     options: &crate::config::IndexSection,
     build_hint: &str,
 ) -> Result<ImageDb, IndexError> {
-    let db =
-        open_existing_rows(dir, servers, servers_path, options, build_hint)?.index_vectors()?;
-    db.set_ef_search(options.ef_search);
-    Ok(db)
+    open_existing_rows(dir, servers, servers_path, options, build_hint)?.index_vectors()
 }
 
 /// `open_existing` but for the vector index, which the caller loads or builds once it knows it
-/// will search (`DbRows::index_vectors`, then `ImageDb::set_ef_search`): a run checks its
+/// will search (`DbRows::index_vectors`, which applies every `[index]` setting): a run checks its
 /// identity first, so a refused resume builds nothing.
 pub fn open_existing_rows(
     dir: &Path,
@@ -183,7 +180,8 @@ pub fn open_existing_rows(
             dir.display()
         )));
     }
-    let db = DbRows::open(dir, options.vector_options())?;
+    let mut db = DbRows::open(dir, options.vector_options())?;
+    db.ef_search = Some(options.ef_search);
     let embedder = servers.role(crate::config::Role::Embedder, servers_path)?;
     if let Some(fp) = db.fingerprint()
         && (fp.embedder.model != embedder.model
@@ -368,6 +366,8 @@ pub struct DbRows {
     dir: PathBuf,
     store: Store,
     options: VectorOptions,
+    /// HNSW's search breadth from `[index]`, applied by `index_vectors` (`None`: the default).
+    ef_search: Option<usize>,
     fingerprint: Option<Fingerprint>,
     /// `Store::content_digest`, read before the rows (see `Built::content`).
     content: String,
@@ -409,6 +409,7 @@ impl DbRows {
             fingerprint: read_fingerprint(dir)?,
             store,
             options,
+            ef_search: None,
             content,
             order,
             caption_dim,
@@ -461,6 +462,7 @@ impl DbRows {
             dir,
             store,
             options,
+            ef_search,
             fingerprint,
             content,
             order,
@@ -493,14 +495,18 @@ impl DbRows {
                     .ok_or_else(|| IndexError::Empty(dir.clone()))?
             }
         };
-        Ok(ImageDb {
+        let db = ImageDb {
             dir,
             fingerprint,
             vectors,
             keys,
             ids,
             captions,
-        })
+        };
+        if let Some(ef) = ef_search {
+            db.set_ef_search(ef);
+        }
+        Ok(db)
     }
 }
 

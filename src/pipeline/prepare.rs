@@ -216,7 +216,6 @@ pub async fn prepare(exp: &ExperimentConfig, opts: &RunOptions) -> Result<Prepar
         None => None,
     };
     let db = Arc::new(rows.index_vectors()?);
-    db.set_ef_search(exp.index.ef_search);
     let (folder, done) = match resumed {
         Some(pending) => {
             let (f, _, done) = pending.commit()?;
