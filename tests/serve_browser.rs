@@ -247,9 +247,9 @@ async fn a_person_searches_sees_s1_then_the_order_change_and_opens_a_report() {
         Duration::from_secs(120),
     )
     .await;
-    let s1_order = page
-        .eval("[...document.querySelectorAll('#grid .card')].map(c => c.dataset.key)")
-        .await;
+    // The order stage 1 drew, as the page kept it: read from the grid now, it may already be
+    // stage 2's (the fakes answer stage 2 about 100 ms later; a busy machine polls slower).
+    let s1_order = page.eval("window.imagescope.drawn.s1").await;
     // Then the rest.
     let timings = page
         .until(
@@ -295,6 +295,7 @@ async fn a_person_searches_sees_s1_then_the_order_change_and_opens_a_report() {
         assert_ne!(s1_order[0], "photos/img08.png", "{s1_order}");
         assert_eq!(final_order[0], "photos/img08.png", "{final_order}");
         assert_ne!(s1_order, final_order);
+        assert_eq!(page.eval("window.imagescope.drawn.s3").await, final_order);
         // Moved cards carry an arrow; the top card's verdicts open.
         let arrows = page
             .eval("document.querySelectorAll('#grid .move').length")
