@@ -74,7 +74,7 @@ async fn a_template_edited_between_a_kill_and_a_resume_is_refused_naming_the_fil
         &prompts,
     );
     env.verifier
-        .set_delay(Route::Chat, Duration::from_millis(20));
+        .set_delay(Route::Chat, Duration::from_millis(50));
     let config = env.configs("cirr", "val", "queries_in_flight = 2", Some(&prompts));
     env.index(&config).await;
     let folder = killed_after(&env, &config, 2).await;
@@ -120,7 +120,7 @@ async fn an_endpoint_added_between_a_kill_and_a_resume_is_accepted_with_the_same
     let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 2).await;
     write_cirr(&env.data, &queries());
     env.verifier
-        .set_delay(Route::Chat, Duration::from_millis(20));
+        .set_delay(Route::Chat, Duration::from_millis(50));
     let config = env.configs("cirr", "val", "queries_in_flight = 2", None);
     env.index(&config).await;
     let reference = env
@@ -367,7 +367,7 @@ async fn sigterm_stops_like_ctrl_c_and_a_partial_test_split_writes_no_submission
     let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
     write_cirr_test1(&env.data);
     env.verifier
-        .set_delay(Route::Chat, Duration::from_millis(40));
+        .set_delay(Route::Chat, Duration::from_millis(80));
     let config = env.configs("cirr", "test1", "queries_in_flight = 2", None);
     env.index(&config).await;
     let (folder, text) = signalled(&env, &config, "TERM").await;
@@ -427,7 +427,7 @@ async fn sighup_stops_a_run_whose_metrics_are_marked_as_over_the_answered_querie
     let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
     write_cirr(&env.data, &queries());
     env.verifier
-        .set_delay(Route::Chat, Duration::from_millis(40));
+        .set_delay(Route::Chat, Duration::from_millis(80));
     let config = env.configs("cirr", "val", "queries_in_flight = 2", None);
     env.index(&config).await;
     let (folder, _) = signalled(&env, &config, "HUP").await;
@@ -478,7 +478,7 @@ async fn a_resume_after_the_database_was_reindexed_in_place_is_refused() {
     let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
     write_cirr(&env.data, &queries());
     env.verifier
-        .set_delay(Route::Chat, Duration::from_millis(20));
+        .set_delay(Route::Chat, Duration::from_millis(50));
     let config = env.configs("cirr", "val", "queries_in_flight = 2", None);
     env.index(&config).await;
     let folder = killed_after(&env, &config, 2).await;
@@ -523,7 +523,7 @@ async fn a_resume_with_another_index_setting_is_refused_before_that_index_is_bui
     let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
     write_cirr(&env.data, &queries());
     env.verifier
-        .set_delay(Route::Chat, Duration::from_millis(20));
+        .set_delay(Route::Chat, Duration::from_millis(50));
     let config = env.configs("cirr", "val", "queries_in_flight = 2", None);
     env.index(&config).await;
     let folder = killed_after(&env, &config, 2).await;

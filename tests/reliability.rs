@@ -204,22 +204,24 @@ async fn an_api_key_never_reaches_logs_run_folders_or_doctor_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_stops_cleanly_and_says_how_to_resume() {
     let (env, config) = cirr().await;
+    // Slow enough that stage 2 lasts seconds: the signal must land before the run ends.
     env.verifier
-        .set_delay(Route::Chat, Duration::from_millis(60));
+        .set_delay(Route::Chat, Duration::from_millis(250));
     let child = env
         .command(&["run", "--config", config.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
-    // Wait until the run is under way (its folder exists), then interrupt it.
-    for _ in 0..300 {
+    // Wait until the run is under way (stage 2 has asked the verifier), then interrupt it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while env.verifier.count(Route::Chat) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never reached stage 2"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if env.path("runs/cirr/default").exists() {
-            break;
-        }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     std::process::Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()

@@ -101,7 +101,7 @@ async fn killed_and_resumed_equals_an_uninterrupted_run_and_repeats_no_finished_
     let env = Env::start("dev", |i| format!("dev-{i}-0-img0"), 1).await;
     write_cirr(&env.data, &queries());
     env.verifier
-        .set_delay(Route::Chat, Duration::from_millis(15));
+        .set_delay(Route::Chat, Duration::from_millis(40));
     let config = env.configs("cirr", "val", "queries_in_flight = 2", None);
     env.index(&config).await;
 
@@ -219,7 +219,25 @@ async fn killed_again_and_again_then_resumed_still_equals_an_uninterrupted_run()
             args.extend(["--resume", resume.as_str()]);
         }
         let mut child = env.command(&args).spawn().unwrap();
-        tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
+        if round == 0 {
+            // The kills land anywhere once the run has its folder: one killed before its run.json
+            // is written leaves nothing to resume (a busy machine can still be in `prepare` at
+            // 300 ms).
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !std::fs::read_dir(env.path("runs/cirr/default"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.path().join("run.json").exists())
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "seed {seed}: no run.json after 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..1200))).await;
         child.kill().await.unwrap();
         if folder.is_none() {
             folder = std::fs::read_dir(env.path("runs/cirr/default"))

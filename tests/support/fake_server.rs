@@ -245,9 +245,12 @@ impl FakeServer {
                         hyper_util::rt::TokioExecutor::new(),
                     );
                     let serve = builder.serve_connection(io, svc);
+                    // The kill first: a request that arrived on a kept-alive connection after
+                    // the server was declared dead is not served.
                     tokio::select! {
-                        _ = serve => {}
+                        biased;
                         _ = killed.changed() => {}
+                        _ = serve => {}
                     }
                 });
                 while conns.try_join_next().is_some() {}
