@@ -129,8 +129,15 @@ async fn killed_mid_build_and_resumed_repeats_no_finished_image() {
         .as_nanos() as u64;
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut child = command(&s, &config, &[]).spawn().unwrap();
-    // Kill once some (but not all) images are committed, at a random moment after that.
+    // Kill once a random number of images (some, not all) are committed: a count, not a delay,
+    // so a slow or a fast machine lands it inside the build alike.
+    let target = rng.u64(50..600);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let store_path = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seed {seed}: {target} images not done after 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         if let Some(dir) = db_dirs(&s).first()
             && dir.join("store.sqlite").exists()
@@ -139,12 +146,11 @@ async fn killed_mid_build_and_resumed_repeats_no_finished_image() {
                 .counts()
                 .unwrap()
                 .done
-                > 50
+                > target
         {
             break dir.join("store.sqlite");
         }
     };
-    tokio::time::sleep(Duration::from_millis(rng.u64(0..400))).await;
     child.kill().await.unwrap();
     assert!(
         integrity_ok(&store_path),
@@ -363,7 +369,7 @@ async fn exact_search_equals_brute_force_over_the_stored_vectors() {
 async fn each_index_setting_keeps_its_own_vector_index_and_switching_back_rebuilds_nothing() {
     let (_s, dir) = noisy_database(300).await;
     let exact = ImageDb::open(&dir, Default::default()).unwrap();
-    let exact_file = dir.join("vectors-exact-f32.usearch");
+    let exact_file = only_file(&dir, "vectors-exact-f32-");
     let exact_built = std::fs::read(dir.join("built-exact-f32.json")).unwrap();
     let stamp = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
     let exact_stamp = stamp(&exact_file);
@@ -374,7 +380,7 @@ async fn each_index_setting_keeps_its_own_vector_index_and_switching_back_rebuil
     let hnsw = ImageDb::open(&dir, hnsw_options).unwrap();
     let built = std::fs::read_to_string(dir.join("built-hnsw-f32.json")).unwrap();
     assert!(built.contains("\"hnsw\""), "{built}");
-    assert!(dir.join("vectors-hnsw-f32.usearch").exists());
+    only_file(&dir, "vectors-hnsw-f32-");
     // Even with a search breadth above the gallery size HNSW is approximate: pruning can leave a
     // node no other node links to (this test found one at 300 images). So: high recall, not equality.
     hnsw.set_ef_search(1000);
@@ -463,6 +469,110 @@ async fn a_photo_re_indexed_in_place_makes_every_settings_saved_index_stale() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The one file in `dir` whose name starts with `prefix`.
+fn only_file(dir: &Path, prefix: &str) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "files named {prefix}* in {}: {found:?}",
+        dir.display()
+    );
+    found.into_iter().next().unwrap()
+}
+
+/// Replaces one photo of the setup's gallery and indexes again: the photo is captioned and
+/// embedded anew in its row (the count stays the same) and the default setting's index rebuilt.
+async fn replace_photo_and_index(s: &Setup, file: &str) {
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+        .save(s.folder.join(file))
+        .unwrap();
+    let (code, _, err) = index(s, &servers_toml(s, ""), &[]).await;
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_build_from_an_older_store_state_finishing_last_never_gets_searched() {
+    let (s, dir) = noisy_database(40).await;
+    let i8 = VectorOptions {
+        mode: SearchMode::Exact,
+        quantization: Quantization::I8,
+    };
+    drop(ImageDb::open(&dir, i8).unwrap());
+    // What a build from this state saves (its index file, then its record), kept to be landed
+    // late, as a slow build started before the photo below changed would.
+    let late_file = only_file(&dir, "vectors-exact-i8");
+    let late_index = std::fs::read(&late_file).unwrap();
+    let late_record = std::fs::read(dir.join("built-exact-i8.json")).unwrap();
+    replace_photo_and_index(&s, "img0005.png").await;
+    drop(ImageDb::open(&dir, i8).unwrap());
+    // What this store's i8 search must give: a fresh database of the same store.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("store.sqlite"), copy.path().join("store.sqlite")).unwrap();
+    let want = ImageDb::open(copy.path(), i8).unwrap();
+    let agrees = |got: &ImageDb, when: &str| {
+        for seed in 0..3u64 {
+            let q = query(seed);
+            assert_eq!(
+                got.search(&q, 0.15, 40, None).unwrap(),
+                want.search(&q, 0.15, 40, None).unwrap(),
+                "{when}, query {seed}"
+            );
+        }
+    };
+    // The slow build's index lands after the current one's index and record. (On the earlier
+    // naming, one file per setting, this replaced the current index under the current record.)
+    std::fs::write(&late_file, &late_index).unwrap();
+    agrees(
+        &ImageDb::open(&dir, i8).unwrap(),
+        "the older index landed last",
+    );
+    // And then its record too: stale, so that setting is rebuilt (as the earlier naming did too).
+    std::fs::write(dir.join("built-exact-i8.json"), &late_record).unwrap();
+    agrees(
+        &ImageDb::open(&dir, i8).unwrap(),
+        "the older record landed last",
+    );
+    // One index file per setting is left.
+    only_file(&dir, "vectors-exact-i8");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_changed_between_reading_its_rows_and_building_its_index_is_refused() {
+    let (s, dir) = noisy_database(40).await;
+    let i8 = VectorOptions {
+        mode: SearchMode::Exact,
+        quantization: Quantization::I8,
+    };
+    let rows = imagescope::index::DbRows::open(&dir, i8).unwrap();
+    // `index` re-embeds a photo while this opening has its keys and captions but no vectors yet.
+    replace_photo_and_index(&s, "img0005.png").await;
+    let err = rows
+        .index_vectors()
+        .err()
+        .expect("vectors of another state than the rows");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("changed while it was being opened")
+            && msg.contains("run the same command again"),
+        "{msg}"
+    );
+    // Nothing half-made: no i8 index or record; the next opening builds this state's.
+    let i8_files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("exact-i8"))
+        .collect();
+    assert!(i8_files.is_empty(), "{i8_files:?}");
+    assert_eq!(ImageDb::open(&dir, i8).unwrap().len(), 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

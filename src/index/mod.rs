@@ -3,9 +3,10 @@
 //!
 //! - `fingerprint.json`: what built it (`fingerprint`); its hash is the folder name;
 //! - `store.sqlite`: status, caption, content hash and unit-length f32 vectors per image (`store`);
-//! - `vectors-<options>.usearch` (`vectors-exact-f32.usearch`, ...): the fused index of
-//!   [image; caption] vectors derived from the store (`vectors`), one per `[index]` setting used;
-//! - `built-<options>.json`: which store state each was built from.
+//! - `vectors-<options>-<content>.usearch` (`vectors-exact-f32-3fa9….usearch`, ...): the fused
+//!   index of [image; caption] vectors derived from the store (`vectors`), one per `[index]`
+//!   setting used, named by the store state (`Store::content_digest`) it was built from;
+//! - `built-<options>.json`: which store state each setting's current index was built from.
 //!
 //! `build` fills it (resumably); `ImageDb` opens it for searching, rebuilding the indexes from the
 //! store when they are missing or stale. `expected_dir` and `open_existing` (`open_existing_rows`
@@ -285,28 +286,42 @@ struct Built {
     options: VectorOptions,
     caption_dim: usize,
     image_dim: Option<usize>,
-    /// `Store::content_digest` when it was built: `index` re-embeds a changed photo in place
-    /// (same row, same count) and rebuilds only the setting it opens, so another setting's saved
-    /// index is known stale by this. Computed before the rows are read, so a store changed
-    /// meanwhile leaves a record older than the index, which rebuilds, never the reverse.
+    /// `Store::content_digest` of the rows it was built from (read in one snapshot with them),
+    /// which also names its file (`Vectors::file_name`): `index` re-embeds a changed photo in
+    /// place (same row, same count) and rebuilds only the setting it opens, so another setting's
+    /// saved index is known stale by this.
     #[serde(default)]
     content: String,
 }
 
-/// Builds the usearch indexes from the store and records what they were built from. `content`
-/// is the store's digest when the caller already read it (before these rows); `None` reads it.
+/// Builds the usearch index of `options` from the store, saves it under the name of the store
+/// state it was built from and records that state. `expected` is the digest of the state the
+/// caller read its keys and captions at: if the store has changed since, nothing is built and the
+/// caller is told to run again.
 pub(crate) fn rebuild_vectors(
     dir: &Path,
     store: &Store,
     options: VectorOptions,
-    content: Option<String>,
+    expected: Option<&str>,
 ) -> Result<Option<Vectors>, IndexError> {
-    let content = match content {
-        Some(c) => c,
-        None => store.content_digest()?,
-    };
-    let mut rows = Vec::new();
-    store.for_each_done(|idx, _, _, image, caption| rows.push((idx, image, caption)))?;
+    // The digest and the rows from one snapshot: the file is named, and the record written, by
+    // the state the vectors really come from.
+    let (content, rows) = store.snapshot(|s| {
+        let content = s.content_digest()?;
+        let mut rows = Vec::new();
+        s.for_each_done(|idx, _, _, image, caption| rows.push((idx, image, caption)))?;
+        Ok((content, rows))
+    })?;
+    if let Some(expected) = expected
+        && expected != content
+    {
+        // The caller read its keys and captions from the earlier state: these vectors would not
+        // match them.
+        return Err(IndexError::Input(format!(
+            "the image database {} changed while it was being opened (is `imagescope index` writing to it?); nothing was started: run the same command again once indexing has finished",
+            dir.display()
+        )));
+    }
     if rows.is_empty() {
         return Ok(None);
     }
@@ -318,12 +333,14 @@ pub(crate) fn rebuild_vectors(
         content,
     };
     let vectors = Vectors::build(rows, options)?;
-    vectors.save(dir)?;
+    let name = Vectors::file_name(options, &built.content);
+    vectors.save(dir, &name)?;
     let json =
         serde_json::to_string_pretty(&built).map_err(|e| IndexError::Input(e.to_string()))?;
     let built_name = built_file(options);
     crate::files::write_atomic(&dir.join(&built_name), json)
         .map_err(|e| IndexError::Input(format!("cannot write {built_name}: {e}")))?;
+    Vectors::remove_others(dir, options, &name);
     for legacy in LEGACY_FILES {
         let _ = std::fs::remove_file(dir.join(legacy));
     }
@@ -387,19 +404,22 @@ impl DbRows {
             return Err(IndexError::Empty(dir.to_path_buf()));
         }
         let store = Store::open(&store_path)?;
-        // Before the rows, as `rebuild_vectors` does (see `Built::content`).
-        let content = store.content_digest()?;
         let mut keys = HashMap::new();
         let mut ids = HashMap::new();
         let mut captions = HashMap::new();
         let mut order = Vec::new();
         let mut dims: Option<(usize, Option<usize>)> = None;
-        store.for_each_done_meta(|idx, key, caption, caption_dim, image_dim| {
-            dims.get_or_insert((caption_dim, image_dim));
-            order.push(idx);
-            keys.insert(idx, key.clone());
-            ids.insert(key.clone(), idx);
-            captions.insert(key, caption);
+        // The digest and the rows from one snapshot, as `rebuild_vectors` reads them.
+        let content = store.snapshot(|s| {
+            let content = s.content_digest()?;
+            s.for_each_done_meta(|idx, key, caption, caption_dim, image_dim| {
+                dims.get_or_insert((caption_dim, image_dim));
+                order.push(idx);
+                keys.insert(idx, key.clone());
+                ids.insert(key.clone(), idx);
+                captions.insert(key, caption);
+            })?;
+            Ok(content)
         })?;
         let Some((caption_dim, image_dim)) = dims else {
             return Err(IndexError::Empty(dir.to_path_buf()));
@@ -482,8 +502,13 @@ impl DbRows {
         let recorded: Option<Built> = std::fs::read_to_string(dir.join(built_file(options)))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
-        let loaded = if recorded.as_ref() == Some(&wanted) {
-            Vectors::load(&dir, options, order, caption_dim, image_dim).ok()
+        vectors::sweep_temps(&dir);
+        // Only a file named by the recorded state is loaded: one saved by an earlier version
+        // (`vectors-<setting>.usearch`) cannot be told from a late save of another state's, so
+        // it is built again, once.
+        let name = Vectors::file_name(options, &wanted.content);
+        let loaded = if recorded.as_ref() == Some(&wanted) && dir.join(&name).is_file() {
+            Vectors::load(&dir, &name, options, order, caption_dim, image_dim).ok()
         } else {
             None
         };
@@ -491,7 +516,7 @@ impl DbRows {
             Some(v) => v,
             None => {
                 tracing::info!(dir = %dir.display(), "building the vector indexes from the store");
-                rebuild_vectors(&dir, &store, options, Some(wanted.content))?
+                rebuild_vectors(&dir, &store, options, Some(&wanted.content))?
                     .ok_or_else(|| IndexError::Empty(dir.clone()))?
             }
         };

@@ -188,6 +188,20 @@ impl Store {
         Ok(s)
     }
 
+    /// Runs `f`'s reads on one snapshot of the store: in WAL mode a read transaction sees the
+    /// database as it was at its first read, so a digest and the rows read after it describe the
+    /// same state even while `imagescope index` commits beside it.
+    pub fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let out = f(self)?;
+        // Read only: ending it either way is the same; commit says so.
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
     /// blake3 over every done image's row id, content hash and caption, in row order: what a
     /// search and the captions can return. Re-indexing a changed photo, filling in a failed one or
     /// rebuilding the database in place changes it.

@@ -210,21 +210,56 @@ impl Vectors {
         }
     }
 
-    /// The file of an index built with `options` (`vectors-exact-f32.usearch`, ...): one per
+    /// The file of an index built with `options` from the store state whose
+    /// `Store::content_digest` is `content` (`vectors-exact-f32-<digest>.usearch`, ...): one per
     /// option set, so runs searching one database with different `[index]` settings neither
-    /// rebuild each other's index nor read one built for other settings.
-    pub fn file_name(options: VectorOptions) -> String {
+    /// rebuild each other's index nor read one built for other settings; and named by what it
+    /// was built from, so two builds from different store states, finishing in any order, never
+    /// leave one state's record naming the other's vectors.
+    pub fn file_name(options: VectorOptions, content: &str) -> String {
+        format!("vectors-{}-{content}.usearch", options.tag())
+    }
+
+    /// The file earlier versions kept one index per setting in, whatever it was built from
+    /// (`vectors-exact-f32.usearch`): never loaded (it cannot be told from a late save of another
+    /// store state's), removed when the setting is built again.
+    pub fn unnamed_file_name(options: VectorOptions) -> String {
         format!("vectors-{}.usearch", options.tag())
     }
 
-    /// Saves the index under `dir` (`file_name`), whole or not at all: it is written to a
-    /// temporary file there and renamed, so a run opening the database meanwhile reads the old
-    /// file or the new one, never half of one.
-    pub fn save(&self, dir: &Path) -> Result<(), VectorError> {
-        let name = Self::file_name(self.options);
+    /// Removes this setting's index files other than `keep`: those of older store states, and
+    /// the earlier unnamed one. A run that read an older record and is about to load one of them
+    /// finds it gone and builds again, which `rebuild_vectors` refuses if the store changed
+    /// under it; it never loads a mismatched file.
+    pub fn remove_others(dir: &Path, options: VectorOptions, keep: &str) {
+        let prefix = format!("vectors-{}-", options.tag());
+        let unnamed = Self::unnamed_file_name(options);
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let digest = name
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".usearch"));
+            let named =
+                digest.is_some_and(|d| d.len() == 16 && d.bytes().all(|b| b.is_ascii_hexdigit()));
+            if name == keep || !(named || name == unnamed) {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove an index file of an older store state; delete it by hand");
+            }
+        }
+    }
+
+    /// Saves the index as `dir/name`, whole or not at all: it is written to a temporary file
+    /// there and renamed, so a run opening the database meanwhile reads the old file or the new
+    /// one, never half of one.
+    pub fn save(&self, dir: &Path, name: &str) -> Result<(), VectorError> {
         let prefix = format!(".{name}.");
-        // Any setting's (another may never be saved here again), and the old one-file layout's.
-        sweep_stale_temps(dir, &[".vectors-", ".vectors.usearch."]);
+        sweep_temps(dir);
         let mut builder = tempfile::Builder::new();
         builder.prefix(&prefix).suffix(".tmp");
         // Readable by others, as the database's other files are (tempfile makes 0600 files).
@@ -241,23 +276,24 @@ impl Vectors {
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(ue("save"))?;
-        tmp.persist(dir.join(&name))
+        tmp.persist(dir.join(name))
             .map_err(|e| VectorError(format!("save: {}", e.error)))?;
         Ok(())
     }
 
-    /// Loads an index saved by `save` with these options; `ids` are the row ids in gallery order.
+    /// Loads the index saved as `dir/name` with these options; `ids` are the row ids in gallery
+    /// order.
     pub fn load(
         dir: &Path,
+        name: &str,
         options: VectorOptions,
         ids: Vec<u64>,
         caption_dim: usize,
         image_dim: Option<usize>,
     ) -> Result<Self, VectorError> {
-        let name = Self::file_name(options);
         let index = new_index(caption_dim + image_dim.unwrap_or(0), options, ids.len())?;
         index
-            .load(&dir.join(&name).to_string_lossy())
+            .load(&dir.join(name).to_string_lossy())
             .map_err(ue("load"))?;
         if index.size() != ids.len() {
             return Err(VectorError(format!(
@@ -433,9 +469,15 @@ pub fn mean_query(vectors: &[Vec<f32>]) -> Option<Vec<f32>> {
 /// seconds even at 123k images), not one under way in another process.
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Removes the temporary files (`<prefix>...tmp`) that saves killed mid-write left in `dir`: each
-/// is as large as the index (750 MB at 123k images in f32), and nothing else would ever remove
-/// them. Best effort: what cannot be removed stays, and the log says so.
+/// Removes the temporary index files that saves killed mid-write left in `dir` (older than
+/// `STALE_TEMP`, any setting's, and the old one-file layout's): each is as large as the index
+/// (750 MB at 123k images in f32), and nothing else would ever remove them. Called by every save
+/// and every opening of a database. Best effort: what cannot be removed stays, and the log says
+/// so.
+pub fn sweep_temps(dir: &Path) {
+    sweep_stale_temps(dir, &[".vectors-", ".vectors.usearch."]);
+}
+
 fn sweep_stale_temps(dir: &Path, prefixes: &[&str]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -515,9 +557,17 @@ mod tests {
         let rows = fused_rows(400, 16, 7_000);
         let built = Vectors::build(rows.clone(), VectorOptions::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        built.save(dir.path()).unwrap();
+        built.save(dir.path(), "v.usearch").unwrap();
         let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
-        let v = Vectors::load(dir.path(), VectorOptions::default(), ids, 16, Some(16)).unwrap();
+        let v = Vectors::load(
+            dir.path(),
+            "v.usearch",
+            VectorOptions::default(),
+            ids,
+            16,
+            Some(16),
+        )
+        .unwrap();
         let queries: Vec<Vec<f32>> = (0..256u64).map(|s| unit(s + 90_000, 16)).collect();
         let expected: Vec<Vec<u64>> = queries.iter().map(|q| brute(&rows, q, 0.15, 10)).collect();
         assert!(256 > thread_contexts());
@@ -592,7 +642,7 @@ mod tests {
     fn a_save_removes_the_temporary_files_killed_saves_left_and_no_other() {
         let dir = tempfile::tempdir().unwrap();
         let options = VectorOptions::default();
-        let name = Vectors::file_name(options);
+        let name = Vectors::file_name(options, "0123456789abcdef");
         let file = |n: &str, age_secs: u64| {
             let path = dir.path().join(n);
             std::fs::write(&path, b"half an index").unwrap();
@@ -615,11 +665,42 @@ mod tests {
         let rows: Vec<_> = (0..10u64).map(|i| (i, None, unit(i, 8))).collect();
         Vectors::build(rows, options)
             .unwrap()
-            .save(dir.path())
+            .save(dir.path(), &name)
             .unwrap();
         assert!(!killed.exists() && !other_setting.exists() && !old_layout.exists());
         assert!(under_way.exists() && not_ours.exists());
         assert!(an_index.exists() && a_record.exists());
+    }
+
+    #[test]
+    fn removing_other_states_files_keeps_other_settings_and_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let exact = VectorOptions::default();
+        let hnsw = VectorOptions {
+            mode: SearchMode::Hnsw,
+            quantization: Quantization::F16,
+        };
+        let touch = |n: &str| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, b"x").unwrap();
+            p
+        };
+        let keep = touch(&Vectors::file_name(exact, "00000000000000aa"));
+        let older = touch(&Vectors::file_name(exact, "00000000000000bb"));
+        let unnamed = touch(&Vectors::unnamed_file_name(exact));
+        let other_setting = touch(&Vectors::file_name(hnsw, "00000000000000bb"));
+        let other_unnamed = touch(&Vectors::unnamed_file_name(hnsw));
+        let not_a_digest = touch("vectors-exact-f32-copy.usearch");
+        let record = touch("built-exact-f32.json");
+        Vectors::remove_others(
+            dir.path(),
+            exact,
+            &Vectors::file_name(exact, "00000000000000aa"),
+        );
+        assert!(!older.exists() && !unnamed.exists());
+        for p in [keep, other_setting, other_unnamed, not_a_digest, record] {
+            assert!(p.exists(), "{}", p.display());
+        }
     }
 
     #[test]
@@ -629,9 +710,10 @@ mod tests {
             .map(|i| (i, Some(unit(i, 16)), unit(i + 500, 16)))
             .collect();
         let v = Vectors::build(rows, VectorOptions::default()).unwrap();
-        v.save(dir.path()).unwrap();
+        v.save(dir.path(), "v.usearch").unwrap();
         let w = Vectors::load(
             dir.path(),
+            "v.usearch",
             VectorOptions::default(),
             v.ids().to_vec(),
             16,
