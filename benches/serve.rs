@@ -107,6 +107,7 @@ async fn bench() {
         host: "127.0.0.1".parse().unwrap(),
         port: 0,
         token: None,
+        uploads_max_mib: 2048,
     })
     .await;
     let http = reqwest::Client::builder()

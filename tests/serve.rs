@@ -36,6 +36,7 @@ fn args(exp: &std::path::Path, host: &str, token: Option<&str>) -> ServeArgs {
         host: host.parse().unwrap(),
         port: 0,
         token: token.map(str::to_string),
+        uploads_max_mib: 2048,
     }
 }
 
@@ -119,8 +120,9 @@ async fn sse(base: &str, body: Value) -> Vec<(String, Value)> {
 async fn a_search_streams_s1_then_s2_then_s3_and_the_ranking_sharpens() {
     let (env, exp) = world().await;
     let base = serve(&args(&exp, "127.0.0.1", None)).await;
-    // The reasoner thinks for 300 ms: the preview (the words searched as they are) comes first.
-    env.reasoner[0].set_delay(Route::Chat, Duration::from_millis(300));
+    // The reasoner thinks for a second: the preview (the words searched as they are) comes
+    // first, even on a busy machine.
+    env.reasoner[0].set_delay(Route::Chat, Duration::from_millis(1000));
     let got = sse(&base, json!({"text": "black dog sofa", "k": 5})).await;
     env.reasoner[0].set_delay(Route::Chat, Duration::ZERO);
     assert_eq!(got[0].0, "preview", "{got:?}");
@@ -527,8 +529,9 @@ async fn a_client_gone_mid_search_cancels_it() {
     assert_eq!(health["searches_running"], 1);
     drop(resp);
     let mut running = 1;
-    // A search left running would take ~10 s more (36 verifier calls, 8 at a time, 2 s each).
-    for _ in 0..15 {
+    // A search left running would take ~10 s more (36 verifier calls, 8 at a time, 2 s each);
+    // allow the server 6 s to notice on a busy machine.
+    for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let h: Value = get_json(format!("{base}/health")).await;
         running = h["searches_running"].as_u64().unwrap();
@@ -711,6 +714,96 @@ async fn an_uploaded_photo_is_described_once_and_searched_from_and_kept() {
     .await;
     assert_eq!(got.last().unwrap().0, "done", "{got:?}");
     assert_eq!(env.captioner.count(Route::Chat), captions_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_their_disk_allowance_go_oldest_first_and_are_refused_by_name() {
+    let (env, exp) = world().await;
+    // An allowance of nothing: only the latest upload is kept.
+    let tight = ServeArgs {
+        uploads_max_mib: 0,
+        ..args(&exp, "127.0.0.1", None)
+    };
+    let base = serve(&tight).await;
+    let key_of = |v: Value| v["key"].as_str().unwrap().to_string();
+    let first = key_of(upload(&base, outside_photo(6)).await.json().await.unwrap());
+    // Its thumbnail is made (and kept) once asked for.
+    let thumb = format!("{base}/api/images/{}", first.replace(':', "%3A"));
+    assert_eq!(http().get(&thumb).send().await.unwrap().status(), 200);
+    let thumbs = || {
+        std::fs::read_dir(env.path("runs/serve/thumbs"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(thumbs(), 1);
+    let second = key_of(upload(&base, outside_photo(7)).await.json().await.unwrap());
+    // The first went with its thumbnail.
+    assert_eq!(thumbs(), 0);
+    let uploads_dir = env.path("runs/serve/uploads");
+    let kept = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&uploads_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let stem = |k: &str| k.trim_start_matches("upload:").to_string();
+    assert_eq!(
+        kept(),
+        [
+            format!("{}.caption.txt", stem(&second)),
+            format!("{}.png", stem(&second))
+        ]
+    );
+    // The first is refused by name, with what to do; the second is searched from.
+    let r = http()
+        .post(format!("{base}/api/search"))
+        .json(&json!({"text": "make it white", "reference": first, "stages": ["s1"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let msg = r.json::<Value>().await.unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("is not kept on this server") && msg.contains("upload the photo again"),
+        "{msg}"
+    );
+    let got = sse(
+        &base,
+        json!({"text": "make it white", "reference": second, "stages": ["s1"]}),
+    )
+    .await;
+    assert_eq!(got.last().unwrap().0, "done", "{got:?}");
+    // Sent again, the first is kept and described again (the request cache may answer for the
+    // captioner) and is now the one kept.
+    let again: Value = upload(&base, outside_photo(6)).await.json().await.unwrap();
+    assert_eq!(again["key"], first.as_str());
+    assert_eq!(again["caption"], "A photo of black dog.");
+    assert_eq!(kept().len(), 2);
+    assert!(kept()[0].starts_with(&stem(&first)), "{:?}", kept());
+    // A later `serve` with room for both keeps what is on disk; one with an allowance of
+    // nothing over a folder holding two keeps the most recent.
+    std::fs::copy(
+        uploads_dir.join(format!("{}.png", stem(&first))),
+        uploads_dir.join("0123456789abcdef.png"),
+    )
+    .unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(uploads_dir.join("0123456789abcdef.png"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    serve(&args(&exp, "127.0.0.1", None)).await;
+    assert_eq!(kept().len(), 3);
+    serve(&tight).await;
+    assert_eq!(kept().len(), 2, "{:?}", kept());
+    assert!(kept()[0].starts_with(&stem(&first)), "{:?}", kept());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

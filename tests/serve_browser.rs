@@ -189,6 +189,7 @@ async fn serve(config: PathBuf) -> String {
         host: "127.0.0.1".parse().unwrap(),
         port: 0,
         token: None,
+        uploads_max_mib: 2048,
     })
     .await
 }

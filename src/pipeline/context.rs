@@ -182,6 +182,15 @@ impl Ctx {
             .insert(key, image);
     }
 
+    /// Forgets an image outside the gallery (`serve` removed its upload to stay within its
+    /// disk allowance): queries naming it are refused from now on.
+    pub fn remove_outside(&self, key: &ImageKey) {
+        self.outside
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
     /// The image outside the gallery named `key`, if one was added.
     pub fn outside_image(&self, key: &ImageKey) -> Option<OutsideImage> {
         self.outside

@@ -257,6 +257,11 @@ pub(crate) fn plan(
                 None => None,
                 Some(r) => {
                     let key = ImageKey(r.clone());
+                    if !known(&key) && r.starts_with(super::uploads::KEY_PREFIX) {
+                        return Err(format!(
+                            "the upload {r:?} is not kept on this server (uploads past its --uploads-max-mib are removed, those sent longest ago first): upload the photo again (POST /api/uploads) and search with the key it answers"
+                        ));
+                    }
                     if !known(&key) {
                         return Err(format!(
                             "reference {r:?} is not an image of this gallery or an upload; pick one from the results (its key), or upload a photo (POST /api/uploads)"

@@ -87,6 +87,16 @@ fn unreadable(key: &str, path: &Path, e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// Where the thumbnail of `key` (whose file is `path`) is kept under `thumbs`: named by the key
+/// and the file's size and time, so a changed file gets a new one.
+pub(crate) fn thumbnail_file(thumbs: &Path, key: &str, path: &Path) -> PathBuf {
+    let stamp = std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()));
+    let name = blake3::hash(format!("{key}\0{stamp:?}\0{THUMB_SIDE}").as_bytes()).to_hex();
+    thumbs.join(&name[..32])
+}
+
 /// `GET /api/images/{key}`: the image, its longer side at most 320 pixels.
 #[utoipa::path(get, path = "/api/images/{key}", params(("key" = String, Path, description = "a gallery key")),
     responses((status = 200, description = "JPEG or the original format when already small"), (status = 404, body = super::api::Problem)))]
@@ -98,12 +108,7 @@ pub(crate) async fn thumbnail(
         Ok(p) => p,
         Err(r) => return *r,
     };
-    // Named by the key and the file's size and time, so a changed file gets a new one.
-    let stamp = std::fs::metadata(&path)
-        .ok()
-        .map(|m| (m.len(), m.modified().ok()));
-    let name = blake3::hash(format!("{key}\0{stamp:?}\0{THUMB_SIDE}").as_bytes()).to_hex();
-    let cached = state.thumbs.join(&name[..32]);
+    let cached = thumbnail_file(&state.thumbs, &key, &path);
     if let Ok(bytes) = tokio::fs::read(&cached).await {
         let mime = mime_of(&bytes);
         return bytes_response(bytes, mime);

@@ -74,6 +74,11 @@ pub struct ServeArgs {
     /// Prefer the environment variable: a command line is visible to other users.
     #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
     pub token: Option<String>,
+    /// Disk kept for uploaded photos and their captions (MiB): past it, the photos uploaded
+    /// longest ago are removed (a search naming one is told to upload it again); the newest is
+    /// always kept.
+    #[arg(long, default_value_t = 2048)]
+    pub uploads_max_mib: u64,
 }
 
 /// What every handler shares.
@@ -93,6 +98,8 @@ pub(crate) struct AppState {
     pub(crate) thumbs: PathBuf,
     /// Uploaded photos and their captions.
     pub(crate) uploads: PathBuf,
+    /// The disk those may take (`--uploads-max-mib`).
+    pub(crate) uploads_max_bytes: u64,
     /// Held while an upload is checked and described (one at a time).
     pub(crate) upload_lock: tokio::sync::Mutex<()>,
     /// The database's photos by the blake3 hash of their bytes (`index::keys_by_content`): an
@@ -120,7 +127,8 @@ impl AppState {
     /// one uploaded.
     pub(crate) fn can_reference(&self, key: &crate::datasets::ImageKey) -> bool {
         let ctx = &self.session.ctx;
-        ctx.db.contains(key) || ctx.outside_image(key).is_some()
+        // An upload's file may have been removed by another `serve` over the same runs folder.
+        ctx.db.contains(key) || ctx.outside_image(key).is_some_and(|o| o.path.is_file())
     }
 }
 
@@ -182,11 +190,13 @@ pub async fn app(args: &ServeArgs) -> anyhow::Result<Router> {
         token,
         thumbs,
         uploads: uploads.clone(),
+        uploads_max_bytes: args.uploads_max_mib.saturating_mul(1 << 20),
         upload_lock: tokio::sync::Mutex::new(()),
         gallery_by_content,
         pages: page::environment()?,
         report_urls: std::sync::OnceLock::new(),
     });
+    uploads::keep_within_allowance(&state, None);
     let restored = uploads::restore(&state, &uploads);
     if restored > 0 {
         tracing::info!(restored, "uploaded photos kept from earlier");

@@ -2,7 +2,9 @@
 //! pixels) before anything is decoded, kept once under `runs/serve/uploads/` by content hash,
 //! described by the captioner, and added to the session as images outside the gallery
 //! (`upload:<hash>` keys), which a search may name as its reference but which are never ranked.
-//! Uploads kept on disk are added again when `serve` starts. A photo whose bytes are a gallery
+//! Uploads kept on disk are added again when `serve` starts. They are kept within
+//! `--uploads-max-mib` of disk: past it, those uploaded longest ago (sending a photo again counts
+//! as uploading it) are removed, the newest always kept. A photo whose bytes are a gallery
 //! photo's is that photo: its key and indexed caption are answered, no model is asked, nothing is
 //! kept, and a search from it leaves it out of its results as a benchmark's reference is.
 
@@ -129,6 +131,115 @@ fn caption_file(image: &Path) -> PathBuf {
     image.with_extension("caption.txt")
 }
 
+/// One upload kept on disk: its photo file, the caption file beside it if there is one, the
+/// bytes of both, and when it was last uploaded.
+#[derive(Debug, Clone, PartialEq)]
+struct Kept {
+    photo: PathBuf,
+    caption: Option<PathBuf>,
+    bytes: u64,
+    at: std::time::SystemTime,
+}
+
+/// The uploads kept in `dir`: every photo file with a 16-character hash stem (captioned or not).
+fn kept_in(dir: &Path) -> Vec<Kept> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let photo = entry.path();
+        let name = photo.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".caption.txt") || name.starts_with('.') {
+            continue;
+        }
+        if name.split('.').next().is_none_or(|s| s.len() != 16) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let caption = caption_file(&photo);
+        let caption_meta = std::fs::metadata(&caption).ok();
+        // When it was last sent: its caption's time (refreshed by each upload of the photo; the
+        // photo's own time names its thumbnail, so it is left alone), else the photo's.
+        let at = caption_meta
+            .as_ref()
+            .and_then(|m| m.modified().ok())
+            .or_else(|| meta.modified().ok())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        out.push(Kept {
+            bytes: meta.len() + caption_meta.as_ref().map_or(0, |m| m.len()),
+            caption: caption_meta.map(|_| caption),
+            at,
+            photo,
+        });
+    }
+    out
+}
+
+/// Which kept uploads to remove so that the rest take at most `max_bytes`: the least recently
+/// uploaded first (ties by file name, so the choice does not depend on the folder's listing
+/// order), never `newest` (the upload being answered) or, when none is, the most recent one.
+fn over_allowance(kept: Vec<Kept>, max_bytes: u64, newest: Option<&Path>) -> Vec<Kept> {
+    let mut total: u64 = kept.iter().map(|k| k.bytes).sum();
+    let (mut rest, current): (Vec<Kept>, Vec<Kept>) = kept
+        .into_iter()
+        .partition(|k| Some(k.photo.as_path()) != newest);
+    rest.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.photo.cmp(&b.photo)));
+    if current.is_empty() {
+        rest.pop();
+    }
+    let mut out = Vec::new();
+    for k in rest {
+        if total <= max_bytes {
+            break;
+        }
+        total -= k.bytes;
+        out.push(k);
+    }
+    out
+}
+
+/// Removes the uploads past the allowance (`over_allowance`) from disk (with their thumbnails)
+/// and from the session; a search naming one is then told to upload the photo again. Returns how
+/// many were removed.
+pub(crate) fn keep_within_allowance(state: &AppState, newest: Option<&Path>) -> usize {
+    let gone = over_allowance(kept_in(&state.uploads), state.uploads_max_bytes, newest);
+    let mut removed = 0;
+    for k in gone {
+        let Some(stem) = k
+            .photo
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('.').next())
+        else {
+            continue;
+        };
+        let key = format!("{KEY_PREFIX}{stem}");
+        // Its thumbnail too, if one was made (named by the photo's size and time).
+        let _ = std::fs::remove_file(super::files::thumbnail_file(&state.thumbs, &key, &k.photo));
+        if let Err(e) = std::fs::remove_file(&k.photo) {
+            tracing::warn!(file = %k.photo.display(), error = %e, "cannot remove an upload past the allowance");
+            continue;
+        }
+        if let Some(c) = &k.caption {
+            let _ = std::fs::remove_file(c);
+        }
+        state.session.ctx.remove_outside(&ImageKey(key));
+        removed += 1;
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            max_mib = state.uploads_max_bytes >> 20,
+            "removed the uploads sent longest ago, to stay within --uploads-max-mib"
+        );
+    }
+    removed
+}
+
 /// Adds the uploads kept in `dir` (each image with its caption file) to the session; returns how
 /// many. Files without a caption (a `serve` stopped while captioning) are left for the next upload
 /// of the same photo.
@@ -222,14 +333,28 @@ pub(crate) async fn upload(
     // decoded pixels (up to 50 megapixels) are held for one photo only.
     let _one_at_a_time = state.upload_lock.lock().await;
     if let Some(known) = ctx.outside_image(&key) {
-        return Json(Uploaded {
-            key: key.0,
-            caption: known.caption,
-            width,
-            height,
-            in_gallery: false,
-        })
-        .into_response();
+        if known.path.is_file() {
+            // Sent again: the last to go when uploads are over their allowance.
+            let caption = caption_file(&known.path);
+            if let Err(e) = std::fs::File::options()
+                .write(true)
+                .open(&caption)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            {
+                tracing::debug!(file = %caption.display(), error = %e, "upload's time not refreshed");
+            }
+            return Json(Uploaded {
+                key: key.0,
+                caption: known.caption,
+                width,
+                height,
+                in_gallery: false,
+            })
+            .into_response();
+        }
+        // Removed from disk meanwhile (another `serve` over the same runs folder kept within its
+        // allowance, or a person): kept and described again below.
+        ctx.remove_outside(&key);
     }
     let client = match &state.session.captioner {
         Ok(c) => c.clone(),
@@ -305,10 +430,15 @@ pub(crate) async fn upload(
     ctx.add_outside(
         key.clone(),
         OutsideImage {
-            path,
+            path: path.clone(),
             caption: caption.clone(),
         },
     );
+    {
+        let (state, path) = (state.clone(), path.clone());
+        let _ =
+            tokio::task::spawn_blocking(move || keep_within_allowance(&state, Some(&path))).await;
+    }
     Json(Uploaded {
         key: key.0,
         caption,
@@ -322,6 +452,45 @@ pub(crate) async fn upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kept(name: &str, bytes: u64, secs: u64) -> Kept {
+        Kept {
+            photo: PathBuf::from(name),
+            caption: None,
+            bytes,
+            at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn the_uploads_sent_longest_ago_go_first_and_the_newest_never() {
+        let all = vec![
+            kept("c", 30, 3),
+            kept("a", 30, 1),
+            kept("b", 30, 2),
+            kept("d", 30, 4),
+        ];
+        let names = |v: Vec<Kept>| -> Vec<String> {
+            v.into_iter()
+                .map(|k| k.photo.display().to_string())
+                .collect()
+        };
+        // Within the allowance: nothing goes.
+        assert!(over_allowance(all.clone(), 120, None).is_empty());
+        // 120 bytes kept, 70 allowed: the two oldest go.
+        assert_eq!(names(over_allowance(all.clone(), 70, None)), ["a", "b"]);
+        // Nothing allowed: all go but the one being answered, whatever its time; with none
+        // being answered (at start), but the last uploaded.
+        assert_eq!(names(over_allowance(all.clone(), 0, None)), ["a", "b", "c"]);
+        assert_eq!(
+            names(over_allowance(all.clone(), 0, Some(Path::new("a")))),
+            ["b", "c", "d"]
+        );
+        // Same time: by name; the one being answered stays whatever its name.
+        let tied = vec![kept("y", 10, 5), kept("x", 10, 5)];
+        assert_eq!(names(over_allowance(tied.clone(), 10, None)), ["x"]);
+        assert_eq!(names(over_allowance(tied, 0, Some(Path::new("x")))), ["y"]);
+    }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let mut out = std::io::Cursor::new(Vec::new());
