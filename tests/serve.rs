@@ -769,7 +769,7 @@ async fn uploads_past_their_disk_allowance_go_oldest_first_and_are_refused_by_na
         .unwrap()
         .to_string();
     assert!(
-        msg.contains("is not kept on this server") && msg.contains("upload the photo again"),
+        msg.contains("no longer) kept on this server") && msg.contains("upload the photo again"),
         "{msg}"
     );
     let got = sse(
@@ -804,6 +804,60 @@ async fn uploads_past_their_disk_allowance_go_oldest_first_and_are_refused_by_na
     serve(&tight).await;
     assert_eq!(kept().len(), 2, "{:?}", kept());
     assert!(kept()[0].starts_with(&stem(&first)), "{:?}", kept());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_a_running_search_uses_is_kept_past_the_allowance_until_it_ends() {
+    let (env, exp) = world().await;
+    let base = serve(&ServeArgs {
+        uploads_max_mib: 0,
+        ..args(&exp, "127.0.0.1", None)
+    })
+    .await;
+    let key_of = |v: Value| v["key"].as_str().unwrap().to_string();
+    let first = key_of(upload(&base, outside_photo(6)).await.json().await.unwrap());
+    let photo = |k: &str| {
+        env.path(&format!(
+            "runs/serve/uploads/{}.png",
+            k.trim_start_matches("upload:")
+        ))
+    };
+    // A search from the first, slowed in stage 2 so it is still running when others upload.
+    env.verifier
+        .set_delay(Route::Chat, Duration::from_millis(300));
+    let search = {
+        let (base, first) = (base.clone(), first.clone());
+        tokio::spawn(async move {
+            sse(
+                &base,
+                json!({"text": "make it white", "reference": first, "k": 12}),
+            )
+            .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while env.verifier.count(Route::Chat) == 0 {
+        assert!(std::time::Instant::now() < deadline, "stage 2 never began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = key_of(upload(&base, outside_photo(7)).await.json().await.unwrap());
+    assert!(
+        photo(&first).is_file(),
+        "the search's reference was removed under it"
+    );
+    // The search ends with every stage done from its reference (stage 3 reads its file).
+    let got = search.await.unwrap();
+    env.verifier.set_delay(Route::Chat, Duration::ZERO);
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["stage", "stage", "stage", "done"], "{got:?}");
+    assert!(
+        got[3].1["fallbacks"].as_array().unwrap().is_empty(),
+        "{got:?}"
+    );
+    // Once it has ended, the next upload takes both earlier ones' place.
+    let third = key_of(upload(&base, outside_photo(8)).await.json().await.unwrap());
+    assert!(!photo(&first).exists() && !photo(&second).exists());
+    assert!(photo(&third).is_file());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -259,7 +259,7 @@ pub(crate) fn plan(
                     let key = ImageKey(r.clone());
                     if !known(&key) && r.starts_with(super::uploads::KEY_PREFIX) {
                         return Err(format!(
-                            "the upload {r:?} is not kept on this server (uploads past its --uploads-max-mib are removed, those sent longest ago first): upload the photo again (POST /api/uploads) and search with the key it answers"
+                            "the upload {r:?} is not (or no longer) kept on this server (uploads past its --uploads-max-mib are removed, those sent longest ago first): upload the photo again (POST /api/uploads) and search with the key it answers"
                         ));
                     }
                     if !known(&key) {
@@ -483,10 +483,12 @@ pub(crate) fn start(
     plan: Plan,
     admission: Admission,
     preview: bool,
+    hold: Option<super::uploads::UploadHold>,
 ) -> (tokio::sync::mpsc::UnboundedReceiver<Message>, AbortOnDrop) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         let _admitted = admission;
+        let _hold = hold;
         let started = Instant::now();
         // Searches beyond the bound wait here, not in the model servers' queues.
         let Ok(_permit) = state.searches.clone().acquire_owned().await else {
@@ -646,6 +648,12 @@ pub(crate) async fn search(
         }
     };
     let ctx = &state.session.ctx;
+    // Held from before the reference is checked until the search ends: the upload it names is
+    // not removed to stay within the allowance meanwhile.
+    let hold = req
+        .reference
+        .as_deref()
+        .and_then(|r| super::uploads::UploadHold::new(&state, r));
     let plan = match plan(&req, &ctx.params.stages, state.top, |k| {
         state.can_reference(k)
     }) {
@@ -657,7 +665,7 @@ pub(crate) async fn search(
         Err(r) => return *r,
     };
     let stream = req.stream.unwrap_or_else(|| accepts_sse(&headers));
-    let (mut rx, guard) = start(state.clone(), plan, admission, stream);
+    let (mut rx, guard) = start(state.clone(), plan, admission, stream, hold);
     if stream {
         let events =
             futures::stream::unfold((rx, guard, false), |(mut rx, guard, ended)| async move {

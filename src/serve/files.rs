@@ -64,7 +64,12 @@ fn gallery_file(state: &AppState, key: &str) -> Result<PathBuf, Box<Response>> {
         .get(&key_)
         .filter(|_| ctx.db.contains(&key_))
         .cloned()
-        .or_else(|| ctx.outside_image(&key_).map(|o| o.path))
+        // An upload whose file another `serve` over the same runs folder removed is gone.
+        .or_else(|| {
+            ctx.outside_image(&key_)
+                .map(|o| o.path)
+                .filter(|p| p.is_file())
+        })
         .ok_or_else(|| {
             Box::new(problem(
                 StatusCode::NOT_FOUND,

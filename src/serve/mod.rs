@@ -100,6 +100,8 @@ pub(crate) struct AppState {
     pub(crate) uploads: PathBuf,
     /// The disk those may take (`--uploads-max-mib`).
     pub(crate) uploads_max_bytes: u64,
+    /// Uploads searches are using now, by key, with how many (`uploads::UploadHold`).
+    pub(crate) uploads_held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Held while an upload is checked and described (one at a time).
     pub(crate) upload_lock: tokio::sync::Mutex<()>,
     /// The database's photos by the blake3 hash of their bytes (`index::keys_by_content`): an
@@ -191,6 +193,7 @@ pub async fn app(args: &ServeArgs) -> anyhow::Result<Router> {
         thumbs,
         uploads: uploads.clone(),
         uploads_max_bytes: args.uploads_max_mib.saturating_mul(1 << 20),
+        uploads_held: Default::default(),
         upload_lock: tokio::sync::Mutex::new(()),
         gallery_by_content,
         pages: page::environment()?,

@@ -61,7 +61,7 @@ pub(crate) async fn index(
                     );
                 }
                 Ok(admission) => {
-                    let (mut rx, _guard) = api::start(state.clone(), plan, admission, false);
+                    let (mut rx, _guard) = api::start(state.clone(), plan, admission, false, None);
                     while let Some(m) = rx.recv().await {
                         if let Message::Done(a) = m {
                             error = a.error.as_ref().map(|p| p.message.clone());

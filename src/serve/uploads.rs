@@ -146,14 +146,31 @@ fn kept_in(dir: &Path) -> Vec<Kept> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
+    let files: Vec<std::fs::DirEntry> = entries.flatten().collect();
+    // The caption files the photos here would have.
+    let captions_wanted: std::collections::HashSet<PathBuf> = files
+        .iter()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.ends_with(".caption.txt") && !n.starts_with('.'))
+        })
+        .map(|p| caption_file(&p))
+        .collect();
     let mut out = Vec::new();
-    for entry in entries.flatten() {
+    for entry in files {
         let photo = entry.path();
         let name = photo.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.ends_with(".caption.txt") || name.starts_with('.') {
+        if name.ends_with(".caption.txt") {
+            // A caption whose photo is gone (removed by another `serve` while this one was
+            // describing it) would never be counted or removed.
+            if !captions_wanted.contains(&photo) {
+                let _ = std::fs::remove_file(&photo);
+            }
             continue;
         }
-        if name.split('.').next().is_none_or(|s| s.len() != 16) {
+        if name.starts_with('.') || name.split('.').next().is_none_or(|s| s.len() != 16) {
             continue;
         }
         let Ok(meta) = entry.metadata() else { continue };
@@ -179,18 +196,28 @@ fn kept_in(dir: &Path) -> Vec<Kept> {
     out
 }
 
-/// Which kept uploads to remove so that the rest take at most `max_bytes`: the least recently
-/// uploaded first (ties by file name, so the choice does not depend on the folder's listing
-/// order), never `newest` (the upload being answered) or, when none is, the most recent one.
-fn over_allowance(kept: Vec<Kept>, max_bytes: u64, newest: Option<&Path>) -> Vec<Kept> {
+/// Which kept uploads to remove so that the rest take at most `max_bytes`: photos never
+/// described first (a `serve` stopped while captioning), then the least recently uploaded (ties
+/// by file name, so the choice does not depend on the folder's listing order); never `newest`
+/// (the upload being answered) or one in `held` (a search is using it), and when none is being
+/// answered (at start), never the most recently uploaded described one.
+fn over_allowance(
+    kept: Vec<Kept>,
+    max_bytes: u64,
+    newest: Option<&Path>,
+    held: &std::collections::HashSet<PathBuf>,
+) -> Vec<Kept> {
     let mut total: u64 = kept.iter().map(|k| k.bytes).sum();
-    let (mut rest, current): (Vec<Kept>, Vec<Kept>) = kept
+    let (mut rest, spared): (Vec<Kept>, Vec<Kept>) = kept
         .into_iter()
-        .partition(|k| Some(k.photo.as_path()) != newest);
-    rest.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.photo.cmp(&b.photo)));
-    if current.is_empty() {
+        .partition(|k| Some(k.photo.as_path()) != newest && !held.contains(&k.photo));
+    rest.sort_by(|a, b| {
+        (a.caption.is_some(), a.at, &a.photo).cmp(&(b.caption.is_some(), b.at, &b.photo))
+    });
+    if newest.is_none() && rest.last().is_some_and(|k| k.caption.is_some()) {
         rest.pop();
     }
+    drop(spared);
     let mut out = Vec::new();
     for k in rest {
         if total <= max_bytes {
@@ -202,11 +229,74 @@ fn over_allowance(kept: Vec<Kept>, max_bytes: u64, newest: Option<&Path>) -> Vec
     out
 }
 
+/// Marks the upload whose photo is `photo` as sent now (its caption file's time), so it is the
+/// last to go when uploads are over their allowance.
+fn mark_sent(photo: &Path) -> std::io::Result<()> {
+    std::fs::File::options()
+        .write(true)
+        .open(caption_file(photo))?
+        .set_modified(std::time::SystemTime::now())
+}
+
+/// A search's hold on the upload it searches from: while any is held, that upload is not
+/// removed to stay within the allowance.
+pub(crate) struct UploadHold {
+    state: Arc<AppState>,
+    key: String,
+}
+
+impl UploadHold {
+    /// Holds `key` if it names an upload.
+    pub(crate) fn new(state: &Arc<AppState>, key: &str) -> Option<Self> {
+        if !key.starts_with(KEY_PREFIX) {
+            return None;
+        }
+        *held_keys(state).entry(key.to_string()).or_insert(0) += 1;
+        Some(UploadHold {
+            state: state.clone(),
+            key: key.to_string(),
+        })
+    }
+}
+
+impl Drop for UploadHold {
+    fn drop(&mut self) {
+        let mut held = held_keys(&self.state);
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn held_keys(
+    state: &AppState,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+    state
+        .uploads_held
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Removes the uploads past the allowance (`over_allowance`) from disk (with their thumbnails)
 /// and from the session; a search naming one is then told to upload the photo again. Returns how
 /// many were removed.
 pub(crate) fn keep_within_allowance(state: &AppState, newest: Option<&Path>) -> usize {
-    let gone = over_allowance(kept_in(&state.uploads), state.uploads_max_bytes, newest);
+    // Held throughout, so a search cannot take up an upload between this choice and its removal.
+    let held_keys = held_keys(state);
+    let held = held_keys
+        .keys()
+        .filter_map(|k| state.session.ctx.outside_image(&ImageKey(k.clone())))
+        .map(|o| o.path)
+        .collect();
+    let gone = over_allowance(
+        kept_in(&state.uploads),
+        state.uploads_max_bytes,
+        newest,
+        &held,
+    );
     let mut removed = 0;
     for k in gone {
         let Some(stem) = k
@@ -335,13 +425,8 @@ pub(crate) async fn upload(
     if let Some(known) = ctx.outside_image(&key) {
         if known.path.is_file() {
             // Sent again: the last to go when uploads are over their allowance.
-            let caption = caption_file(&known.path);
-            if let Err(e) = std::fs::File::options()
-                .write(true)
-                .open(&caption)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-            {
-                tracing::debug!(file = %caption.display(), error = %e, "upload's time not refreshed");
+            if let Err(e) = mark_sent(&known.path) {
+                tracing::debug!(file = %known.path.display(), error = %e, "upload's time not refreshed");
             }
             return Json(Uploaded {
                 key: key.0,
@@ -423,6 +508,18 @@ pub(crate) async fn upload(
             );
         }
     };
+    // Removed while it was being described (another `serve` over the same runs folder kept
+    // within its allowance): kept again, so the key answered can be searched from.
+    if !path.is_file()
+        && let Err(e) = crate::files::write_atomic(&path, &body)
+    {
+        tracing::warn!(file = %path.display(), error = %e, "upload not kept");
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            "the photo could not be kept on this server's disk (see its log)",
+        );
+    }
     if let Err(e) = crate::files::write_atomic(&caption_file(&path), &caption) {
         // Kept for this run of `serve` only.
         tracing::warn!(file = %path.display(), error = %e, "upload caption not kept");
@@ -456,40 +553,108 @@ mod tests {
     fn kept(name: &str, bytes: u64, secs: u64) -> Kept {
         Kept {
             photo: PathBuf::from(name),
-            caption: None,
+            caption: Some(PathBuf::from(format!("{name}.caption.txt"))),
             bytes,
             at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
         }
     }
 
+    fn names(v: Vec<Kept>) -> Vec<String> {
+        v.into_iter()
+            .map(|k| k.photo.display().to_string())
+            .collect()
+    }
+
     #[test]
     fn the_uploads_sent_longest_ago_go_first_and_the_newest_never() {
+        let none = std::collections::HashSet::new();
         let all = vec![
             kept("c", 30, 3),
             kept("a", 30, 1),
             kept("b", 30, 2),
             kept("d", 30, 4),
         ];
-        let names = |v: Vec<Kept>| -> Vec<String> {
-            v.into_iter()
-                .map(|k| k.photo.display().to_string())
-                .collect()
-        };
         // Within the allowance: nothing goes.
-        assert!(over_allowance(all.clone(), 120, None).is_empty());
+        assert!(over_allowance(all.clone(), 120, None, &none).is_empty());
         // 120 bytes kept, 70 allowed: the two oldest go.
-        assert_eq!(names(over_allowance(all.clone(), 70, None)), ["a", "b"]);
+        assert_eq!(
+            names(over_allowance(all.clone(), 70, None, &none)),
+            ["a", "b"]
+        );
         // Nothing allowed: all go but the one being answered, whatever its time; with none
         // being answered (at start), but the last uploaded.
-        assert_eq!(names(over_allowance(all.clone(), 0, None)), ["a", "b", "c"]);
         assert_eq!(
-            names(over_allowance(all.clone(), 0, Some(Path::new("a")))),
+            names(over_allowance(all.clone(), 0, None, &none)),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            names(over_allowance(all.clone(), 0, Some(Path::new("a")), &none)),
             ["b", "c", "d"]
+        );
+        // One a search is using stays too.
+        let held = [PathBuf::from("b")].into_iter().collect();
+        assert_eq!(
+            names(over_allowance(all.clone(), 0, Some(Path::new("a")), &held)),
+            ["c", "d"]
         );
         // Same time: by name; the one being answered stays whatever its name.
         let tied = vec![kept("y", 10, 5), kept("x", 10, 5)];
-        assert_eq!(names(over_allowance(tied.clone(), 10, None)), ["x"]);
-        assert_eq!(names(over_allowance(tied, 0, Some(Path::new("x")))), ["y"]);
+        assert_eq!(names(over_allowance(tied.clone(), 10, None, &none)), ["x"]);
+        assert_eq!(
+            names(over_allowance(tied, 0, Some(Path::new("x")), &none)),
+            ["y"]
+        );
+        // A photo never described goes first, however recent, and is not the one kept at start.
+        let mut orphan = kept("z", 10, 9);
+        orphan.caption = None;
+        let with_orphan = vec![kept("a", 10, 1), orphan];
+        assert_eq!(
+            names(over_allowance(with_orphan.clone(), 10, None, &none)),
+            ["z"]
+        );
+        assert_eq!(names(over_allowance(with_orphan, 0, None, &none)), ["z"]);
+    }
+
+    #[test]
+    fn a_photo_sent_again_is_the_last_to_go_and_a_caption_without_its_photo_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = std::collections::HashSet::new();
+        let upload = |stem: &str, age: u64| {
+            let photo = dir.path().join(format!("{stem}.png"));
+            std::fs::write(&photo, [0u8; 100]).unwrap();
+            std::fs::write(caption_file(&photo), "A photo.").unwrap();
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+            for f in [photo.clone(), caption_file(&photo)] {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&f)
+                    .unwrap()
+                    .set_modified(when)
+                    .unwrap();
+            }
+            photo
+        };
+        let older = upload("aaaaaaaaaaaaaaaa", 600);
+        let newer = upload("bbbbbbbbbbbbbbbb", 60);
+        let lone_caption = dir.path().join("cccccccccccccccc.caption.txt");
+        std::fs::write(&lone_caption, "A photo.").unwrap();
+        // As uploaded, the older goes first.
+        let gone = over_allowance(kept_in(dir.path()), 120, None, &none);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].photo, older);
+        // The caption without a photo was removed by the listing.
+        assert!(!lone_caption.exists());
+        // Sent again, the older is now the last to go; its photo's time (which names its
+        // thumbnail) is left as it was.
+        let photo_time = std::fs::metadata(&older).unwrap().modified().unwrap();
+        mark_sent(&older).unwrap();
+        let gone = over_allowance(kept_in(dir.path()), 120, None, &none);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].photo, newer);
+        assert_eq!(
+            std::fs::metadata(&older).unwrap().modified().unwrap(),
+            photo_time
+        );
     }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
