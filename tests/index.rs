@@ -321,6 +321,12 @@ async fn noisy_database(n: usize) -> (Setup, PathBuf) {
     (s, dir)
 }
 
+/// The exact search over i8 vectors: a setting `index` does not build, so runs build it.
+const EXACT_I8: VectorOptions = VectorOptions {
+    mode: SearchMode::Exact,
+    quantization: Quantization::I8,
+};
+
 /// A unit query vector from the fake embedder's 32-dimensional space.
 fn query(seed: u64) -> Vec<f32> {
     imagescope::roles::embedder::unit(support::fake_server::fake_vector(
@@ -422,24 +428,15 @@ async fn each_index_setting_keeps_its_own_vector_index_and_switching_back_rebuil
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_photo_re_indexed_in_place_makes_every_settings_saved_index_stale() {
     let (s, dir) = noisy_database(40).await;
-    let i8 = VectorOptions {
-        mode: SearchMode::Exact,
-        quantization: Quantization::I8,
-    };
+    let i8 = EXACT_I8;
     drop(ImageDb::open(&dir, i8).unwrap());
     // A photo replaced: `index` captions and embeds it again in its row (the count stays 40) and
     // rebuilds the default setting's index only.
-    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
-        .save(s.folder.join("img0005.png"))
-        .unwrap();
-    let (code, report, err) = index(&s, &servers_toml(&s, ""), &[]).await;
-    assert_eq!(code, 0, "{err}");
+    let report = replace_photo_and_index(&s, "img0005.png").await;
     assert_eq!(report["dir"].as_str(), dir.to_str(), "{report}");
     // The i8 index saved before must not be searched: a fresh database with the same store says
     // what an i8 search over the new vectors gives.
-    let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.join("store.sqlite"), copy.path().join("store.sqlite")).unwrap();
-    let want = ImageDb::open(copy.path(), i8).unwrap();
+    let (_copy, want) = fresh_copy(&dir, i8);
     let got = ImageDb::open(&dir, i8).unwrap();
     for seed in 0..5u64 {
         let q = query(seed);
@@ -490,21 +487,29 @@ fn only_file(dir: &Path, prefix: &str) -> PathBuf {
 
 /// Replaces one photo of the setup's gallery and indexes again: the photo is captioned and
 /// embedded anew in its row (the count stays the same) and the default setting's index rebuilt.
-async fn replace_photo_and_index(s: &Setup, file: &str) {
+/// Returns `index`'s report.
+async fn replace_photo_and_index(s: &Setup, file: &str) -> Value {
     image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
         .save(s.folder.join(file))
         .unwrap();
-    let (code, _, err) = index(s, &servers_toml(s, ""), &[]).await;
+    let (code, report, err) = index(s, &servers_toml(s, ""), &[]).await;
     assert_eq!(code, 0, "{err}");
+    report
+}
+
+/// A database opened with `options` over a private copy of `dir`'s store: what a search of that
+/// store must give, whatever `dir`'s saved indexes hold. The folder must outlive the database.
+fn fresh_copy(dir: &Path, options: VectorOptions) -> (tempfile::TempDir, ImageDb) {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("store.sqlite"), copy.path().join("store.sqlite")).unwrap();
+    let db = ImageDb::open(copy.path(), options).unwrap();
+    (copy, db)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_build_from_an_older_store_state_finishing_last_never_gets_searched() {
     let (s, dir) = noisy_database(40).await;
-    let i8 = VectorOptions {
-        mode: SearchMode::Exact,
-        quantization: Quantization::I8,
-    };
+    let i8 = EXACT_I8;
     drop(ImageDb::open(&dir, i8).unwrap());
     // What a build from this state saves (its index file, then its record), kept to be landed
     // late, as a slow build started before the photo below changed would.
@@ -514,9 +519,7 @@ async fn a_slow_build_from_an_older_store_state_finishing_last_never_gets_search
     replace_photo_and_index(&s, "img0005.png").await;
     drop(ImageDb::open(&dir, i8).unwrap());
     // What this store's i8 search must give: a fresh database of the same store.
-    let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.join("store.sqlite"), copy.path().join("store.sqlite")).unwrap();
-    let want = ImageDb::open(copy.path(), i8).unwrap();
+    let (_copy, want) = fresh_copy(&dir, i8);
     let agrees = |got: &ImageDb, when: &str| {
         for seed in 0..3u64 {
             let q = query(seed);
@@ -547,10 +550,7 @@ async fn a_slow_build_from_an_older_store_state_finishing_last_never_gets_search
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_changed_between_reading_its_rows_and_building_its_index_is_refused() {
     let (s, dir) = noisy_database(40).await;
-    let i8 = VectorOptions {
-        mode: SearchMode::Exact,
-        quantization: Quantization::I8,
-    };
+    let i8 = EXACT_I8;
     let rows = imagescope::index::DbRows::open(&dir, i8).unwrap();
     // `index` re-embeds a photo while this opening has its keys and captions but no vectors yet.
     replace_photo_and_index(&s, "img0005.png").await;
@@ -580,10 +580,7 @@ async fn runs_opening_one_database_with_other_index_settings_at_once_each_search
     let (_s, dir) = noisy_database(200).await;
     let settings = [
         VectorOptions::default(),
-        VectorOptions {
-            mode: SearchMode::Exact,
-            quantization: Quantization::I8,
-        },
+        EXACT_I8,
         VectorOptions {
             mode: SearchMode::Exact,
             quantization: Quantization::F16,
@@ -593,14 +590,7 @@ async fn runs_opening_one_database_with_other_index_settings_at_once_each_search
     // Each setting's scores, from a database of its own.
     let reference: Vec<Vec<(ImageKey, f32)>> = settings
         .iter()
-        .map(|o| {
-            let copy = tempfile::tempdir().unwrap();
-            std::fs::copy(dir.join("store.sqlite"), copy.path().join("store.sqlite")).unwrap();
-            ImageDb::open(copy.path(), *o)
-                .unwrap()
-                .search(&q, 0.15, 20, None)
-                .unwrap()
-        })
+        .map(|o| fresh_copy(&dir, *o).1.search(&q, 0.15, 20, None).unwrap())
         .collect();
     assert_ne!(
         reference[0], reference[1],

@@ -386,7 +386,7 @@ pub struct DbRows {
     /// HNSW's search breadth from `[index]`, applied by `index_vectors` (`None`: the default).
     ef_search: Option<usize>,
     fingerprint: Option<Fingerprint>,
-    /// `Store::content_digest`, read before the rows (see `Built::content`).
+    /// `Store::content_digest`, read in one snapshot with the rows (see `Built::content`).
     content: String,
     order: Vec<u64>,
     caption_dim: usize,

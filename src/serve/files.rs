@@ -64,12 +64,7 @@ fn gallery_file(state: &AppState, key: &str) -> Result<PathBuf, Box<Response>> {
         .get(&key_)
         .filter(|_| ctx.db.contains(&key_))
         .cloned()
-        // An upload whose file another `serve` over the same runs folder removed is gone.
-        .or_else(|| {
-            ctx.outside_image(&key_)
-                .map(|o| o.path)
-                .filter(|p| p.is_file())
-        })
+        .or_else(|| state.upload_file(&key_))
         .ok_or_else(|| {
             Box::new(problem(
                 StatusCode::NOT_FOUND,

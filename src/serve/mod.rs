@@ -75,8 +75,8 @@ pub struct ServeArgs {
     #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
     pub token: Option<String>,
     /// Disk kept for uploaded photos and their captions (MiB): past it, the photos uploaded
-    /// longest ago are removed (a search naming one is told to upload it again); the newest is
-    /// always kept.
+    /// longest ago are removed (a search naming one is told to upload it again); the one being
+    /// answered and any a running search uses are kept.
     #[arg(long, default_value_t = 2048)]
     pub uploads_max_mib: u64,
 }
@@ -128,9 +128,17 @@ impl AppState {
     /// Whether a search may name `key` as its reference: a photo of the gallery's database, or
     /// one uploaded.
     pub(crate) fn can_reference(&self, key: &crate::datasets::ImageKey) -> bool {
-        let ctx = &self.session.ctx;
-        // An upload's file may have been removed by another `serve` over the same runs folder.
-        ctx.db.contains(key) || ctx.outside_image(key).is_some_and(|o| o.path.is_file())
+        self.session.ctx.db.contains(key) || self.upload_file(key).is_some()
+    }
+
+    /// The file of the upload `key`, if it is one this session knows and its file is still
+    /// there (another `serve` over the same runs folder may have removed it).
+    pub(crate) fn upload_file(&self, key: &crate::datasets::ImageKey) -> Option<PathBuf> {
+        self.session
+            .ctx
+            .outside_image(key)
+            .map(|o| o.path)
+            .filter(|p| p.is_file())
     }
 }
 

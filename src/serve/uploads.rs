@@ -131,10 +131,22 @@ fn caption_file(image: &Path) -> PathBuf {
     image.with_extension("caption.txt")
 }
 
-/// One upload kept on disk: its photo file, the caption file beside it if there is one, the
-/// bytes of both, and when it was last uploaded.
+/// The key of the upload kept as `photo`, if that is an upload's photo file
+/// (`<16 hex of its hash>.<ext>`; not a caption file or a temporary file of `write_atomic`).
+fn photo_key(photo: &Path) -> Option<ImageKey> {
+    let name = photo.file_name()?.to_str()?;
+    if name.ends_with(".caption.txt") || name.starts_with('.') {
+        return None;
+    }
+    let stem = name.split('.').next().filter(|s| s.len() == 16)?;
+    Some(ImageKey(format!("{KEY_PREFIX}{stem}")))
+}
+
+/// One upload kept on disk: its key, its photo file, the caption file beside it if there is
+/// one, the bytes of both, and when it was last uploaded.
 #[derive(Debug, Clone, PartialEq)]
 struct Kept {
+    key: ImageKey,
     photo: PathBuf,
     caption: Option<PathBuf>,
     bytes: u64,
@@ -151,18 +163,13 @@ fn kept_in(dir: &Path) -> Vec<Kept> {
     let captions_wanted: std::collections::HashSet<PathBuf> = files
         .iter()
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.ends_with(".caption.txt") && !n.starts_with('.'))
-        })
+        .filter(|p| photo_key(p).is_some())
         .map(|p| caption_file(&p))
         .collect();
     let mut out = Vec::new();
     for entry in files {
         let photo = entry.path();
-        let name = photo.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.ends_with(".caption.txt") {
+        if photo.to_string_lossy().ends_with(".caption.txt") {
             // A caption whose photo is gone (removed by another `serve` while this one was
             // describing it) would never be counted or removed.
             if !captions_wanted.contains(&photo) {
@@ -170,9 +177,9 @@ fn kept_in(dir: &Path) -> Vec<Kept> {
             }
             continue;
         }
-        if name.starts_with('.') || name.split('.').next().is_none_or(|s| s.len() != 16) {
+        let Some(key) = photo_key(&photo) else {
             continue;
-        }
+        };
         let Ok(meta) = entry.metadata() else { continue };
         if !meta.is_file() {
             continue;
@@ -187,6 +194,7 @@ fn kept_in(dir: &Path) -> Vec<Kept> {
             .or_else(|| meta.modified().ok())
             .unwrap_or(std::time::UNIX_EPOCH);
         out.push(Kept {
+            key,
             bytes: meta.len() + caption_meta.as_ref().map_or(0, |m| m.len()),
             caption: caption_meta.map(|_| caption),
             at,
@@ -208,16 +216,16 @@ fn over_allowance(
     held: &std::collections::HashSet<PathBuf>,
 ) -> Vec<Kept> {
     let mut total: u64 = kept.iter().map(|k| k.bytes).sum();
-    let (mut rest, spared): (Vec<Kept>, Vec<Kept>) = kept
+    let mut rest: Vec<Kept> = kept
         .into_iter()
-        .partition(|k| Some(k.photo.as_path()) != newest && !held.contains(&k.photo));
+        .filter(|k| Some(k.photo.as_path()) != newest && !held.contains(&k.photo))
+        .collect();
     rest.sort_by(|a, b| {
         (a.caption.is_some(), a.at, &a.photo).cmp(&(b.caption.is_some(), b.at, &b.photo))
     });
     if newest.is_none() && rest.last().is_some_and(|k| k.caption.is_some()) {
         rest.pop();
     }
-    drop(spared);
     let mut out = Vec::new();
     for k in rest {
         if total <= max_bytes {
@@ -299,17 +307,12 @@ pub(crate) fn keep_within_allowance(state: &AppState, newest: Option<&Path>) -> 
     );
     let mut removed = 0;
     for k in gone {
-        let Some(stem) = k
-            .photo
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.split('.').next())
-        else {
-            continue;
-        };
-        let key = format!("{KEY_PREFIX}{stem}");
         // Its thumbnail too, if one was made (named by the photo's size and time).
-        let _ = std::fs::remove_file(super::files::thumbnail_file(&state.thumbs, &key, &k.photo));
+        let _ = std::fs::remove_file(super::files::thumbnail_file(
+            &state.thumbs,
+            k.key.as_str(),
+            &k.photo,
+        ));
         if let Err(e) = std::fs::remove_file(&k.photo) {
             tracing::warn!(file = %k.photo.display(), error = %e, "cannot remove an upload past the allowance");
             continue;
@@ -317,7 +320,7 @@ pub(crate) fn keep_within_allowance(state: &AppState, newest: Option<&Path>) -> 
         if let Some(c) = &k.caption {
             let _ = std::fs::remove_file(c);
         }
-        state.session.ctx.remove_outside(&ImageKey(key));
+        state.session.ctx.remove_outside(&k.key);
         removed += 1;
     }
     if removed > 0 {
@@ -334,21 +337,9 @@ pub(crate) fn keep_within_allowance(state: &AppState, newest: Option<&Path>) -> 
 /// many. Files without a caption (a `serve` stopped while captioning) are left for the next upload
 /// of the same photo.
 pub(crate) fn restore(state: &AppState, dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
     let mut n = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        // Caption files, and temporary files of `write_atomic` (they start with a dot).
-        if name.ends_with(".caption.txt") || name.starts_with('.') {
-            continue;
-        }
-        let Some(stem) = name.split('.').next().filter(|s| s.len() == 16) else {
-            continue;
-        };
-        let Ok(caption) = std::fs::read_to_string(caption_file(&path)) else {
+    for k in kept_in(dir) {
+        let Some(caption) = k.caption.and_then(|c| std::fs::read_to_string(c).ok()) else {
             continue;
         };
         let caption = caption.trim().to_string();
@@ -356,8 +347,11 @@ pub(crate) fn restore(state: &AppState, dir: &Path) -> usize {
             continue;
         }
         state.session.ctx.add_outside(
-            ImageKey(format!("{KEY_PREFIX}{stem}")),
-            OutsideImage { path, caption },
+            k.key,
+            OutsideImage {
+                path: k.photo,
+                caption,
+            },
         );
         n += 1;
     }
@@ -552,6 +546,7 @@ mod tests {
 
     fn kept(name: &str, bytes: u64, secs: u64) -> Kept {
         Kept {
+            key: ImageKey(format!("{KEY_PREFIX}{name}")),
             photo: PathBuf::from(name),
             caption: Some(PathBuf::from(format!("{name}.caption.txt"))),
             bytes,
